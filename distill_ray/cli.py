@@ -1,0 +1,87 @@
+"""``distill-ray``: one subcommand per stage (generate, verify, train, evaluate) and ``run`` for the loop.
+
+Every subcommand takes ``--config FILE`` and any number of ``--set section.field=value`` overrides; the
+most used fields also have their own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from distill_ray.config import ConfigError, RunConfig, load_config, reference
+
+# flag -> config field it overrides
+NAMED_FLAGS = {
+    "output_dir": "output_dir", "seed": "seed", "name": "name", "task_source": "task.source",
+    "task_path": "task.path", "num_train": "task.num_train", "num_eval": "task.num_eval",
+    "teacher_model": "teacher.model", "samples": "teacher.samples", "ray_address": "ray.address",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="distill-ray", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    for name, help_ in [("run", "generate -> verify -> vote -> train -> evaluate -> report"),
+                        ("generate", "sample teachers, verify and vote; write dataset/ (Parquet)"),
+                        ("verify", "re-run every row's check of a dataset in the sandbox"),
+                        ("train", "fine-tune the student on dataset/ with Ray Train + DeepSpeed"),
+                        ("evaluate", "pass@k of teacher and students on the held-out problems")]:
+        sub = commands.add_parser(name, help=help_)
+        sub.add_argument("--config", help="YAML config file (see configs/)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set teacher.samples=8 (repeatable)")
+        for flag in NAMED_FLAGS:
+            sub.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None,
+                             help=f"overrides {NAMED_FLAGS[flag]}")
+        if name == "verify":
+            sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
+        if name == "train":
+            sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
+        if name == "evaluate":
+            sub.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
+                             help="evaluate this model (repeatable; default: teacher and students of the run)")
+    commands.add_parser("config-reference", help="print every config field with its default and meaning")
+    return root
+
+
+def config_from_args(args) -> RunConfig:
+    overrides = list(args.set)
+    for flag, field in NAMED_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{field}={value}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "config-reference":
+        print("| field | default | description |\n|---|---|---|")
+        for field, default, description in reference():
+            print(f"| `{field}` | `{default}` | {description} |")
+        return 0
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as error:
+        print(f"distill-ray: {error}", file=sys.stderr)
+        return 2
+    from distill_ray import workflow
+
+    if args.command == "run":
+        workflow.run(cfg)
+    elif args.command == "generate":
+        print(json.dumps(workflow.generate(cfg), indent=2))
+    elif args.command == "verify":
+        print(json.dumps(workflow.reverify(cfg, args.dataset), indent=2))
+    elif args.command == "train":
+        print(json.dumps(workflow.train(cfg, args.dataset), indent=2, default=str))
+    elif args.command == "evaluate":
+        models = dict(item.split("=", 1) for item in args.model) or None
+        print(json.dumps(workflow.evaluate(cfg, models), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The run report: report.json (everything measured), report.md (tables) and report.png (plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+
+FUNNEL = ("problems", "candidates", "verified", "kept", "agreement_problems", "trained_rows")
+
+
+def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, default=str))
+    paths["md"].write_text(render_markdown(report))
+    plot(report, paths["png"])
+    return paths
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# distill-ray report: {report['name']}", ""]
+    funnel = report.get("funnel", {})
+    if funnel:
+        lines += ["## Data funnel", "", "| stage | count |", "|---|---:|"]
+        lines += [f"| {key} | {funnel[key]} |" for key in FUNNEL if key in funnel]
+        lines.append("")
+    teacher = report.get("generation", {})
+    if teacher:
+        lines += ["## Teacher sampling (train prompts)", "",
+                  f"- verified {teacher['verified']} of {teacher['candidates']} candidates "
+                  f"({teacher['verified_rate']:.1%}); pass@{teacher['k']} over train prompts "
+                  f"{teacher['train_pass_at_k']:.1%}",
+                  f"- {teacher['completion_tokens']} tokens in {teacher['seconds']:.1f} s "
+                  f"({teacher['tokens_per_s']:.1f} tokens/s end to end)", ""]
+    training = report.get("training")
+    if training:
+        lines += ["## Training", "",
+                  f"- {training['steps']} optimizer steps on {training['samples']} samples "
+                  f"({training['tokens']} target tokens) in {training['seconds']:.1f} s",
+                  f"- loss {training['loss_first']:.3f} -> {training['loss_last']:.3f}", ""]
+    evaluation = report.get("evaluation", {})
+    if evaluation:
+        ks = report["eval_k"]
+        lines += ["## Evaluation (held-out problems, by execution)", "",
+                  "| model | problems | samples | correct | " + " | ".join(f"pass@{k} (95% CI)" for k in ks) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(ks)]
+        for model, s in evaluation.items():
+            cells = [f"{s[f'pass@{k}']['mean']:.3f} [{s[f'pass@{k}']['ci95'][0]:.2f}, {s[f'pass@{k}']['ci95'][1]:.2f}]"
+                     for k in ks]
+            lines.append(f"| {model} | {s['problems']} | {s['samples']} | {s['correct']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in report.get("outputs", {}).items()] + [""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for model, s in report.get("evaluation", {}).items():
+        ks = report["eval_k"]
+        left.plot(ks, [s[f"pass@{k}"]["mean"] for k in ks], marker="o", label=model)
+    left.set(title="pass@k on held-out problems", xlabel="k", ylabel="pass@k", ylim=(0, 1))
+    if report.get("evaluation"):
+        left.legend()
+    funnel = report.get("funnel", {})
+    keys = [k for k in FUNNEL if k in funnel]
+    right.barh(keys[::-1], [funnel[k] for k in keys][::-1], color="tab:blue")
+    right.set(title="data funnel", xlabel="rows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

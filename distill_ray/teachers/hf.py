@@ -1,0 +1,77 @@
+"""transformers generation: batched, left-padded, n samples per prompt; HF directories and GGUF files."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distill_ray.models import resolve_model
+from distill_ray.teachers.base import Generation, SamplingSettings
+
+
+class HFEngine:
+    def __init__(self, model: str, device: str = "cpu", torch_threads: int | None = None):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        path = resolve_model(model)
+        self.name = model
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        self.stop_ids = self._stop_token_ids()
+
+    def _stop_token_ids(self) -> list[int]:
+        # Chat models end a turn with their own token (<|im_end|> for SmolLM2), which may differ from eos.
+        ids = {self.tokenizer.eos_token_id}
+        for token in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def render(self, messages: list[dict], response_prefix: str = "") -> str:
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "".join(f"{m['content']}\n\n" for m in messages)
+        return text + response_prefix
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Generation]]:
+        if not prompts:
+            return []
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.device)
+        torch.manual_seed(sampling.seed)
+        output = self.model.generate(
+            **batch,
+            do_sample=sampling.temperature > 0,
+            temperature=sampling.temperature if sampling.temperature > 0 else None,
+            top_p=sampling.top_p if sampling.temperature > 0 else None,
+            top_k=None,
+            num_return_sequences=sampling.n,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        prompt_len = batch["input_ids"].shape[1]
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        new_tokens = output[:, prompt_len:]
+        results: list[list[Generation]] = []
+        for i, prompt_tokens_i in enumerate(prompt_tokens):
+            rows = new_tokens[i * sampling.n : (i + 1) * sampling.n]
+            results.append([self._decode(row, prompt_tokens_i) for row in rows])
+        return results
+
+    def _decode(self, tokens: torch.Tensor, prompt_tokens: int) -> Generation:
+        ids = tokens.tolist()
+        length = len(ids)
+        finished = False
+        for pos, token in enumerate(ids):
+            if token in self.stop_ids:
+                length, finished = pos, True
+                break
+        text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=length, finished=finished)

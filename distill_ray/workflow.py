@@ -1,0 +1,251 @@
+"""The steps of a distillation run, each usable alone: generate, train, evaluate; ``run`` chains them.
+
+Each step reads the typed config and passes plain values to the library; outputs land under
+``cfg.output_dir``: ``dataset/`` (Parquet, one row per candidate), ``student/`` (Hugging Face format),
+``eval/`` (evaluation candidates) and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from distill_ray.config import RunConfig, TeacherConfig
+from distill_ray.evaluate.passk import pass_at_k, summarize_passk
+from distill_ray.evaluate.report import write_report
+from distill_ray.models import resolve_model
+from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, vote_stage
+from distill_ray.prompts import build_messages, exemplar_pool, response_prefix
+from distill_ray.stages import apply_stages
+from distill_ray.teachers import SamplingSettings
+
+
+def log(message: str) -> None:
+    print(f"[distill-ray {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def connect_ray(cfg: RunConfig):
+    """Join ``ray.address`` / ``RAY_ADDRESS`` if given, else start a local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="distill-ray-"))
+    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("DISTILL_RAY_PROGRESS", "1") == "1"
+    return ray
+
+
+def load_task(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    from distill_ray.tasks import load_problems
+
+    t = cfg.task
+    return load_problems(t.source, num_train=t.num_train, num_eval=t.num_eval, seed=cfg.seed, path=t.path,
+                         difficulty=t.difficulty, families=t.families)
+
+
+def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, name: str | None = None,
+                 model: str | None = None, samples: int | None = None, temperature: float | None = None,
+                 max_new_tokens: int | None = None) -> TeacherSpec:
+    sampling = SamplingSettings(n=samples or cfg.samples, temperature=cfg.temperature if temperature is None
+                                else temperature, top_p=cfg.top_p,
+                                max_new_tokens=max_new_tokens or cfg.max_new_tokens, seed=seed)
+    options = {"torch_threads": cfg.torch_threads} if cfg.torch_threads else {}
+    return TeacherSpec(name=name or cfg.name, engine=cfg.engine, model=model or cfg.model, sampling=sampling,
+                       num_shots=num_shots, exemplar_strategy=strategy, actors=cfg.actors,
+                       cpus_per_actor=cfg.cpus_per_actor, gpus_per_actor=cfg.gpus_per_actor,
+                       batch_size=cfg.batch_size, engine_options=options)
+
+
+def verify_spec(cfg: RunConfig) -> VerifySpec:
+    v = cfg.verify
+    return VerifySpec(limits={"timeout_s": v.timeout_s, "memory_mb": v.memory_mb},
+                      workers_per_actor=v.workers_per_actor, actors=v.actors, cpus_per_actor=v.cpus_per_actor,
+                      batch_size=v.batch_size)
+
+
+def _sample(problems: list[dict], spec: TeacherSpec, exemplars, cfg: RunConfig, out_dir: Path, vote: bool):
+    """prompt -> teacher -> extract -> verify (-> vote) over Ray Data, written as Parquet to ``out_dir``."""
+    import ray
+
+    stages = sampling_stages(spec, exemplars, verify_spec(cfg), cfg.seed)
+    if vote:
+        stages.append(vote_stage(cfg.vote.require_majority))
+    ds = apply_stages(ray.data.from_items(problems), list(problems[0]), stages)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a rerun replaces its output (resumable runs: issue 8)
+    start = time.perf_counter()
+    ds.write_parquet(str(out_dir))
+    seconds = time.perf_counter() - start
+    return pq.read_table(out_dir).to_pandas(), seconds
+
+
+# --- generate ---------------------------------------------------------------------------------------
+
+def generate(cfg: RunConfig) -> dict:
+    """Sample the teacher on the train problems, verify, vote and write ``dataset/``."""
+    connect_ray(cfg)
+    train, _ = load_task(cfg)
+    out = Path(cfg.output_dir) / "dataset"
+    spec = teacher_spec(cfg.teacher, cfg.prompt.num_shots, cfg.prompt.exemplars, cfg.seed)
+    log(f"generate: {len(train)} train problems x {spec.sampling.n} samples from teacher {spec.name!r}")
+    rows, seconds = _sample(train, spec, exemplar_pool(train), cfg, out, vote=True)
+    stats = generation_stats(rows, seconds, spec.sampling.n)
+    log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
+        f"-> {out}")
+    return {"dataset": str(out), **stats}
+
+
+def generation_stats(rows: pd.DataFrame, seconds: float, n: int) -> dict:
+    per_task = rows.groupby("task_id")["passed"].agg(["size", "sum"])
+    k = min(n, int(per_task["size"].min()))
+    tokens = int(rows["completion_tokens"].sum())
+    return {
+        "problems": int(rows["task_id"].nunique()), "candidates": len(rows), "verified": int(rows["passed"].sum()),
+        "kept": int(rows["keep"].sum()), "duplicates": int(rows["duplicate"].sum()),
+        "agreement_problems": int(rows.groupby("task_id")["agreement"].first().sum()),
+        "status_counts": {str(k_): int(v) for k_, v in rows["status"].value_counts().items()},
+        "verified_rate": float(rows["passed"].mean()) if len(rows) else 0.0,
+        "k": k, "train_pass_at_k": float(sum(pass_at_k(int(s), int(c), k) for s, c in per_task.values)
+                                         / max(len(per_task), 1)),
+        "completion_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else 0.0,
+    }
+
+
+def reverify(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
+    """Re-run every row's own check (rows are self-contained) and compare with the stored verdicts."""
+    import ray
+
+    from distill_ray.pipeline import CHECK_COLUMNS, verify_stage
+
+    connect_ray(cfg)
+    dataset_dir = dataset_dir or str(Path(cfg.output_dir) / "dataset")
+    stored = ray.data.read_parquet(dataset_dir)
+    stage = verify_stage(verify_spec(cfg))
+    fresh = apply_stages(stored.drop_columns(list(stage.writes)), ("program", *CHECK_COLUMNS), [stage])
+    rows = fresh.to_pandas()
+    before = pq.read_table(dataset_dir, columns=["task_id", "teacher", "sample_index", "passed"]).to_pandas()
+    merged = rows.merge(before, on=["task_id", "teacher", "sample_index"], suffixes=("", "_stored"))
+    return {"rows": len(rows), "passed": int(rows["passed"].sum()),
+            "agree_with_stored": int((merged["passed"] == merged["passed_stored"]).sum())}
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
+    """Training view of kept candidates: the zero-shot prompt the student will see, and what it must write."""
+    tokenizer = _tokenizer(tokenizer_dir)
+    prompts, targets = [], []
+    for kind, question, program in zip(batch["kind"], batch["question"], batch["program"]):
+        prefix = response_prefix(kind)
+        messages = build_messages(kind, question, [])
+        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix)
+        targets.append(program[len(prefix):] if program.startswith(prefix) else program)
+    return pd.DataFrame({"task_id": batch["task_id"], "prompt_text": prompts, "target_text": targets})
+
+
+def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
+    """Build the student from teacher layers and fine-tune it on the kept candidates (Ray Train + DeepSpeed)."""
+    import ray
+
+    from distill_ray.train import TrainSettings, build_student, train_student
+
+    connect_ray(cfg)
+    out = Path(cfg.output_dir)
+    dataset_dir = dataset_dir or str(out / "dataset")
+    teacher_dir = resolve_model(cfg.teacher.model)
+    init_dir = build_student(teacher_dir, out / "student_init", num_layers=cfg.train.student_layers)
+    kept = ray.data.read_parquet(dataset_dir).filter(expr="keep == True")
+    data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir)}, batch_format="pandas")
+    t = cfg.train
+    settings = TrainSettings(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
+                             zero_stage=t.zero_stage, epochs=t.epochs, batch_size=t.batch_size,
+                             grad_accum=t.grad_accum, lr=t.lr, warmup_steps=t.warmup_steps,
+                             max_length=t.max_length, seed=cfg.seed, max_steps=t.max_steps)
+    log(f"train: student with {t.student_layers} teacher layers, {t.workers} Ray Train workers, "
+        f"DeepSpeed ZeRO-{t.zero_stage}")
+    result = train_student(init_dir, data, out / "student", settings)
+    summary = {"student": result.output_dir, "student_init": str(init_dir), "steps": result.steps,
+               "samples": result.samples, "tokens": result.tokens, "seconds": result.seconds,
+               "loss_history": result.loss_history,
+               "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
+               "loss_last": result.loss_history[-1] if result.loss_history else float("nan")}
+    log(f"train: {result.steps} steps, loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f} "
+        f"-> {result.output_dir}")
+    return summary
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
+    """pass@k of each model on the held-out problems; the teacher is prompted few-shot, students zero-shot."""
+    connect_ray(cfg)
+    train_problems, eval_problems = load_task(cfg)
+    out = Path(cfg.output_dir)
+    models = models or default_eval_models(cfg)
+    e = cfg.eval
+    results = {}
+    for label, model in models.items():
+        is_teacher = label == "teacher"
+        spec = teacher_spec(cfg.teacher, cfg.prompt.num_shots if is_teacher else 0, cfg.prompt.exemplars,
+                            cfg.seed + 1, name=label, model=model, samples=e.samples, temperature=e.temperature,
+                            max_new_tokens=e.max_new_tokens)
+        log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
+        rows, _ = _sample(eval_problems, spec, exemplar_pool(train_problems), cfg, out / "eval" / label, vote=False)
+        counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
+        results[label] = summarize_passk(counts, e.k)
+        log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")
+    return results
+
+
+def default_eval_models(cfg: RunConfig) -> dict[str, str]:
+    out = Path(cfg.output_dir)
+    paths = {"teacher": cfg.teacher.model, "student_init": str(out / "student_init"), "student": str(out / "student")}
+    return {label: paths[label] for label in cfg.eval.models if label == "teacher" or Path(paths[label]).exists()}
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+def run(cfg: RunConfig) -> dict:
+    """The whole loop: generate -> train -> evaluate -> report."""
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    generation = generate(cfg)
+    training = train(cfg) if cfg.train.enabled and generation["kept"] > 0 else None
+    if cfg.train.enabled and not generation["kept"]:
+        log("train: skipped, no verified candidate to learn from")
+    evaluation = evaluate(cfg)
+    report = {
+        "name": cfg.name, "config": cfg.model_dump(), "generation": generation, "training": training,
+        "evaluation": evaluation, "eval_k": cfg.eval.k, "seconds": time.perf_counter() - start,
+        "funnel": {"problems": generation["problems"], "candidates": generation["candidates"],
+                   "verified": generation["verified"], "kept": generation["kept"],
+                   "agreement_problems": generation["agreement_problems"],
+                   "trained_rows": generation["kept"] if training else 0},
+    }
+    report["outputs"] = {"dataset": str(out / "dataset"), "student": str(out / "student"),
+                         "report": str(out / "report.md"), "plot": str(out / "report.png")}
+    paths = write_report(report, out)
+    log(f"done in {report['seconds']:.0f} s: report {paths['md']}, plot {paths['png']}, "
+        f"dataset {out / 'dataset'}, student {out / 'student'}")
+    return report

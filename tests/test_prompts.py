@@ -1,0 +1,50 @@
+import json
+
+import pandas as pd
+
+from distill_ray.extract import extract_program
+from distill_ray.pipeline import build_prompts
+from distill_ray.prompts import Exemplar, build_messages, choose_exemplars
+
+POOL = [Exemplar(f"def sat(x: int) -> bool:\n    return x + {i} == 10", f"def sol():\n    return 10 - {i}")
+        for i in range(6)]
+
+
+def test_messages_alternate_exemplars_then_question():
+    messages = build_messages("p3", "Q", POOL[:2])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "Q" and messages[2]["content"] == POOL[0].answer
+
+
+def test_fixed_exemplars_skip_the_question_itself():
+    shots = choose_exemplars(POOL, 3, "fixed", seed=0, exclude=POOL[0].question)
+    assert shots == POOL[1:4]
+
+
+def test_random_exemplars_are_seeded_per_question():
+    a = choose_exemplars(POOL, 3, "random", seed=1, exclude="q1")
+    assert a == choose_exemplars(POOL, 3, "random", seed=1, exclude="q1")
+    draws = {tuple(s.question for s in choose_exemplars(POOL, 3, "random", seed=1, exclude=f"q{i}")) for i in range(20)}
+    assert len(draws) > 1
+
+
+def test_prompt_stage_writes_messages_and_prefix():
+    batch = pd.DataFrame({"kind": ["p3", "gsm8k"], "question": ["Q1", "Q2"]})
+    out = build_prompts(batch, POOL, num_shots=2, strategy="fixed", seed=0)
+    assert len(json.loads(out["messages"][0])) == 6
+    assert list(out["response_prefix"]) == ["def sol():\n    return ", "def solution():\n"]
+    zero_shot = build_prompts(batch.copy(), POOL, num_shots=0, strategy="fixed", seed=0)
+    assert len(json.loads(zero_shot["messages"][0])) == 2
+
+
+def test_extract_keeps_the_function_and_drops_what_follows():
+    prefix = "def sol():\n    return "
+    assert extract_program(prefix, "19 - 7\n\nprint(sol())") == "def sol():\n    return 19 - 7\n"
+    assert extract_program(prefix, "'ab' * 3\n```\nExplanation") == "def sol():\n    return 'ab' * 3\n"
+    body = "    a = 3\n    b = 4\n    return a * b\ndef other():\n    pass"
+    assert extract_program("def solution():\n", body) == "def solution():\n    a = 3\n    b = 4\n    return a * b\n"
+
+
+def test_extract_without_prefix_strips_an_opening_fence():
+    completion = "```python\ndef sol():\n    return 5\n```\nDone."
+    assert extract_program("", completion) == "def sol():\n    return 5\n"
