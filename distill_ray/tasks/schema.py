@@ -1,0 +1,61 @@
+"""The problem record every task source produces, and a checker for it.
+
+Problems become Arrow/Parquet columns downstream, so every dict carries every key with one type per key.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Keys of every problem dict, in this order (downstream code builds Arrow schemas from it).
+PROBLEM_COLUMNS: tuple[str, ...] = (
+    "task_id",      # str, stable and unique: "puzzles/add_const/d1/s17", "gsm8k/train/12", "p3/Study_1:0"
+    "split",        # "train" | "eval"
+    "source",       # "puzzles" | "gsm8k" | "p3"
+    "family",       # puzzle family, P3 family, or "gsm8k"
+    "difficulty",   # int, 1 = trivial
+    "kind",         # "p3": find x with sat(x) is True | "gsm8k": solution() returns the number
+    "question",     # what a prompt shows (the sat source, or the word problem)
+    "sat",          # p3: source of `def sat(x: T, ...)`; "" otherwise
+    "ans_type",     # p3: "int", "str", "List[int]", ...; "" otherwise
+    "expected",     # gsm8k: the final number as float; None otherwise
+    "tests",        # "" (reserved for test-based tasks)
+    "entry_point",  # "" (reserved for test-based tasks)
+    "reference",    # a correct candidate in the exact form a model must write (few-shot exemplar)
+)
+
+SPLITS = ("train", "eval")
+KINDS = ("p3", "gsm8k")
+
+_STR_COLUMNS = ("task_id", "split", "source", "family", "kind", "question", "sat", "ans_type", "tests",
+                "entry_point", "reference")
+
+
+def make_problem(*, task_id: str, split: str, source: str, family: str, difficulty: int, kind: str,
+                 question: str, sat: str = "", ans_type: str = "", expected: float | None = None,
+                 reference: str = "") -> dict:
+    """Build a problem dict with every column, in PROBLEM_COLUMNS order."""
+    problem = {
+        "task_id": task_id, "split": split, "source": source, "family": family, "difficulty": int(difficulty),
+        "kind": kind, "question": question, "sat": sat, "ans_type": ans_type,
+        "expected": None if expected is None else float(expected),
+        "tests": "", "entry_point": "", "reference": reference,
+    }
+    return problem
+
+
+def check_problem(problem: dict) -> None:
+    """Raise ValueError naming the first key whose presence, type or value is wrong."""
+    missing = [c for c in PROBLEM_COLUMNS if c not in problem]
+    if missing:
+        raise ValueError(f"problem {problem.get('task_id')!r} lacks keys {missing}")
+    for column in _STR_COLUMNS:
+        if not isinstance(problem[column], str):
+            raise ValueError(f"problem {problem['task_id']!r}: {column} must be str, got {problem[column]!r}")
+    if type(problem["difficulty"]) is not int:
+        raise ValueError(f"problem {problem['task_id']!r}: difficulty must be int")
+    if problem["split"] not in SPLITS or problem["kind"] not in KINDS:
+        raise ValueError(f"problem {problem['task_id']!r}: bad split {problem['split']!r} or kind {problem['kind']!r}")
+    expected = problem["expected"]
+    if expected is not None and not (type(expected) is float and math.isfinite(expected)):
+        raise ValueError(f"problem {problem['task_id']!r}: expected must be a finite float or None")
