@@ -1,0 +1,53 @@
+"""Sandboxed verification of untrusted, model-written Python: P3 puzzles, GSM8K programs, assert tests.
+
+Usage::
+
+    from distill_ray.verify import Check, Verifier
+    with Verifier(workers=2) as v:
+        verdicts = v.verify([Check("gsm8k", "def solution():\\n    return 6 * 7", expected=42)])
+
+Threat model
+------------
+Candidate programs (and, for synthetic P3, the `sat` puzzles and test code) are hostile: by accident (infinite
+loops, memory blow-ups, fork storms, floods of output, deleting files) or by construction (making the check lie).
+A fake pass poisons training data, so the design is: the process that runs candidate code only ever returns
+*plain data* (exact builtin types, see `codec`) and never reports a verdict; expected answers and tests never
+enter it; type checks and comparisons run in the trusted worker; `sat` and test code run in a *separate* fresh
+process (another uid) where the candidate's patched builtins, trace hooks or lying objects do not exist — test
+code calls candidate functions through stubs that send plain arguments over a pipe and get plain results back.
+
+Processes: Verifier (caller) -> worker (exec'd with an empty environment; one per `workers`) -> a clean forker
+(forked at worker start-up, before any check, so candidates forked from it find no other check in memory) ->
+one candidate process per check; the worker itself forks the judge processes.
+
+Per sandboxed process: own process group; fds 0-2 to /dev/null and a capped output pipe, fd 3 its report pipe,
+nothing else; a private cwd (removed afterwards); RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core
+dumps; no_new_privs; parent-death signal; an empty environment. As root additionally: an unprivileged uid unique
+to the worker (so RLIMIT_NPROC applies, other users' files and /proc entries are out of reach, and `kill(-1)`
+under that uid ends every process it started), and per worker, when the kernel permits: an empty network
+namespace, a private IPC namespace, and a mount namespace with private tmpfs on /tmp, /var/tmp and /dev/shm
+(wiped after each check). `Verifier.protections` says which are active and why not. When the verdict is in,
+every process of the check is SIGKILLed (process group + uid-wide kill) and reaped.
+
+Not covered: reads of world-readable files; CPU/memory side channels; a candidate reading the programs of
+earlier candidates of the same worker from the forker's memory; a kernel exploit. Without root, there is no uid
+drop (candidates run as the caller's user: they can signal its processes and RLIMIT_NPROC counts all of them).
+
+Statuses
+--------
+- ``pass``: the answer was obtained and is correct (p3: right exact type and ``sat(answer) is True``;
+  gsm8k: an int/float equal to expected within 1e-6; asserts: the tests ran to the end without raising).
+- ``fail``: an answer was obtained (or the tests ran) and it is wrong: wrong value or type, sat returned
+  something other than True or raised, a test raised (AssertionError or anything else).
+- ``timeout``: the wall-clock (``timeout_s``) or CPU (``cpu_s``) limit ran out.
+- ``memory``: the candidate hit the address-space limit (MemoryError).
+- ``error``: no answer: the program does not compile, raised, exited (``sys.exit``, ``os._exit``), was killed,
+  returned something that is not plain data (e.g. an object with a lying ``__eq__``), or a harness problem.
+- ``invalid``: the check itself is malformed (unknown kind, missing sat/expected/tests, unsupported ans_type,
+  sat that does not define ``sat``).
+"""
+
+from distill_ray.verify.pool import Verifier, verify_one
+from distill_ray.verify.schema import Check, SandboxLimits, Verdict
+
+__all__ = ["Check", "SandboxLimits", "Verdict", "Verifier", "verify_one"]

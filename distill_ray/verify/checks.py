@@ -1,0 +1,302 @@
+"""Running one check inside a worker, and judging its plain-data result in trusted code.
+
+The worker is trusted: it holds the check (expected answers, tests), starts the sandboxed processes, and does the
+type checks and comparisons itself on values rebuilt from plain data. No candidate code ever runs here.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+
+from distill_ray.verify import children, sandbox
+from distill_ray.verify.codec import from_plain
+
+ANSWER_CHARS = 1000
+DETAIL_CHARS = 300
+_SCALAR_TYPES = {"int": int, "str": str, "float": float, "bool": bool}
+
+
+class Invalid(Exception):
+    """The check itself is malformed (not the candidate's fault)."""
+
+
+def verdict(status: str, detail: str = "", answer: str | None = None) -> dict:
+    return {"passed": status == "pass", "status": status, "answer": answer, "detail": detail[:DETAIL_CHARS]}
+
+
+# ---------------------------------------------------------------- answer types (P3's type_check, exact types)
+
+def parse_type(text: str):
+    """'List[List[int]]' -> ('list', ('list', 'int')); raise Invalid if it is not a P3 answer type."""
+    s = text.replace(" ", "")
+    if s in _SCALAR_TYPES:
+        return s
+    m = re.fullmatch(r"(?:typing\.)?(?:List|list)\[(.+)\]", s)
+    if not m:
+        raise Invalid(f"unsupported answer type {text!r}")
+    return ("list", parse_type(m.group(1)))
+
+
+def type_ok(value, typ) -> bool:
+    if isinstance(typ, str):
+        return type(value) is _SCALAR_TYPES[typ]
+    return type(value) is list and all(type_ok(v, typ[1]) for v in value)
+
+
+def ans_type_of(sat: str) -> str:
+    """The annotation of sat's first argument, as P3 writes it."""
+    try:
+        tree = ast.parse(sat)
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        raise Invalid(f"sat does not parse: {type(e).__name__}: {e}") from None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "sat" and node.args.args:
+            ann = node.args.args[0].annotation
+            if ann is not None:
+                return ast.unparse(ann)
+    raise Invalid("cannot derive ans_type: sat's first argument has no annotation")
+
+
+def answer_text(value) -> str:
+    """repr(value) capped at ANSWER_CHARS, without turning more of a list or a huge int into text than needed."""
+    out, left = [], [ANSWER_CHARS]
+
+    def put(text: str) -> None:
+        out.append(text[:max(left[0], 0)])
+        left[0] -= len(text)
+
+    def walk(v) -> None:
+        if type(v) is list:
+            put("[")
+            for i, e in enumerate(v):
+                if left[0] <= 0:
+                    return
+                if i:
+                    put(", ")
+                walk(e)
+            put("]")
+        elif type(v) is int and v.bit_length() > 4 * ANSWER_CHARS:   # decimal conversion is quadratic
+            put(f"<int of {v.bit_length()} bits: {hex(v)[:ANSWER_CHARS]}>")
+        else:
+            put(repr(v))
+
+    walk(value)
+    return "".join(out)
+
+
+def number_text(value) -> str:
+    """gsm8k canonical form: 12 and 12.0 -> '12', 2.5 -> '2.5'."""
+    if type(value) is float and math.isfinite(value) and value.is_integer():
+        return str(int(value))[:ANSWER_CHARS]
+    return (str(value) if type(value) is int else repr(value))[:ANSWER_CHARS]
+
+
+def gsm8k_judge(value, expected: float) -> dict:
+    answer = number_text(value)
+    if type(value) not in (int, float):
+        return verdict("fail", f"answer is a {type(value).__name__}, not an int or float", answer)
+    if type(value) is float and not math.isfinite(value):
+        return verdict("fail", f"answer {value!r} is not finite", answer)
+    if type(value) is int and float(expected).is_integer():
+        equal = value == int(expected)
+    else:
+        try:
+            equal = math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-6)
+        except OverflowError:
+            equal = False
+    if equal:
+        return verdict("pass", "", answer)
+    return verdict("fail", f"answer {answer[:100]} != expected {number_text(expected)}", answer)
+
+
+# ---------------------------------------------------------------- the runner
+
+class CheckRunner:
+    """Runs checks one at a time in sandboxed processes and judges them. One per worker."""
+
+    def __init__(self, limits: dict, forker, protections: dict):
+        self.limits = limits
+        self.forker = forker
+        self.private_tmp = protections["private_tmp"].startswith("on")
+        root = protections["uid_drop"].startswith("on")
+        base = sandbox.UID_BASE + 2 * os.getpid()
+        self.cand_uid = base if root else None       # candidate processes ("A")
+        self.judge_uid = base + 1 if root else None  # judge processes ("B"): another uid, so A cannot touch B
+
+    def run(self, check: dict) -> dict:
+        start = time.monotonic()
+        scratch = tempfile.mkdtemp(prefix="cand-", dir="/tmp" if self.private_tmp else None)
+        try:
+            if self.cand_uid is not None:
+                os.chown(scratch, self.cand_uid, self.cand_uid)
+            os.chmod(scratch, 0o700)
+            result = getattr(self, "_" + check["kind"])(check, scratch)
+        except Invalid as e:
+            result = verdict("invalid", str(e))
+        except Exception as e:   # a harness problem, never a pass
+            result = verdict("error", f"verifier: {type(e).__name__}: {e}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if self.private_tmp:
+                sandbox.wipe_private_tmp()
+            sandbox.reap_orphans()
+        result["seconds"] = time.monotonic() - start
+        return result
+
+    # -- kinds
+
+    def _p3(self, check: dict, scratch: str) -> dict:
+        if not check.get("sat"):
+            raise Invalid("p3 check without sat")
+        typ = parse_type(check.get("ans_type") or ans_type_of(check["sat"]))
+        plain, failed = self._candidate_answer("p3", check["program"], scratch)
+        if failed:
+            return failed
+        value = from_plain(plain)
+        answer = answer_text(value)
+        if not type_ok(value, typ):
+            return verdict("fail", f"answer has type {type(value).__name__}, expected {check.get('ans_type') or typ}",
+                           answer)
+        report, why, _ = self._run_judge(lambda: children.judge_sat(check["sat"], plain), {})
+        if report is None:
+            if why == "timeout":
+                return verdict("timeout", f"sat timed out after {self.limits['timeout_s']}s", answer)
+            return verdict("error", f"sat process ended without a result ({why})", answer)
+        if "invalid" in report:
+            return verdict("invalid", report["invalid"], answer)
+        if "raised" in report:
+            return verdict("fail", "sat raised %s: %s" % tuple(report["raised"]), answer)
+        if report.get("sat") is True:
+            return verdict("pass", "", answer)
+        return verdict("fail", f"sat returned a {report.get('type')}, not True", answer)
+
+    def _gsm8k(self, check: dict, scratch: str) -> dict:
+        expected = check.get("expected")
+        if type(expected) not in (int, float) or not math.isfinite(expected):
+            raise Invalid("gsm8k check without a finite expected number")
+        plain, failed = self._candidate_answer("gsm8k", check["program"], scratch)
+        if failed:
+            return failed
+        return gsm8k_judge(from_plain(plain), expected)
+
+    def _asserts(self, check: dict, scratch: str) -> dict:
+        if not check.get("tests") and not check.get("entry_point"):
+            raise Invalid("asserts check without tests")
+        req_r, req_w = os.pipe()     # judge -> candidate: calls
+        resp_r, resp_w = os.pipe()   # candidate -> judge: names, then results
+        out_r, out_w = os.pipe()
+        try:
+            pid = self.forker.spawn("asserts", check["program"], self.limits, self.cand_uid, scratch,
+                                    [resp_w, out_w, req_r])
+        except OSError as e:
+            for fd in (req_r, req_w, resp_r, resp_w, out_r, out_w):
+                os.close(fd)
+            return verdict("error", str(e))
+        os.close(resp_w)
+        os.close(req_r)
+        body = lambda: children.judge_tests(check["tests"], check.get("entry_point", ""),  # noqa: E731
+                                            self.limits["max_answer_bytes"])
+        try:
+            report, why, sink = self._run_judge(body, {children.REQUEST_FD: req_w, children.RESPONSE_FD: resp_r},
+                                                out=(out_r, out_w), also_kill=pid)
+        finally:
+            os.close(req_w)
+            os.close(resp_r)
+        status = self.forker.reap(pid)
+        if report is not None and report.get("ok") is True:
+            return verdict("pass")
+        if report is not None and "fail" in report:
+            return verdict("fail", "%s: %s" % tuple(report["fail"]))
+        if report is not None and "harness" in report:
+            return verdict("error", report["harness"])
+        if why == "timeout":
+            return verdict("timeout", f"timeout after {self.limits['timeout_s']}s")
+        err = report.get("cand_err") if report else None
+        return self._no_answer({"err": err} if err else None, why, status, sink)
+
+    # -- processes
+
+    def _candidate_answer(self, kind: str, program: str, scratch: str):
+        """Run A; return (plain answer, None) or (None, verdict)."""
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            pid = self.forker.spawn(kind, program, self.limits, self.cand_uid, scratch, [res_w, out_w])
+        except OSError as e:
+            for fd in (res_r, res_w, out_r, out_w):
+                os.close(fd)
+            return None, verdict("error", str(e))
+        os.close(res_w)
+        os.close(out_w)
+        sink = sandbox.OutputSink(out_r, self.limits["max_output_bytes"])
+        try:
+            deadline = time.monotonic() + self.limits["timeout_s"]
+            msg, why = sandbox.wait_message(res_r, sink, deadline, self.limits["max_answer_bytes"])
+        finally:
+            self._kill(pid, self.cand_uid)
+            os.close(res_r)
+            os.close(out_r)
+        status = self.forker.reap(pid)
+        if type(msg) is dict and "ok" in msg:
+            try:
+                from_plain(msg["ok"])
+            except (ValueError, RecursionError) as e:
+                return None, verdict("error", f"malformed answer: {e}")
+            return msg["ok"], None
+        return None, self._no_answer(msg, why, status, sink)
+
+    def _no_answer(self, msg, why: str, status, sink) -> dict:
+        """Classify a candidate that produced no answer."""
+        if type(msg) is dict and type(msg.get("err")) is list and len(msg["err"]) == 2:
+            name, text = (str(x) for x in msg["err"])
+            if name == "MemoryError":
+                return verdict("memory", f"MemoryError (limit {self.limits['memory_mb']} MB)")
+            return verdict("error", f"{name}: {text}")
+        if why == "timeout":
+            return verdict("timeout", f"timeout after {self.limits['timeout_s']}s")
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU:
+                return verdict("timeout", f"cpu limit of {self.limits['cpu_limit']}s exceeded")
+            if sig == signal.SIGXFSZ:
+                return verdict("error", f"file size limit of {self.limits['file_size_mb']} MB exceeded")
+            if sig != signal.SIGKILL:
+                return verdict("error", f"killed by {signal.Signals(sig).name}: {sink.tail()}")
+        if status is not None and os.WIFEXITED(status) and why == "eof":
+            return verdict("error", f"exited with code {os.WEXITSTATUS(status)} without an answer")
+        return verdict("error", f"no answer ({why})")
+
+    def _run_judge(self, body, fds: dict, out=None, also_kill: int | None = None):
+        """Fork B (as the judge uid, from this trusted process), wait for its report, kill everything."""
+        rep_r, rep_w = os.pipe()
+        out_r, out_w = out if out else os.pipe()
+        fds = {children.REPORT_FD: rep_w, 1: out_w, 2: out_w, **fds}
+        try:
+            pid = sandbox.fork_sandboxed(body, self.limits, self.judge_uid, "/", fds, judge=True)
+        finally:
+            os.close(rep_w)
+            os.close(out_w)
+        sink = sandbox.OutputSink(out_r, self.limits["max_output_bytes"])
+        try:
+            deadline = time.monotonic() + self.limits["timeout_s"]
+            msg, why = sandbox.wait_message(rep_r, sink, deadline, self.limits["max_answer_bytes"])
+        finally:
+            if also_kill is not None:
+                self._kill(also_kill, self.cand_uid)
+            self._kill(pid, self.judge_uid)
+            os.waitpid(pid, 0)
+            os.close(rep_r)
+            os.close(out_r)
+        return (msg if type(msg) is dict else None), why, sink
+
+    @staticmethod
+    def _kill(pid: int, uid: int | None) -> None:
+        sandbox.kill_group(pid)
+        sandbox.kill_uid(uid)

@@ -1,0 +1,208 @@
+"""Code that runs inside sandboxed children. Nothing here decides a verdict; it only reports plain data.
+
+fd 3 is the child's report channel. A candidate process ("A") can write anything there, but what it writes is
+only ever read as plain data (an answer or a call result), so forging the channel gains nothing the candidate
+could not get by returning a value. Judges ("B": p3's sat, the asserts tests) run in separate fresh processes
+under a different uid, never share a process with candidate code, and see candidate results only as plain data.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import typing
+
+from distill_ray.verify.codec import NotPlainData, from_plain, read_msg, to_plain, write_msg
+
+REPORT_FD, REQUEST_FD, RESPONSE_FD = 3, 4, 5
+ENTRY = {"p3": "sol", "gsm8k": "solution"}
+
+
+def _fresh_namespace(name: str) -> dict:
+    # P3 convention: sol/sat may name List without importing it
+    return {"__name__": name, "__builtins__": builtins, "List": typing.List}
+
+
+def _describe(exc: BaseException) -> list:
+    """[type name, message] of an exception, robust to a hostile __str__."""
+    try:
+        msg = str(exc)[:200]
+    except BaseException:
+        msg = "<unprintable>"
+    return [type(exc).__name__, msg]
+
+
+def run_candidate(kind: str, program: str) -> None:
+    """A for p3/gsm8k: run the program, call sol()/solution(), report {"ok": plain answer} or {"err": [...]}."""
+    sys.set_int_max_str_digits(0)
+    try:
+        ns = _fresh_namespace("__candidate__")
+        exec(compile(program, "<candidate>", "exec"), ns)
+        fn = ns.get(ENTRY[kind])
+        if not callable(fn):
+            msg = {"err": ["NameError", f"the program defines no {ENTRY[kind]}()"]}
+        else:
+            value = fn()
+            msg = {"ok": to_plain(value)}
+    except NotPlainData as e:
+        msg = {"err": ["NotPlainData", str(e)]}
+    except BaseException as e:   # SystemExit, KeyboardInterrupt and MemoryError included: all end as no answer
+        msg = {"err": _describe(e)}
+    write_msg(REPORT_FD, msg)
+
+
+def _export(name: str, value):
+    """How trusted test code may refer to a name from the candidate's namespace (None: not exported)."""
+    if isinstance(value, type(sys)):
+        return ["m", value.__name__]           # tests get the real module, never the candidate's copy
+    if type(value).__name__ == "function" or (isinstance(value, type) and value.__module__ == "__candidate__"):
+        return ["f"]                           # candidate code: a stub in the judge calls it over the pipe
+    if callable(value):
+        mod, qual = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+        if type(mod) is str and type(qual) is str:
+            return ["r", mod, qual]            # e.g. `from math import sqrt`: the judge imports the real one
+        return None
+    try:
+        return ["v", to_plain(value)]
+    except (NotPlainData, RecursionError):
+        return None
+
+
+def serve_candidate(program: str) -> None:
+    """A for asserts: run the program, export its names, then answer call requests until the judge hangs up."""
+    sys.set_int_max_str_digits(0)
+    try:
+        ns = _fresh_namespace("__candidate__")
+        exec(compile(program, "<candidate>", "exec"), ns)
+        names = {k: spec for k, v in list(ns.items()) if not k.startswith("__") and (spec := _export(k, v))}
+        write_msg(REPORT_FD, {"names": names})
+    except BaseException as e:
+        write_msg(REPORT_FD, {"err": _describe(e)})
+        return
+    while (req := read_msg(REQUEST_FD)) is not None:
+        try:
+            result = ns[req["f"]](*from_plain(req["a"]), **from_plain(req["k"]))
+            reply = {"ok": to_plain(result)}
+        except BaseException as e:
+            reply = {"exc": _describe(e)}
+        write_msg(REPORT_FD, reply)
+
+
+def judge_sat(sat: str, answer) -> None:
+    """B for p3: rebuild nothing from the candidate but plain data; report whether sat(answer) is True."""
+    sys.set_int_max_str_digits(0)
+    try:
+        ns = _fresh_namespace("__puzzle__")
+        exec(compile(sat, "<sat>", "exec"), ns)
+        sat_fn = ns.get("sat")
+        if not callable(sat_fn):
+            write_msg(REPORT_FD, {"invalid": "sat source defines no sat()"})
+            return
+    except BaseException as e:
+        write_msg(REPORT_FD, {"invalid": "sat does not compile/run: %s: %s" % tuple(_describe(e))})
+        return
+    try:
+        result = sat_fn(from_plain(answer))
+        write_msg(REPORT_FD, {"sat": result is True, "type": type(result).__name__})
+    except BaseException as e:
+        write_msg(REPORT_FD, {"raised": _describe(e)})
+
+
+class CandidateGone(BaseException):
+    """The candidate process died or sent garbage; a BaseException so `except Exception` in tests can't hide it."""
+
+
+class HarnessLimit(BaseException):
+    """A call the pipe cannot carry (an argument that is not plain data)."""
+
+
+def judge_tests(tests: str, entry_point: str, max_bytes: int) -> None:
+    """B for asserts: run trusted-side test code where candidate names are stubs calling over the pipe."""
+    sys.set_int_max_str_digits(0)
+    try:
+        hello = read_msg(RESPONSE_FD, max_bytes)
+    except (ValueError, RecursionError):
+        hello = None
+    if type(hello) is not dict or type(hello.get("names")) is not dict:
+        err = hello.get("err") if type(hello) is dict else None
+        write_msg(REPORT_FD, {"cand_err": err if type(err) is list else None})
+        return
+    state = {"gone": False}
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    for name, spec in hello["names"].items():
+        if hasattr(builtins, name) and name != entry_point:
+            continue   # the tests' `len`, `abs`, `AssertionError` ... stay the real builtins
+        value = _import_spec(name, spec, state, max_bytes)
+        if value is not None:
+            ns[name] = value
+    try:
+        exec(compile(tests, "<tests>", "exec"), ns)
+        if entry_point:
+            if entry_point not in ns or hello["names"].get(entry_point) != ["f"]:
+                write_msg(REPORT_FD, {"cand_err": ["NameError", f"the program defines no function {entry_point}"]})
+                return
+            if callable(ns.get("check")):   # HumanEval style; plain assert lines just name the entry point
+                ns["check"](ns[entry_point])
+        report = {"ok": True}
+    except CandidateGone:
+        report = {"gone": True}
+    except HarnessLimit as e:
+        report = {"harness": str(e)}
+    except BaseException as e:
+        report = {"fail": _describe(e)}
+    if state["gone"]:
+        report = {"gone": True}
+    write_msg(REPORT_FD, report)
+
+
+def _import_spec(name: str, spec, state: dict, max_bytes: int):
+    import importlib
+    try:
+        if type(spec) is not list or not spec:
+            return None
+        if spec[0] == "f":
+            return _stub(name, state, max_bytes)
+        if spec[0] == "v":
+            return from_plain(spec[1])
+        module = importlib.import_module(spec[1])
+        if spec[0] == "m":
+            return module
+        value = module
+        for part in spec[2].split("."):
+            value = getattr(value, part)
+        return value
+    except Exception:
+        return None
+
+
+_EXCEPTIONS = {n: v for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, Exception)}
+
+
+def _stub(name: str, state: dict, max_bytes: int):
+    def call(*args, **kwargs):
+        if state["gone"]:
+            raise CandidateGone()
+        try:
+            request = {"f": name, "a": to_plain(list(args)), "k": to_plain(kwargs)}
+        except NotPlainData as e:
+            raise HarnessLimit(f"argument of {name}() cannot cross the sandbox: {e}") from None
+        try:
+            write_msg(REQUEST_FD, request)
+            reply = read_msg(RESPONSE_FD, max_bytes)
+            if reply is None:
+                raise ValueError("no reply")
+            if "ok" in reply:
+                return from_plain(reply["ok"])
+            exc_name, msg = reply["exc"]
+        except (OSError, ValueError, KeyError, TypeError):
+            state["gone"] = True
+            raise CandidateGone() from None
+        if exc_name == "NotPlainData":
+            raise TypeError(f"{name}() returned something that is not plain data: {msg}")
+        try:   # re-raise builtin exception types as themselves, so `except ValueError` in tests works
+            exc = _EXCEPTIONS[exc_name](msg)
+        except Exception:
+            exc = RuntimeError(f"{exc_name}: {msg}")
+        raise exc
+    call.__name__ = call.__qualname__ = name
+    return call

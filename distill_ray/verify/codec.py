@@ -1,0 +1,155 @@
+"""Plain data across process boundaries, and message framing over raw file descriptors.
+
+Candidate results cross into trusted code only as *plain data*: None, bool, int, float, str, list, and tagged
+tuple/set/frozenset/dict/bytes/complex. Encoding checks exact types (`type(x) is int`), so subclasses and objects
+with lying `__eq__`/`__bool__` cannot be encoded at all; decoding builds fresh builtin objects from JSON, so what
+the trusted side compares never contains candidate code. Depth and size are capped.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import struct
+
+MAX_DEPTH = 100
+MAX_INT_DIGITS = 100_000   # trusted-side decoding refuses longer ints (str->int is quadratic in Python 3.11)
+_HEADER = struct.Struct(">I")
+_SCALARS = (type(None), bool, int, float, str)
+
+
+class NotPlainData(TypeError):
+    """The value is not plain data (or is nested too deeply)."""
+
+
+def to_plain(x, depth: int = 0):
+    """Encode x as JSON-able plain data; raise NotPlainData for anything else."""
+    t = type(x)
+    if t in _SCALARS:
+        return x
+    if depth >= MAX_DEPTH:
+        raise NotPlainData(f"nested deeper than {MAX_DEPTH}")
+    if t is list:
+        return [to_plain(v, depth + 1) for v in x]
+    if t is tuple or t is set or t is frozenset:
+        return {"t": t.__name__, "v": [to_plain(v, depth + 1) for v in x]}
+    if t is dict:
+        return {"t": "dict", "v": [[to_plain(k, depth + 1), to_plain(v, depth + 1)] for k, v in x.items()]}
+    if t is bytes:
+        return {"t": "bytes", "v": x.hex()}
+    if t is complex:
+        return {"t": "complex", "v": [x.real, x.imag]}
+    if t in _DICTS:
+        return {"t": t.__name__, "v": [[to_plain(k, depth + 1), to_plain(v, depth + 1)] for k, v in x.items()]}
+    if t is type and _TYPES.get(x.__name__) is x:
+        return {"t": "type", "v": x.__name__}
+    raise NotPlainData(f"not plain data: {t.__name__}")
+
+
+# dict subclasses from collections travel as their items and are rebuilt as the real class on the trusted side
+_DICTS = (collections.Counter, collections.OrderedDict, collections.defaultdict)
+_TYPES = {t.__name__: t for t in (int, float, str, bool, list, tuple, dict, set, frozenset, bytes, complex, type(None))}
+
+
+_BUILD = {"tuple": tuple, "set": set, "frozenset": frozenset}
+_DICT_TAGS = {"dict": dict, "Counter": collections.Counter, "OrderedDict": collections.OrderedDict,
+              "defaultdict": lambda d: collections.defaultdict(None, d)}
+
+
+def from_plain(o, depth: int = 0):
+    """Decode what to_plain produced (after a JSON round trip); raise ValueError on anything malformed."""
+    t = type(o)
+    if t in _SCALARS:
+        return o
+    if depth >= MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    if t is list:
+        return [from_plain(v, depth + 1) for v in o]
+    if t is not dict or set(o) != {"t", "v"}:
+        raise ValueError("malformed plain data")
+    tag, v = o["t"], o["v"]
+    try:
+        if tag in _BUILD and type(v) is list:
+            return _BUILD[tag](from_plain(e, depth + 1) for e in v)
+        if tag in _DICT_TAGS and type(v) is list:
+            return _DICT_TAGS[tag]({from_plain(k, depth + 1): from_plain(e, depth + 1) for k, e in v})
+        if tag == "type" and type(v) is str and v in _TYPES:
+            return _TYPES[v]
+        if tag == "bytes" and type(v) is str:
+            return bytes.fromhex(v)
+        if tag == "complex" and type(v) is list and len(v) == 2 and all(type(e) is float for e in v):
+            return complex(v[0], v[1])
+    except (TypeError, ValueError) as e:   # unhashable set members, bad pairs, bad hex
+        raise ValueError(f"malformed plain data: {e}") from None
+    raise ValueError(f"malformed plain data (tag {tag!r})")
+
+
+def dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def frame(obj) -> bytes:
+    data = dumps(obj)
+    return _HEADER.pack(len(data)) + data
+
+
+def write_msg(fd: int, obj) -> None:
+    """Write one length-prefixed JSON message to a raw fd (blocking)."""
+    view = memoryview(frame(obj))
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_msg(fd: int, max_bytes: int = 1 << 30):
+    """Read one message; None at EOF. Raises ValueError if it is larger than max_bytes or not JSON."""
+    head = _read_exact(fd, _HEADER.size)
+    if head is None:
+        return None
+    (n,) = _HEADER.unpack(head)
+    if n > max_bytes:
+        raise ValueError(f"message of {n} bytes exceeds {max_bytes}")
+    body = _read_exact(fd, n)
+    return None if body is None else loads_untrusted(body)
+
+
+class FrameBuffer:
+    """Incremental reader for one framed message from a non-blocking fd (used with select)."""
+
+    def __init__(self, max_bytes: int):
+        self.buf = bytearray()
+        self.max_bytes = max_bytes
+
+    def feed(self, data: bytes):
+        """Add bytes; return (done, message). Raises ValueError when the message is too large."""
+        self.buf += data
+        if len(self.buf) < _HEADER.size:
+            return False, None
+        (n,) = _HEADER.unpack_from(self.buf)
+        if n > self.max_bytes:
+            raise ValueError(f"answer of {n} bytes exceeds the {self.max_bytes}-byte cap")
+        if len(self.buf) < _HEADER.size + n:
+            return False, None
+        return True, loads_untrusted(bytes(self.buf[_HEADER.size:_HEADER.size + n]))
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError(f"integer with more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def loads_untrusted(data: bytes):
+    """json.loads for bytes a candidate may have written: bounded int parsing (nesting is bounded by json)."""
+    return json.loads(data, parse_int=_parse_int)

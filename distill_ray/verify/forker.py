@@ -1,0 +1,102 @@
+"""The clean forker: a small process that forks candidate processes and has never seen a secret.
+
+A forked child inherits its parent's whole memory, freed heap included. The worker holds expected answers
+(gsm8k), test code (asserts) and whole batches of checks, so candidates are not forked from it. The worker
+forks this process at start-up, before any check arrives, and afterwards sends it only what a candidate may
+see: its own program. Pipe ends travel with the request as SCM_RIGHTS file descriptors.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import struct
+
+from distill_ray.verify import children, sandbox
+
+_LEN = struct.Struct(">I")
+
+
+def _send(sock: socket.socket, obj, fds: list[int] = ()) -> None:
+    data = json.dumps(obj).encode()
+    socket.send_fds(sock, [_LEN.pack(len(data))], list(fds))
+    sock.sendall(data)
+
+
+def _recv(sock: socket.socket):
+    head, fds, _, _ = socket.recv_fds(sock, _LEN.size, 8)
+    if not head:
+        return None, []
+    while len(head) < _LEN.size:
+        head += sock.recv(_LEN.size - len(head))
+    (n,) = _LEN.unpack(head)
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None, fds
+        buf += chunk
+    return json.loads(buf), fds
+
+
+def serve(sock: socket.socket) -> None:
+    """Forker main loop: "spawn" forks a sandboxed candidate, "reap" returns its wait status."""
+    gc.freeze()   # children then leave these objects alone in their collections: fewer copy-on-write faults
+    while True:
+        req, fds = _recv(sock)
+        if req is None:
+            os._exit(0)
+        if req["op"] == "spawn":
+            target = {children.REPORT_FD: fds[0], 1: fds[1], 2: fds[1]}
+            if len(fds) > 2:
+                target[children.REQUEST_FD] = fds[2]
+            if req["kind"] == "asserts":
+                body = lambda: children.serve_candidate(req["program"])  # noqa: E731
+            else:
+                body = lambda: children.run_candidate(req["kind"], req["program"])  # noqa: E731
+            try:
+                pid = sandbox.fork_sandboxed(body, req["limits"], req["uid"], req["cwd"], target)
+                reply = {"pid": pid}
+            except OSError as e:
+                reply = {"error": str(e)}
+            for fd in fds:
+                os.close(fd)
+            _send(sock, reply)
+        elif req["op"] == "reap":
+            try:
+                _, status = os.waitpid(req["pid"], 0)
+            except ChildProcessError:
+                status = None
+            sandbox.reap_orphans()
+            _send(sock, {"status": status})
+
+
+class ForkerClient:
+    """The worker's handle on its forker."""
+
+    def __init__(self):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            mine.close()
+            try:
+                serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.sock, self.pid = mine, pid
+
+    def spawn(self, kind: str, program: str, limits: dict, uid: int | None, cwd: str, fds: list[int]) -> int:
+        _send(self.sock, {"op": "spawn", "kind": kind, "program": program, "limits": limits, "uid": uid,
+                          "cwd": cwd}, fds)
+        reply, _ = _recv(self.sock)
+        if reply is None or "pid" not in reply:
+            raise OSError(f"forker could not start the candidate: {reply}")
+        return reply["pid"]
+
+    def reap(self, pid: int) -> int | None:
+        _send(self.sock, {"op": "reap", "pid": pid})
+        reply, _ = _recv(self.sock)
+        return None if reply is None else reply["status"]

@@ -1,0 +1,209 @@
+"""The Verifier: the caller-side handle on a pool of pre-started worker processes.
+
+Each worker is a separate interpreter exec'd with an empty environment; it forks one sandboxed process per
+candidate (plus one per judge), which costs a fork of a small process instead of a fresh interpreter.
+Checks are dispatched in small chunks to whichever worker is free; a worker that dies or stops answering is
+killed and replaced, and its unfinished checks get status "error".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from distill_ray.verify.schema import KINDS, Check, SandboxLimits, Verdict
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from distill_ray.verify.worker import main; main()"
+_HEADER = struct.Struct(">I")
+
+
+def _frame(obj) -> bytes:
+    data = json.dumps(obj).encode()
+    return _HEADER.pack(len(data)) + data
+
+
+class _Worker:
+    def __init__(self, limits: dict):
+        # -I: ignore PYTHON* variables, user site and cwd; env={}: nothing of ours reaches /proc/<pid>/environ.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-X", "int_max_str_digits=0", "-c", _BOOT, _ROOT],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={}, close_fds=True, start_new_session=True)
+        self.buf = bytearray()
+        self.pending: list[int] = []       # indices of checks sent and not yet answered
+        self.last_progress = time.monotonic()
+        self.send({"limits": limits})
+        hello = self.read_blocking()
+        self.protections = hello["hello"]
+
+    def send(self, obj) -> None:
+        self.proc.stdin.write(_frame(obj))
+        self.proc.stdin.flush()
+
+    def read_blocking(self):
+        head = self.proc.stdout.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            raise RuntimeError("verifier worker failed to start")
+        return json.loads(self.proc.stdout.read(_HEADER.unpack(head)[0]))
+
+    def feed(self) -> list | None:
+        """Read available bytes; return complete messages, or None at EOF."""
+        data = os.read(self.proc.stdout.fileno(), 1 << 20)
+        if not data:
+            return None
+        self.buf += data
+        out = []
+        while len(self.buf) >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(self.buf)
+            if len(self.buf) < _HEADER.size + n:
+                break
+            out.append(json.loads(bytes(self.buf[_HEADER.size:_HEADER.size + n])))
+            del self.buf[:_HEADER.size + n]
+        return out
+
+    def kill(self, grace_s: float = 0.0) -> None:
+        """Stop the worker; with a grace period it first gets EOF, so it can finish cleaning up its sandboxes."""
+        if grace_s > 0:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=grace_s)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class Verifier:
+    """Verifies checks in sandboxed processes. Use as a context manager, or call close()."""
+
+    def __init__(self, limits: SandboxLimits | None = None, workers: int = 1):
+        self.limits = limits or SandboxLimits()
+        self._wire_limits = {**self.limits.to_dict(), "cpu_limit": self.limits.cpu_limit()}
+        self._workers = [_Worker(self._wire_limits) for _ in range(max(1, workers))]
+        uid_drop = self._workers[0].protections["uid_drop"]
+        if os.geteuid() == 0 and not uid_drop.startswith("on") and not self.limits.allow_unsafe:
+            self.close()
+            raise RuntimeError(f"refusing to run candidates as root ({uid_drop}); "
+                               "pass SandboxLimits(allow_unsafe=True) to opt in")
+        self._lock = threading.Lock()
+        # A chunk may wait this long without any verdict before its worker is declared hung.
+        self._stall_s = 2 * self.limits.timeout_s + 30
+
+    @property
+    def protections(self) -> dict:
+        """Which isolation mechanisms are active on this machine ("on ..." or "off: reason")."""
+        return dict(self._workers[0].protections)
+
+    def verify(self, checks: list[Check]) -> list[Verdict]:
+        with self._lock:
+            results: list[Verdict | None] = [None] * len(checks)
+            todo = []
+            for i, check in enumerate(checks):
+                problem = _malformed(check)
+                if problem:
+                    results[i] = Verdict(False, "invalid", None, problem, 0.0)
+                else:
+                    todo.append(i)
+            self._run(checks, todo, results)
+            return results
+
+    def _run(self, checks, todo: list[int], results: list) -> None:
+        queue = list(reversed(todo))
+        sel = self._sel = selectors.DefaultSelector()
+        for w in self._workers:
+            sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+        try:
+            while queue or any(w.pending for w in self._workers):
+                for w in self._workers:
+                    if not w.pending and queue:
+                        self._dispatch(w, checks, queue)
+                for key, _ in sel.select(timeout=1.0):
+                    self._collect(key.data, sel, results, checks, queue)
+                for w in list(self._workers):
+                    if w.pending and time.monotonic() - w.last_progress > self._stall_s:
+                        self._replace(w, sel, results, "verifier worker stopped answering")
+        finally:
+            sel.close()
+
+    def _dispatch(self, w: _Worker, checks, queue: list[int]) -> None:
+        if w.proc.poll() is not None:   # died between batches: replace it before handing it work
+            w = self._replace(w, self._sel, [], "")
+        size = max(1, min(16, math.ceil(len(queue) / (4 * len(self._workers)))))
+        chunk = [queue.pop() for _ in range(min(size, len(queue)))]
+        w.pending = chunk
+        w.last_progress = time.monotonic()
+        try:
+            w.send([[i, asdict(checks[i])] for i in chunk])
+        except (BrokenPipeError, OSError):
+            pass   # noticed as EOF by the selector
+
+    def _collect(self, w: _Worker, sel, results, checks, queue) -> None:
+        msgs = w.feed()
+        if msgs is None:
+            self._replace(w, sel, results, "verifier worker died")
+            return
+        for index, v in msgs:
+            results[index] = Verdict(v["passed"], v["status"], v["answer"], v["detail"], v["seconds"])
+            w.pending.remove(index)
+            w.last_progress = time.monotonic()
+
+    def _replace(self, w: _Worker, sel, results, why: str) -> _Worker:
+        sel.unregister(w.proc.stdout)
+        w.kill()
+        for i in w.pending:
+            results[i] = Verdict(False, "error", None, why, 0.0)
+        fresh = _Worker(self._wire_limits)
+        self._workers[self._workers.index(w)] = fresh
+        sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
+        return fresh
+
+    def close(self) -> None:
+        workers, self._workers = getattr(self, "_workers", []), []
+        for w in workers:
+            w.kill(grace_s=1.0)
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _malformed(check) -> str:
+    if not isinstance(check, Check):
+        return f"not a Check: {type(check).__name__}"
+    if check.kind not in KINDS:
+        return f"unknown kind {check.kind!r}"
+    if not isinstance(check.program, str) or not all(isinstance(getattr(check, f), str)
+                                                     for f in ("sat", "ans_type", "tests", "entry_point")):
+        return "program, sat, ans_type, tests and entry_point must be strings"
+    return ""
+
+
+def verify_one(check: Check, limits: SandboxLimits | None = None) -> Verdict:
+    """Verify a single check with a one-off Verifier (starts a worker: use a Verifier for many checks)."""
+    with Verifier(limits) as v:
+        return v.verify([check])[0]
