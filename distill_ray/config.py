@@ -36,8 +36,9 @@ class TaskConfig(Section):
 
 class PromptConfig(Section):
     num_shots: int = Field(3, ge=0, description="Few-shot exemplars in each teacher prompt.")
-    exemplars: Literal["fixed", "random"] = Field("fixed", description="Same exemplars for every prompt, or "
-                                                  "drawn per prompt (seeded).")
+    exemplars: Literal["fixed", "random", "retrieved"] = Field(
+        "retrieved", description="Same exemplars for every prompt, drawn per prompt (seeded), or retrieved: "
+        "the most similar train problems (same family first, then identifier overlap).")
 
 
 class SamplingConfig(Section):

@@ -15,6 +15,7 @@ import zlib
 from dataclasses import asdict, dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from distill_ray.extract import extract_program
 from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, response_prefix
@@ -34,8 +35,8 @@ def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int
                   seed: int) -> pd.DataFrame:
     """Few-shot chat messages for each problem (``num_shots=0`` is the zero-shot student prompt)."""
     messages = []
-    for kind, question in zip(batch["kind"], batch["question"]):
-        shots = choose_exemplars(exemplars, num_shots, strategy, seed, exclude=question) if num_shots else []
+    for kind, question, family in zip(batch["kind"], batch["question"], batch["family"]):
+        shots = choose_exemplars(exemplars, num_shots, strategy, seed, question, family) if num_shots else []
         messages.append(json.dumps(build_messages(kind, question, shots)))
     batch["messages"] = messages
     batch["response_prefix"] = [response_prefix(kind) for kind in batch["kind"]]
@@ -110,6 +111,25 @@ def row_check(row):
                  tests=row.tests, entry_point=row.entry_point)
 
 
+# --- output schema ----------------------------------------------------------------------------------
+
+# Explicit types: a batch where every value is missing (no answer obtained, no expected number) would
+# otherwise be inferred as Arrow's null type, and Parquet shards of one dataset would disagree.
+COLUMN_TYPES = {
+    **{c: pa.string() for c in ("task_id", "split", "source", "family", "kind", "question", "sat", "ans_type",
+                                "tests", "entry_point", "reference", "messages", "response_prefix", "teacher",
+                                "prompt", "completion", "program", "status", "answer", "detail", "vote_answer")},
+    **{c: pa.int64() for c in ("difficulty", "sample_index", "prompt_tokens", "completion_tokens")},
+    **{c: pa.float64() for c in ("expected", "gen_seconds", "verify_seconds", "vote_share", "answer_share")},
+    **{c: pa.bool_() for c in ("finished", "passed", "agreement", "duplicate", "keep")},
+}
+
+
+def to_arrow(batch: pd.DataFrame) -> pa.Table:
+    schema = pa.schema([(c, COLUMN_TYPES.get(c) or pa.Array.from_pandas(batch[c]).type) for c in batch.columns])
+    return pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
+
+
 # --- stage lists ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -138,10 +158,10 @@ class VerifySpec:
     batch_size: int = 32
 
 
-def sampling_stages(teacher: TeacherSpec, exemplars: list[Exemplar], verify: VerifySpec, seed: int) -> list[Stage]:
-    """prompt -> teacher -> extract -> verify: what generation and evaluation share."""
+def teacher_stages(teacher: TeacherSpec, exemplars: list[Exemplar], seed: int) -> list[Stage]:
+    """prompt -> teacher -> extract."""
     return [
-        BatchStage("prompt", reads=("kind", "question"), writes=("messages", "response_prefix"),
+        BatchStage("prompt", reads=("kind", "question", "family"), writes=("messages", "response_prefix"),
                    fn=build_prompts, fn_kwargs=dict(exemplars=exemplars, num_shots=teacher.num_shots,
                                                     strategy=teacher.exemplar_strategy, seed=seed)),
         ActorStage("teacher", reads=("task_id", "messages", "response_prefix"), writes=TEACHER_COLUMNS,
@@ -151,8 +171,12 @@ def sampling_stages(teacher: TeacherSpec, exemplars: list[Exemplar], verify: Ver
                    actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
                    gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size),
         BatchStage("extract", reads=("response_prefix", "completion"), writes=("program",), fn=extract_programs),
-        verify_stage(verify),
     ]
+
+
+def sampling_stages(teacher: TeacherSpec, exemplars: list[Exemplar], verify: VerifySpec, seed: int) -> list[Stage]:
+    """prompt -> teacher -> extract -> verify: what generation and evaluation share."""
+    return teacher_stages(teacher, exemplars, seed) + [verify_stage(verify)]
 
 
 def verify_stage(verify: VerifySpec) -> Stage:

@@ -9,6 +9,7 @@ literal-answer prompts, ~30% with expression exemplars and this prefix).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 SYSTEMS = {
@@ -28,6 +29,7 @@ RESPONSE_PREFIXES = {"p3": "def sol():\n    return ", "gsm8k": "def solution():\
 class Exemplar:
     question: str
     answer: str  # the full program, as the model should write it
+    family: str = ""
 
 
 def response_prefix(kind: str) -> str:
@@ -46,14 +48,31 @@ def build_messages(kind: str, question: str, exemplars: list[Exemplar]) -> list[
 
 def exemplar_pool(problems: list[dict]) -> list[Exemplar]:
     """Exemplars from problems that carry a reference program (train split only: never leak eval)."""
-    return [Exemplar(p["question"], p["reference"]) for p in problems if p["reference"] and p["split"] == "train"]
+    return [Exemplar(p["question"], p["reference"], p["family"])
+            for p in problems if p["reference"] and p["split"] == "train"]
 
 
-def choose_exemplars(pool: list[Exemplar], k: int, strategy: str, seed: int, exclude: str = "") -> list[Exemplar]:
-    """``fixed``: the same first k for every prompt; ``random``: k drawn per prompt, seeded by its question."""
-    candidates = [shot for shot in pool if shot.question != exclude]
+def choose_exemplars(pool: list[Exemplar], k: int, strategy: str, seed: int, question: str = "",
+                     family: str = "") -> list[Exemplar]:
+    """k exemplars for ``question`` (never the question itself).
+
+    ``fixed``: the same first k for every prompt; ``random``: k drawn per prompt, seeded by its question;
+    ``retrieved``: the most similar ones: same family first, then by identifier overlap with the question.
+    """
+    candidates = [shot for shot in pool if shot.question != question]
     if strategy == "fixed":
         return candidates[:k]
     if strategy == "random":
-        return random.Random(f"{seed}:{exclude}").sample(candidates, min(k, len(candidates)))
-    raise ValueError(f"unknown exemplar strategy {strategy!r} (use 'fixed' or 'random')")
+        return random.Random(f"{seed}:{question}").sample(candidates, min(k, len(candidates)))
+    if strategy == "retrieved":
+        words = _words(question)
+        return sorted(candidates, key=lambda shot: (shot.family != family, -_overlap(words, _words(shot.question))))[:k]
+    raise ValueError(f"unknown exemplar strategy {strategy!r} (use 'fixed', 'random' or 'retrieved')")
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_]\w*|[^\sA-Za-z_\d]+", text))
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 0.0

@@ -46,7 +46,7 @@ class ActorStage(Stage):
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     batch_size: int = 8
-    max_restarts: int = 2  # a crashed actor is restarted and its batch retried
+    # No restart settings: Ray Data restarts a crashed pool actor and retries its batch by default.
 
     def apply(self, ds):
         return ds.map_batches(
@@ -57,8 +57,6 @@ class ActorStage(Stage):
             num_gpus=self.gpus_per_actor or None,
             batch_size=self.batch_size,
             batch_format="pandas",
-            max_restarts=self.max_restarts,
-            max_task_retries=self.max_restarts,
         )
 
 

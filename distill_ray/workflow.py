@@ -23,8 +23,8 @@ from distill_ray.config import RunConfig, TeacherConfig
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_report
 from distill_ray.models import resolve_model
-from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, vote_stage
-from distill_ray.prompts import build_messages, exemplar_pool, response_prefix
+from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, to_arrow, vote_stage
+from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, response_prefix
 from distill_ray.stages import apply_stages
 from distill_ray.teachers import SamplingSettings
 
@@ -57,6 +57,15 @@ def load_task(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
                          difficulty=t.difficulty, families=t.families)
 
 
+def exemplars_for(cfg: RunConfig, train: list[dict]) -> list:
+    """GSM8K prompts use hand-written program-of-thought exemplars; puzzles use train references."""
+    from distill_ray.tasks import GSM8K_EXEMPLARS
+
+    if cfg.task.source == "gsm8k":
+        return [Exemplar(e["question"], e["reference"], e["family"]) for e in GSM8K_EXEMPLARS]
+    return exemplar_pool(train)
+
+
 def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, name: str | None = None,
                  model: str | None = None, samples: int | None = None, temperature: float | None = None,
                  max_new_tokens: int | None = None) -> TeacherSpec:
@@ -85,6 +94,7 @@ def _sample(problems: list[dict], spec: TeacherSpec, exemplars, cfg: RunConfig, 
     if vote:
         stages.append(vote_stage(cfg.vote.require_majority))
     ds = apply_stages(ray.data.from_items(problems), list(problems[0]), stages)
+    ds = ds.map_batches(to_arrow, batch_format="pandas")
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a rerun replaces its output (resumable runs: issue 8)
     start = time.perf_counter()
@@ -102,7 +112,7 @@ def generate(cfg: RunConfig) -> dict:
     out = Path(cfg.output_dir) / "dataset"
     spec = teacher_spec(cfg.teacher, cfg.prompt.num_shots, cfg.prompt.exemplars, cfg.seed)
     log(f"generate: {len(train)} train problems x {spec.sampling.n} samples from teacher {spec.name!r}")
-    rows, seconds = _sample(train, spec, exemplar_pool(train), cfg, out, vote=True)
+    rows, seconds = _sample(train, spec, exemplars_for(cfg, train), cfg, out, vote=True)
     stats = generation_stats(rows, seconds, spec.sampling.n)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
@@ -211,7 +221,8 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
                             cfg.seed + 1, name=label, model=model, samples=e.samples, temperature=e.temperature,
                             max_new_tokens=e.max_new_tokens)
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
-        rows, _ = _sample(eval_problems, spec, exemplar_pool(train_problems), cfg, out / "eval" / label, vote=False)
+        rows, _ = _sample(eval_problems, spec, exemplars_for(cfg, train_problems), cfg, out / "eval" / label,
+                          vote=False)
         counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
         results[label] = summarize_passk(counts, e.k)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")

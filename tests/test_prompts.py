@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from distill_ray.extract import extract_program
 from distill_ray.pipeline import build_prompts
@@ -17,19 +18,31 @@ def test_messages_alternate_exemplars_then_question():
 
 
 def test_fixed_exemplars_skip_the_question_itself():
-    shots = choose_exemplars(POOL, 3, "fixed", seed=0, exclude=POOL[0].question)
+    shots = choose_exemplars(POOL, 3, "fixed", seed=0, question=POOL[0].question)
     assert shots == POOL[1:4]
 
 
 def test_random_exemplars_are_seeded_per_question():
-    a = choose_exemplars(POOL, 3, "random", seed=1, exclude="q1")
-    assert a == choose_exemplars(POOL, 3, "random", seed=1, exclude="q1")
-    draws = {tuple(s.question for s in choose_exemplars(POOL, 3, "random", seed=1, exclude=f"q{i}")) for i in range(20)}
+    a = choose_exemplars(POOL, 3, "random", seed=1, question="q1")
+    assert a == choose_exemplars(POOL, 3, "random", seed=1, question="q1")
+    draws = {tuple(s.question for s in choose_exemplars(POOL, 3, "random", seed=1, question=f"q{i}")) for i in range(20)}
     assert len(draws) > 1
 
 
+def test_retrieved_exemplars_prefer_the_same_family_then_similar_text():
+    pool = [Exemplar("def sat(s: str) -> bool:\n    return s == 'ab' * 3", "def sol():\n    return 'ab' * 3", "repeat"),
+            Exemplar("def sat(x: int) -> bool:\n    return x * 3 == 12", "def sol():\n    return 12 // 3", "mul"),
+            Exemplar("def sat(x: int) -> bool:\n    return x + 3 == 12", "def sol():\n    return 12 - 3", "add"),
+            Exemplar("def sat(x: int) -> bool:\n    return x + 5 == 9", "def sol():\n    return 9 - 5", "add")]
+    question = "def sat(x: int) -> bool:\n    return x + 1 == 2"
+    shots = choose_exemplars(pool, 3, "retrieved", seed=0, question=question, family="add")
+    assert [s.family for s in shots] == ["add", "add", "mul"]  # the int puzzle beats the string one
+    with pytest.raises(ValueError, match="retrieved"):
+        choose_exemplars(pool, 3, "nearest", seed=0)
+
+
 def test_prompt_stage_writes_messages_and_prefix():
-    batch = pd.DataFrame({"kind": ["p3", "gsm8k"], "question": ["Q1", "Q2"]})
+    batch = pd.DataFrame({"kind": ["p3", "gsm8k"], "question": ["Q1", "Q2"], "family": ["f", "g"]})
     out = build_prompts(batch, POOL, num_shots=2, strategy="fixed", seed=0)
     assert len(json.loads(out["messages"][0])) == 6
     assert list(out["response_prefix"]) == ["def sol():\n    return ", "def solution():\n"]

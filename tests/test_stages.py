@@ -9,7 +9,7 @@ from distill_ray.stages import BatchStage, check_flow, describe
 from distill_ray.teachers import SamplingSettings
 
 SPEC = TeacherSpec(name="t", engine="hf", model="smollm2", sampling=SamplingSettings(n=2))
-PROBLEM_COLUMNS = ("task_id", "kind", "question", "sat", "ans_type", "expected", "tests", "entry_point")
+PROBLEM_COLUMNS = ("task_id", "kind", "family", "question", "sat", "ans_type", "expected", "tests", "entry_point")
 
 
 def test_the_pipeline_data_flow_is_consistent():
@@ -31,7 +31,7 @@ def test_a_stage_reading_an_unwritten_column_is_rejected_before_any_work():
 
 @pytest.mark.slow
 def test_teacher_actor_samples_n_candidates_per_prompt_with_the_real_model():
-    problems = pd.DataFrame({"task_id": ["a", "b"], "kind": ["p3", "p3"],
+    problems = pd.DataFrame({"task_id": ["a", "b"], "kind": ["p3", "p3"], "family": ["add", "rep"],
                              "question": ["def sat(x: int) -> bool:\n    return x + 2 == 5",
                                           "def sat(s: str) -> bool:\n    return s == 'ab' * 2"]})
     shots = [Exemplar("def sat(x: int) -> bool:\n    return x - 1 == 4", "def sol():\n    return 4 + 1")]
