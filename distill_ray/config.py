@@ -36,6 +36,8 @@ class TaskConfig(Section):
 
 class PromptConfig(Section):
     num_shots: int = Field(3, ge=0, description="Few-shot exemplars in each teacher prompt.")
+    pool_size: int = Field(42, ge=0, description="Train-split problems reserved as the exemplar pool (never "
+                           "solved by the teacher nor trained on); GSM8K uses its hand-written exemplars.")
     exemplars: Literal["fixed", "random", "retrieved"] = Field(
         "retrieved", description="Same exemplars for every prompt, drawn per prompt (seeded), or retrieved: "
         "the most similar train problems (same family first, then identifier overlap).")
@@ -72,6 +74,8 @@ class VerifyConfig(Section):
 class VoteConfig(Section):
     require_majority: bool = Field(False, description="Keep only verified samples whose answer is the "
                                    "prompt's majority answer.")
+    partitions: int = Field(8, ge=1, description="Shuffle partitions of the group-by-prompt vote (raise it "
+                            "for millions of rows).")
 
 
 class TrainConfig(Section):

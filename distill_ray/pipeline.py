@@ -185,7 +185,7 @@ def verify_stage(verify: VerifySpec) -> Stage:
                       actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size)
 
 
-def vote_stage(require_majority: bool) -> Stage:
+def vote_stage(require_majority: bool, partitions: int | None = None) -> Stage:
     return GroupStage("vote", reads=("task_id", "teacher", "sample_index", "answer", "passed", "program"),
                       writes=VOTE_COLUMNS, key="task_id", fn=vote_group,
-                      fn_kwargs=dict(require_majority=require_majority))
+                      fn_kwargs=dict(require_majority=require_majority), partitions=partitions)

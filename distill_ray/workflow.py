@@ -49,21 +49,18 @@ def connect_ray(cfg: RunConfig):
     return ray
 
 
-def load_task(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
-    from distill_ray.tasks import load_problems
+def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
+    """(exemplar pool, train problems, eval problems): the pool is carved off the train split first, so
+    the teacher is never shown the answer of a problem it is asked to solve."""
+    from distill_ray.tasks import GSM8K_EXEMPLARS, load_problems
 
     t = cfg.task
-    return load_problems(t.source, num_train=t.num_train, num_eval=t.num_eval, seed=cfg.seed, path=t.path,
-                         difficulty=t.difficulty, families=t.families)
-
-
-def exemplars_for(cfg: RunConfig, train: list[dict]) -> list:
-    """GSM8K prompts use hand-written program-of-thought exemplars; puzzles use train references."""
-    from distill_ray.tasks import GSM8K_EXEMPLARS
-
-    if cfg.task.source == "gsm8k":
-        return [Exemplar(e["question"], e["reference"], e["family"]) for e in GSM8K_EXEMPLARS]
-    return exemplar_pool(train)
+    reserve = 0 if t.source == "gsm8k" else cfg.prompt.pool_size
+    train, eval_ = load_problems(t.source, num_train=t.num_train + reserve, num_eval=t.num_eval, seed=cfg.seed,
+                                 path=t.path, difficulty=t.difficulty, families=t.families)
+    if t.source == "gsm8k":
+        return [Exemplar(e["question"], e["reference"], e["family"]) for e in GSM8K_EXEMPLARS], train, eval_
+    return exemplar_pool(train[:reserve]), train[reserve:], eval_
 
 
 def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, name: str | None = None,
@@ -92,7 +89,7 @@ def _sample(problems: list[dict], spec: TeacherSpec, exemplars, cfg: RunConfig, 
 
     stages = sampling_stages(spec, exemplars, verify_spec(cfg), cfg.seed)
     if vote:
-        stages.append(vote_stage(cfg.vote.require_majority))
+        stages.append(vote_stage(cfg.vote.require_majority, cfg.vote.partitions))
     ds = apply_stages(ray.data.from_items(problems), list(problems[0]), stages)
     ds = ds.map_batches(to_arrow, batch_format="pandas")
     if out_dir.exists():
@@ -108,11 +105,11 @@ def _sample(problems: list[dict], spec: TeacherSpec, exemplars, cfg: RunConfig, 
 def generate(cfg: RunConfig) -> dict:
     """Sample the teacher on the train problems, verify, vote and write ``dataset/``."""
     connect_ray(cfg)
-    train, _ = load_task(cfg)
+    exemplars, train, _ = load_task(cfg)
     out = Path(cfg.output_dir) / "dataset"
     spec = teacher_spec(cfg.teacher, cfg.prompt.num_shots, cfg.prompt.exemplars, cfg.seed)
     log(f"generate: {len(train)} train problems x {spec.sampling.n} samples from teacher {spec.name!r}")
-    rows, seconds = _sample(train, spec, exemplars_for(cfg, train), cfg, out, vote=True)
+    rows, seconds = _sample(train, spec, exemplars, cfg, out, vote=True)
     stats = generation_stats(rows, seconds, spec.sampling.n)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
@@ -210,7 +207,7 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
 def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
     """pass@k of each model on the held-out problems; the teacher is prompted few-shot, students zero-shot."""
     connect_ray(cfg)
-    train_problems, eval_problems = load_task(cfg)
+    exemplars, _, eval_problems = load_task(cfg)
     out = Path(cfg.output_dir)
     models = models or default_eval_models(cfg)
     e = cfg.eval
@@ -221,8 +218,7 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
                             cfg.seed + 1, name=label, model=model, samples=e.samples, temperature=e.temperature,
                             max_new_tokens=e.max_new_tokens)
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
-        rows, _ = _sample(eval_problems, spec, exemplars_for(cfg, train_problems), cfg, out / "eval" / label,
-                          vote=False)
+        rows, _ = _sample(eval_problems, spec, exemplars, cfg, out / "eval" / label, vote=False)
         counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
         results[label] = summarize_passk(counts, e.k)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")

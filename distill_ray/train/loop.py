@@ -1,0 +1,294 @@
+"""The per-worker training loop run by Ray Train: DeepSpeed engine, Ray Data shard, checkpoints, export.
+
+Every worker runs ``train_loop_per_worker``. Workers see equal numbers of rows (Ray Train splits the
+dataset with ``streaming_split(equal=True)``), so they take the same number of optimizer steps and the
+collectives (gradient reduction, the per-step loss all-reduce, checkpoints) line up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from distill_ray.train.config import TrainSettings
+from distill_ray.train.data import PROMPT_COLUMN, TARGET_COLUMN, collate, tokenize_rows
+from distill_ray.train.objectives import get_objective
+
+STATE_FILE = "train_state.json"   # in every checkpoint: counters and loss history
+DEEPSPEED_DIR = "deepspeed"       # DeepSpeed engine state (weights, ZeRO optimizer partitions, scheduler)
+HF_DIR = "hf"                     # the exported student, in the final checkpoint
+
+
+@dataclass
+class TrainState:
+    """What a resumed run continues from."""
+    step: int = 0                 # optimizer steps taken
+    epoch: int = 0
+    micro_in_epoch: int = 0       # micro-batches of this worker's shard consumed in the current epoch
+    samples: int = 0
+    tokens: int = 0               # target tokens (all workers)
+    input_tokens: int = 0         # non-padding tokens fed to the model (all workers)
+    seconds: float = 0.0
+    data_seconds: float = 0.0     # rank 0's share of ``seconds`` spent waiting for batches and tokenizing
+    epoch_start_seconds: float = 0.0  # rank 0's share of ``seconds`` waiting for each epoch's first batch
+    loss_history: list[float] = field(default_factory=list)
+    resumed_from: list[int] = field(default_factory=list)  # steps at which this run was restored
+
+
+@dataclass
+class _Window:
+    """Sums over the micro-batches of one optimizer step on this worker."""
+    started: float
+    loss: float = 0.0
+    micro: int = 0
+    samples: int = 0
+    tokens: int = 0
+    input_tokens: int = 0
+    data_seconds: float = 0.0
+    epoch_start_seconds: float = 0.0
+
+    def add_wait(self, seconds: float, epoch_start: bool) -> None:
+        """Time spent getting a batch; an epoch's first one waits for Ray Data to start executing."""
+        if epoch_start:
+            self.epoch_start_seconds += seconds
+        else:
+            self.data_seconds += seconds
+
+
+def deepspeed_config(settings: TrainSettings) -> dict:
+    bf16 = settings.use_gpu if settings.bf16 is None else settings.bf16
+    zero = {"stage": settings.zero_stage}
+    if settings.zero_stage == 3:
+        # Without it ZeRO-3 save_16bit_model silently writes nothing; our export gathers weights itself.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config = {
+        "train_micro_batch_size_per_gpu": settings.batch_size,
+        "gradient_accumulation_steps": settings.grad_accum,
+        "gradient_clipping": settings.max_grad_norm,
+        "zero_optimization": zero,
+        # We pass torch's AdamW: DeepSpeed's own CPU Adam would JIT-compile another C++ op.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bool(bf16)},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    config.update(settings.deepspeed)
+    return config
+
+
+def lr_lambda(settings: TrainSettings, total_steps: int | None):
+    """Multiplier of the base LR at each optimizer step: linear warmup, then the chosen schedule."""
+    warmup, schedule = settings.warmup_steps, settings.lr_schedule
+    if schedule not in ("constant", "linear", "cosine"):
+        raise ValueError(f"unknown lr_schedule {schedule!r}")
+    if schedule != "constant" and not total_steps:
+        raise ValueError(f"lr_schedule {schedule!r} needs the total number of steps")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    import ray.train
+
+    settings = TrainSettings(**config["settings"])
+    _configure_process(settings, config.get("torch_extensions_dir"))
+    rank = ray.train.get_context().get_world_rank()
+
+    setup_start = time.perf_counter()
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
+        restored = Path(restored) if restored else None
+        engine, tokenizer = _build_engine(config["init_dir"], settings, config.get("total_steps"), restored)
+        state = _load_state(engine, restored)
+    setup_seconds = time.perf_counter() - setup_start
+    if restored:
+        state.resumed_from.append(state.step)
+        if rank == 0:
+            print(f"[train] resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.micro_in_epoch})")
+
+    _train(engine, tokenizer, settings, state, rank)
+    metrics = _metrics(state, setup_seconds)
+    _report_final(engine, tokenizer, settings, state, metrics, rank)
+    return metrics
+
+
+def _configure_process(settings: TrainSettings, torch_extensions_dir: str | None) -> None:
+    # DeepSpeed compiles its CPU comm op on first use; reuse the driver's build cache (tests set it).
+    if torch_extensions_dir:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    torch.manual_seed(settings.seed)
+
+
+def _build_engine(init_dir: str, settings: TrainSettings, total_steps: int | None, restored: Path | None):
+    import deepspeed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A checkpoint written at the end of a run holds only the exported model: start from it.
+    if restored and (restored / HF_DIR).exists() and not (restored / DEEPSPEED_DIR).exists():
+        init_dir = str(restored / HF_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(settings))
+    return engine, tokenizer
+
+
+def _load_state(engine, restored: Path | None) -> TrainState:
+    if restored is None:
+        return TrainState()
+    if (restored / DEEPSPEED_DIR).exists():
+        # Weights, ZeRO optimizer partitions (one file per rank) and the LR scheduler.
+        engine.load_checkpoint(str(restored / DEEPSPEED_DIR))
+    return TrainState(**json.loads((restored / STATE_FILE).read_text()))
+
+
+def _train(engine, tokenizer, settings: TrainSettings, state: TrainState, rank: int) -> None:
+    import ray.train
+
+    objective = get_objective(settings.objective)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shard = ray.train.get_dataset_shard("train")
+    engine.train()
+    window = _Window(started=time.perf_counter())
+    while not _done(state, settings):
+        fetch_start = time.perf_counter()
+        for index, rows in enumerate(shard.iter_batches(batch_size=settings.batch_size, batch_format="numpy",
+                                                        prefetch_batches=settings.prefetch_batches)):
+            if index < state.micro_in_epoch:
+                continue  # resumed mid-epoch: these micro-batches were trained on before the checkpoint
+            batch = collate(tokenize_rows(tokenizer, rows[PROMPT_COLUMN], rows[TARGET_COLUMN],
+                                          settings.max_length), pad_id)
+            window.add_wait(time.perf_counter() - fetch_start, epoch_start=index == state.micro_in_epoch)
+            boundary = _micro_step(engine, objective, batch, window)
+            state.micro_in_epoch = index + 1
+            if boundary:
+                _close_step(state, window)
+                if _after_step(engine, state, settings, rank):
+                    return
+                window = _Window(started=time.perf_counter())  # checkpoint time is not step time
+            fetch_start = time.perf_counter()
+        state.epoch += 1
+        state.micro_in_epoch = 0
+
+
+def _micro_step(engine, objective, batch: dict[str, torch.Tensor], window: _Window) -> bool:
+    """Forward, backward and DeepSpeed step on one micro-batch; True when it updated the weights."""
+    boundary = engine.is_gradient_accumulation_boundary()  # read before step() advances the counter
+    out = objective(engine, batch)
+    engine.backward(out.loss)
+    engine.step()  # DeepSpeed accumulates, clips and steps optimizer + scheduler at the boundary
+    window.loss += out.loss.item()
+    window.micro += 1
+    window.samples += len(batch["input_ids"])
+    window.tokens += out.tokens
+    window.input_tokens += int(batch["attention_mask"].sum())
+    return boundary
+
+
+def _after_step(engine, state: TrainState, settings: TrainSettings, rank: int) -> bool:
+    """Log, checkpoint (and the fault-injection hook) after an optimizer step; True when training is done."""
+    _log(state, settings, rank)
+    if settings.fail_at_step == state.step and not state.resumed_from and rank == 0:
+        raise RuntimeError(f"fail_at_step={state.step}: simulated worker failure")
+    if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
+        _report_checkpoint(engine, state, rank)
+    return _done(state, settings)
+
+
+def _done(state: TrainState, settings: TrainSettings) -> bool:
+    return state.epoch >= settings.epochs or bool(settings.max_steps and state.step >= settings.max_steps)
+
+
+def _close_step(state: TrainState, window: _Window) -> None:
+    """Fold one optimizer step's sums from all workers into the state (one small all-reduce)."""
+    sums = torch.tensor([window.loss, window.micro, window.samples, window.tokens, window.input_tokens],
+                        dtype=torch.float64)
+    dist.all_reduce(sums)
+    loss, micro, samples, tokens, input_tokens = sums.tolist()
+    state.step += 1
+    state.loss_history.append(loss / max(micro, 1))
+    state.samples += int(samples)
+    state.tokens += int(tokens)
+    state.input_tokens += int(input_tokens)
+    state.seconds += time.perf_counter() - window.started
+    state.data_seconds += window.data_seconds  # rank 0's is what gets reported
+    state.epoch_start_seconds += window.epoch_start_seconds
+
+
+def _log(state: TrainState, settings: TrainSettings, rank: int) -> None:
+    if rank == 0 and settings.log_every and state.step % settings.log_every == 0:
+        rate = state.tokens / state.seconds if state.seconds else 0.0
+        print(f"[train] step {state.step} loss {state.loss_history[-1]:.4f} "
+              f"samples {state.samples} target tokens/s {rate:.1f}", flush=True)
+
+
+def _metrics(state: TrainState, setup_seconds: float) -> dict:
+    # ru_maxrss is in KiB on Linux: this worker's peak resident memory (model, optimizer, activations).
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"step": state.step, "loss": state.loss_history[-1] if state.loss_history else None,
+            "setup_seconds": setup_seconds, "peak_rss_mb": peak_rss_mb, **asdict(state)}
+
+
+def _report_checkpoint(engine, state: TrainState, rank: int) -> None:
+    """Every rank saves its DeepSpeed shard; Ray Train merges the ranks' directories into one checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
+        engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR), tag=f"step{state.step}")
+        if rank == 0:
+            Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
+        ray.train.report(_metrics(state, 0.0), checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_step{state.step:06d}")
+
+
+def _report_final(engine, tokenizer, settings: TrainSettings, state: TrainState, metrics: dict,
+                  rank: int) -> None:
+    """The final checkpoint holds the student in Hugging Face format (written by rank 0) and the state."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="distill-final-") as tmp:
+        export_hf(engine, tokenizer, Path(tmp, HF_DIR), settings.zero_stage, rank)
+        checkpoint = None
+        if rank == 0:
+            Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"final_step{state.step:06d}")
+
+
+def export_hf(engine, tokenizer, out_dir: Path, zero_stage: int, rank: int) -> None:
+    """Write ``save_pretrained`` weights + tokenizer on rank 0. Every rank must call it: under ZeRO-3 the
+    parameters are partitioned and gathering them is a collective. ZeRO 0-2 keep full fp32 parameters on
+    every rank (only optimizer state/gradients are partitioned), so rank 0 saves its own copy."""
+    import deepspeed
+
+    model = engine.module
+    gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+              if zero_stage == 3 else nullcontext())
+    with gather:
+        if rank == 0:
+            model.config.use_cache = True  # for generation after reload
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)

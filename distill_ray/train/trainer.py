@@ -1,0 +1,100 @@
+"""``train_student``: wire the per-worker loop into a Ray Train ``TorchTrainer`` and collect the result."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from distill_ray.train.config import TrainResult, TrainSettings
+from distill_ray.train.data import as_dataset
+from distill_ray.train.loop import HF_DIR, train_loop_per_worker
+from distill_ray.train.student import PROVENANCE_FILE
+
+RESULT_FILE = "train_result.json"   # written next to the exported student: settings and metrics
+
+
+def train_student(init_dir: str | Path, data, output_dir: str | Path,
+                  settings: TrainSettings | None = None) -> TrainResult:
+    """Fine-tune the student in ``init_dir`` (a HF directory) on ``data`` and save it to ``output_dir``.
+
+    data: a ray.data.Dataset or a path to a Parquet directory; uses columns `prompt_text` (the full prompt
+    string, already chat-templated, ending where the answer starts) and `target_text` (what the student must
+    write). Rows are tokenized in the workers (tokenizer from init_dir); an EOS token is appended to the
+    target; labels are -100 on prompt tokens and padding. Ray must already be initialised.
+    """
+    settings = settings or TrainSettings()
+    init_dir, output_dir = Path(init_dir).resolve(), Path(output_dir).resolve()
+    dataset = as_dataset(data)
+    trainer = _make_trainer(init_dir, dataset, output_dir, settings)
+    started = time.perf_counter()
+    result = trainer.fit()  # raises TrainingFailedError once max_failures restarts are used up
+    wall = time.perf_counter() - started
+
+    metrics = result.metrics or {}
+    _export(result.checkpoint, init_dir, output_dir)
+    train_result = TrainResult(
+        output_dir=str(output_dir), steps=metrics["step"], samples=metrics["samples"],
+        tokens=metrics["tokens"], seconds=metrics["seconds"], loss_history=list(metrics["loss_history"]),
+        data_seconds=metrics.get("data_seconds", 0.0), epoch_start_seconds=metrics.get("epoch_start_seconds", 0.0),
+        setup_seconds=metrics.get("setup_seconds", 0.0), wall_seconds=wall,
+        input_tokens=metrics.get("input_tokens", 0),
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        resumed_from=list(metrics.get("resumed_from", [])), peak_rss_mb=metrics.get("peak_rss_mb", 0.0),
+    )
+    (output_dir / RESULT_FILE).write_text(json.dumps(
+        {"init_dir": str(init_dir), "settings": asdict(settings), "result": asdict(train_result)}, indent=2))
+    return train_result
+
+
+def _make_trainer(init_dir: Path, dataset, output_dir: Path, settings: TrainSettings):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "init_dir": str(init_dir),
+            "settings": asdict(settings),
+            "total_steps": _total_steps(dataset, settings),
+            # Workers started by an existing cluster may not inherit it; the op build is reused through it.
+            "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
+        },
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
+            name=settings.run_name or time.strftime("train-%Y%m%d-%H%M%S"),
+            storage_path=settings.storage_path or str(output_dir / "_ray_train"),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+        ),
+        datasets={"train": dataset},
+    )
+
+
+def _total_steps(dataset, settings: TrainSettings) -> int | None:
+    """Optimizer steps of the whole run, needed only by decaying LR schedules (counts the dataset)."""
+    if settings.max_steps or settings.lr_schedule == "constant":
+        return settings.max_steps
+    rows_per_worker = dataset.count() // settings.num_workers  # equal split drops the remainder
+    micro_batches = math.ceil(rows_per_worker / settings.batch_size)
+    return max(1, settings.epochs * micro_batches // settings.grad_accum)
+
+
+def _export(checkpoint, init_dir: Path, output_dir: Path) -> None:
+    """Copy the student from the final checkpoint (written by rank 0 wherever it ran) to ``output_dir``."""
+    if checkpoint is None:
+        raise RuntimeError("training finished without a final checkpoint")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as directory:
+        shutil.copytree(Path(directory) / HF_DIR, output_dir, dirs_exist_ok=True)
+    if (init_dir / PROVENANCE_FILE).exists():
+        shutil.copy2(init_dir / PROVENANCE_FILE, output_dir / PROVENANCE_FILE)

@@ -1,0 +1,167 @@
+"""Student training: building students, target-only labels, and real Ray Train + DeepSpeed runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill_ray.train import TrainSettings, build_student, build_student_from_config, evenly_spaced_layers
+from distill_ray.train.data import IGNORE_INDEX, collate, encode_example, tokenize_rows
+from distill_ray.train.objectives import sft_loss
+
+CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+WORDS = ["red", "green", "blue", "cat"]
+
+
+def pattern_rows(repeat: int = 8) -> list[dict]:
+    """A simple repeated pattern a tiny model learns in a few steps: say the word three times."""
+    return [{"prompt_text": CHAT.format(f"Say {w}"), "target_text": f"{w} {w} {w}"} for w in WORDS * repeat]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir():
+    from distill_ray.models import resolve_model
+
+    return resolve_model("smollm2")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(teacher_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(teacher_dir, tmp_path_factory):
+    """A 3.3M-parameter random llama with the real SmolLM2 tokenizer."""
+    return build_student_from_config(teacher_dir, tmp_path_factory.mktemp("tiny"), hidden_size=64, num_layers=2)
+
+
+def test_evenly_spaced_layers_keep_first_and_last():
+    assert evenly_spaced_layers(30, 4) == [0, 10, 19, 29]
+    assert evenly_spaced_layers(30, 2) == [0, 29]
+    assert evenly_spaced_layers(5, 5) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        evenly_spaced_layers(4, 5)
+
+
+def test_long_rows_lose_the_start_of_the_prompt_not_the_target():
+    example = encode_example(list(range(10, 20)), [1, 2, 3], eos_id=0, max_length=8)
+    assert example.input_ids == [16, 17, 18, 19, 1, 2, 3, 0]
+    assert example.num_prompt == 4
+    only_target = encode_example([10, 11], list(range(1, 10)), eos_id=0, max_length=5)
+    assert only_target.input_ids == [1, 2, 3, 4, 5] and only_target.num_prompt == 0
+
+
+def test_labels_cover_only_the_target_and_eos(tokenizer):
+    prompts = [CHAT.format("Say red"), CHAT.format("a much longer question than the first one")]
+    targets = ["red red red", "ok"]
+    examples = tokenize_rows(tokenizer, prompts, targets, max_length=64)
+    batch = collate(examples, pad_id=tokenizer.pad_token_id)
+
+    for row, (prompt, target) in enumerate(zip(prompts, targets)):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        labels = batch["labels"][row]
+        assert labels[labels != IGNORE_INDEX].tolist() == target_ids
+        # Left padding: the row ends with prompt + target; everything before it is padding.
+        mask = batch["attention_mask"][row]
+        assert batch["input_ids"][row][mask.bool()].tolist() == prompt_ids + target_ids
+        assert mask.tolist() == sorted(mask.tolist())
+        assert batch["position_ids"][row][mask.bool()].tolist() == list(range(int(mask.sum())))
+    assert tokenizer.decode(examples[0].input_ids[examples[0].num_prompt:]) == "red red red<|im_end|>"
+
+
+def test_sft_loss_equals_per_row_loss_without_padding(tiny_dir, tokenizer):
+    """Left padding, position ids and logits_to_keep must not change the loss of any row."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    examples = tokenize_rows(tokenizer, [CHAT.format("Say red"), "x"], ["red red red", "a b c d e f"], 64)
+    out = sft_loss(model, collate(examples, tokenizer.pad_token_id))
+
+    total, count = 0.0, 0
+    for example in examples:
+        ids = torch.tensor([example.input_ids])
+        labels = ids.clone()
+        labels[:, : example.num_prompt] = IGNORE_INDEX
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())  # the first token has no prediction
+        total += model(input_ids=ids, labels=labels).loss.item() * n
+        count += n
+    assert out.tokens == count
+    assert out.loss.item() == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_build_student_copies_chosen_teacher_layers(teacher_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    student_dir = build_student(teacher_dir, tmp_path / "student", layer_indices=[0, 7, 29])
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    student = AutoModelForCausalLM.from_pretrained(student_dir)
+
+    assert student.config.num_hidden_layers == 3
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+    for new, old in enumerate([0, 7, 29]):
+        for (name, p_student), (_, p_teacher) in zip(student.model.layers[new].named_parameters(),
+                                                     teacher.model.layers[old].named_parameters()):
+            assert torch.equal(p_student, p_teacher), name
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    assert torch.equal(student.model.norm.weight, teacher.model.norm.weight)
+    assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
+    assert json.loads((student_dir / "distill_student.json").read_text())["layer_indices"] == [0, 7, 29]
+    assert (student_dir / "tokenizer.json").exists()
+
+
+def _generate(model_dir, prompt: str) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
+    import ray.data
+
+    from distill_ray.train import train_student
+
+    settings = TrainSettings(num_workers=2, zero_stage=2, epochs=3, batch_size=4, lr=3e-3, log_every=0)
+    result = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "student", settings)
+
+    # 32 rows split over 2 workers, 4 per micro-batch: 4 optimizer steps per epoch.
+    assert result.steps == 12 and len(result.loss_history) == 12
+    assert result.samples == 12 * 4 * 2
+    assert result.tokens == result.samples * 4  # "red red red" + EOS is 4 tokens for every word
+    assert result.loss_history[-1] < result.loss_history[0] - 1.0
+    assert result.tokens_per_s > 0 and result.resumed_from == []
+
+    generated = _generate(result.output_dir, CHAT.format("Say red"))
+    assert generated.strip(), "the exported student must generate"
+    saved = json.loads((tmp_path / "student" / "train_result.json").read_text())
+    assert saved["result"]["loss_history"] == result.loss_history
+
+
+@pytest.mark.slow
+def test_zero3_run_resumes_after_a_worker_failure(ray_cluster, tiny_dir, tmp_path):
+    """Rank 0 dies after step 3; Ray Train restarts the workers from the step-2 checkpoint and the step
+    count continues. ZeRO-3 also exercises the gathered export."""
+    import ray.data
+
+    from distill_ray.train import train_student
+
+    settings = TrainSettings(num_workers=2, zero_stage=3, epochs=2, batch_size=4, lr=3e-3, log_every=0,
+                             checkpoint_every=2, max_failures=1, fail_at_step=3)
+    result = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "student", settings)
+
+    assert result.resumed_from == [2]
+    assert result.steps == 8 and len(result.loss_history) == 8
+    assert result.samples == 8 * 4 * 2
+    assert result.loss_history[-1] < result.loss_history[0]
+    assert _generate(result.output_dir, CHAT.format("Say blue")).strip()
