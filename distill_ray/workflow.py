@@ -174,6 +174,7 @@ def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
 def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     """Build the student from teacher layers and fine-tune it on the kept candidates (Ray Train + DeepSpeed)."""
     import ray
+    from ray.data.expressions import col
 
     from distill_ray.train import TrainSettings, build_student, train_student
 
@@ -182,7 +183,7 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     dataset_dir = dataset_dir or str(out / "dataset")
     teacher_dir = resolve_model(cfg.teacher.model)
     init_dir = build_student(teacher_dir, out / "student_init", num_layers=cfg.train.student_layers)
-    kept = ray.data.read_parquet(dataset_dir).filter(expr="keep == True")
+    kept = ray.data.read_parquet(dataset_dir).filter(expr=col("keep") == True)  # noqa: E712 (an expression)
     data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir)}, batch_format="pandas")
     t = cfg.train
     settings = TrainSettings(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
