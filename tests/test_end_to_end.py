@@ -54,6 +54,9 @@ def test_run_generates_verifies_votes_trains_and_reports(ray_cluster, tmp_path):
     assert (tmp_path / "run" / "report.md").read_text().startswith("# distill-ray report")
     assert (tmp_path / "run" / "report.png").stat().st_size > 1000
 
+    # `distill-ray verify` re-runs every stored check through the verifier actors and agrees with them.
+    assert workflow.reverify(cfg) == {"rows": 24, "passed": int(rows["passed"].sum()), "agree_with_stored": 24}
+
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student")
