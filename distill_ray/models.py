@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 SMOLLM2 = "smollm2"
@@ -71,5 +72,10 @@ def hf_copy_of_gguf(gguf_path: Path) -> Path:
     partial = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    os.replace(partial, target)  # atomic: concurrent converters never see half a directory
+    try:
+        os.replace(partial, target)  # atomic: concurrent converters never see half a directory
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished the same conversion first
     return target

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
@@ -111,9 +110,27 @@ def generate(cfg: RunConfig) -> dict:
     log(f"generate: {len(train)} train problems x {spec.sampling.n} samples from teacher {spec.name!r}")
     rows, seconds = _sample(train, spec, exemplars, cfg, out, vote=True)
     stats = generation_stats(rows, seconds, spec.sampling.n)
+    write_manifest(out, cfg, stats)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
     return {"dataset": str(out), **stats}
+
+
+def write_manifest(dataset_dir: Path, cfg: RunConfig, stats: dict) -> Path:
+    """``<dataset>.manifest.json`` beside the dataset: its version, the config that made it, its files and
+    counts (beside, not inside: Parquet readers of the directory must see only data files)."""
+    from distill_ray import __version__
+
+    files = sorted(dataset_dir.glob("*.parquet"))
+    manifest = {
+        "dataset": dataset_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "distill_ray_version": __version__, "config": cfg.model_dump(), "stats": stats,
+        "files": [{"name": f.name, "rows": pq.ParquetFile(f).metadata.num_rows} for f in files],
+        "columns": pq.read_schema(files[0]).names if files else [],
+    }
+    path = dataset_dir.with_name(dataset_dir.name + ".manifest.json")
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return path
 
 
 def generation_stats(rows: pd.DataFrame, seconds: float, n: int) -> dict:

@@ -45,6 +45,9 @@ def test_run_generates_verifies_votes_trains_and_reports(ray_cluster, tmp_path):
     assert (rows[rows["keep"]]["passed"]).all()
 
     assert report["generation"]["verified"] == int(rows["passed"].sum())
+    manifest = json.loads((tmp_path / "run" / "dataset.manifest.json").read_text())
+    assert sum(f["rows"] for f in manifest["files"]) == len(rows)
+    assert manifest["config"]["task"]["num_train"] == 6 and "program" in manifest["columns"]
     assert report["training"]["steps"] >= 1
     assert set(report["evaluation"]) == {"teacher", "student_init", "student"}
     for summary in report["evaluation"].values():

@@ -40,7 +40,7 @@ def render_markdown(report: dict) -> str:
     training = report.get("training")
     if training:
         lines += ["## Training", "",
-                  f"- {training['steps']} optimizer steps on {training['samples']} samples "
+                  f"- {training['steps']} optimizer steps, {training['samples']} samples seen "
                   f"({training['tokens']} target tokens) in {training['seconds']:.1f} s",
                   f"- loss {training['loss_first']:.3f} -> {training['loss_last']:.3f}", ""]
     evaluation = report.get("evaluation", {})
