@@ -106,7 +106,7 @@ def row_check(row):
     """The self-contained check of a dataset row: anyone can re-run it from the row alone."""
     from distill_ray.verify import Check
 
-    expected = row.expected if row.expected is not None and row.expected == row.expected else None
+    expected = None if pd.isna(row.expected) else float(row.expected)  # None, NaN or pd.NA: no number
     return Check(kind=row.kind, program=row.program, sat=row.sat, ans_type=row.ans_type, expected=expected,
                  tests=row.tests, entry_point=row.entry_point)
 

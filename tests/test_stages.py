@@ -46,3 +46,16 @@ def test_teacher_actor_samples_n_candidates_per_prompt_with_the_real_model():
     assert "<|im_start|>system" in rows["prompt"].iloc[0]  # rendered with the model's chat template
     assert (rows["completion_tokens"].between(1, 8)).all() and (rows["prompt_tokens"] > 20).all()
     assert json.loads(rows["messages"].iloc[0])[-1]["content"] == problems["question"][0]
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), pd.NA])
+def test_row_check_treats_any_missing_expected_as_none(missing):
+    from distill_ray.pipeline import row_check
+
+    row = pd.DataFrame({"kind": ["p3"], "program": ["def sol():\n    return 1"], "sat": ["def sat(x: int):\n    return x == 1"],
+                        "ans_type": ["int"], "expected": pd.array([missing], dtype=object), "tests": [""],
+                        "entry_point": [""]})
+    check = row_check(next(row.itertuples(index=False)))
+    assert check.expected is None and check.kind == "p3" and check.sat.startswith("def sat")
+    number = row.assign(expected=[42])
+    assert row_check(next(number.itertuples(index=False))).expected == 42.0
