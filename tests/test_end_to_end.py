@@ -64,3 +64,20 @@ def test_run_generates_verifies_votes_trains_and_reports(ray_cluster, tmp_path):
 
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student")
     assert student.config.num_hidden_layers == 2
+
+
+def test_gsm8k_program_of_thought_runs_through_the_same_pipeline(ray_cluster, tmp_path, shared_data):
+    from distill_ray import workflow
+
+    cfg = small_config(tmp_path / "gsm8k", **{"task.source": "gsm8k", "task.path": str(shared_data / "gsm8k"),
+                                              "task.families": "null", "task.num_train": 2,
+                                              "teacher.samples": 2, "teacher.max_new_tokens": 48})
+    stats = workflow.generate(cfg)
+    rows = pq.read_table(tmp_path / "gsm8k" / "dataset").to_pandas()
+    assert stats["candidates"] == len(rows) == 4
+    assert (rows["kind"] == "gsm8k").all() and rows["expected"].notna().all()
+    assert rows["program"].str.startswith("def solution():\n").all()
+    assert set(rows["status"]) <= {"pass", "fail", "error", "timeout", "memory"}
+    # The prompt shows the hand-written program-of-thought exemplars, then the question.
+    assert rows["prompt"].iloc[0].count("def solution():") >= 4
+    assert rows["question"].iloc[0] in rows["prompt"].iloc[0]

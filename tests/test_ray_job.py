@@ -38,6 +38,18 @@ def wait_for_dashboard(port: int, head: subprocess.Popen, seconds: float = 120) 
     raise TimeoutError(f"dashboard did not open port {port}")
 
 
+def submit_job(dashboard: int, env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job agent is still starting (the dashboard port opens first)."""
+    for _ in range(30):
+        submit = subprocess.run([BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+                                 "--working-dir", str(REPO), "--", *entrypoint],
+                                env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            return submit
+        time.sleep(2)
+    return submit
+
+
 def test_submitted_job_writes_its_dataset(tmp_path):
     # Ray 2.60 enables token auth by default; the head and every client must agree on the mode.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -54,11 +66,9 @@ def test_submitted_job_writes_its_dataset(tmp_path):
     try:
         wait_for_dashboard(dashboard, head)
         out = tmp_path / "job-output"
-        submit = subprocess.run(
-            [BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
-             "--", "python", "jobs/distill.py", "generate", "--config", "configs/demo.yaml", "--output-dir", str(out),
-             "--num-train", "3", "--samples", "2", "--set", "teacher.max_new_tokens=8", "--set", "prompt.pool_size=6"],
-            env=env, capture_output=True, text=True, timeout=600)
+        submit = submit_job(dashboard, env, ["python", "jobs/distill.py", "generate", "--config", "configs/demo.yaml",
+                                             "--output-dir", str(out), "--num-train", "3", "--samples", "2",
+                                             "--set", "teacher.max_new_tokens=8", "--set", "prompt.pool_size=6"])
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
         assert "succeeded" in submit.stdout
         rows = pq.read_table(out / "dataset").to_pandas()
