@@ -59,7 +59,11 @@ def test_submitted_job_writes_its_dataset(tmp_path):
     # A short temp dir: Ray's Unix socket paths under pytest's tmp_path exceed the 107-byte limit.
     # --block keeps the head in the foreground: stopping this one process stops exactly this cluster
     # (`ray stop` would also kill the test session's own cluster).
-    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", f"--port={free_port()}",
+    # Every port its own: the test session's cluster already holds Ray's defaults (agent 52365, ...).
+    ports = [f"--{name}={free_port()}" for name in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "metrics-export-port", "ray-client-server-port",
+                                                      "runtime-env-agent-port")]
+    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", *ports,
                              f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
                              f"--temp-dir={tempfile.mkdtemp(prefix='rj-', dir='/tmp')}", "--disable-usage-stats"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
