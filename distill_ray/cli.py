@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None,
                              help=f"overrides {NAMED_FLAGS[flag]}")
         if name == "verify":
+            sub.add_argument("input", nargs="?", help="JSONL checks to verify ('-': stdin); without it, "
+                             "re-verify the run's dataset")
+            sub.add_argument("--output", default="-", help="JSONL verdicts for INPUT ('-': stdout)")
             sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
         if name == "train":
             sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
@@ -53,6 +56,15 @@ def config_from_args(args) -> RunConfig:
         if value is not None:
             overrides.append(f"{field}={value}")
     return load_config(args.config, overrides)
+
+
+def verify_jsonl_main(cfg: RunConfig, input_path: str, output_path: str) -> int:
+    """``distill-ray verify IN.jsonl``: the sandbox over JSONL records, limits from the config."""
+    from distill_ray.verify.jsonl import main as jsonl_main
+
+    v = cfg.verify
+    return jsonl_main([input_path, "--output", output_path, "--timeout-s", str(v.timeout_s),
+                       "--memory-mb", str(v.memory_mb), "--workers", str(v.workers_per_actor)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         workflow.run(cfg)
     elif args.command == "generate":
         print(json.dumps(workflow.generate(cfg), indent=2))
+    elif args.command == "verify" and args.input:
+        return verify_jsonl_main(cfg, args.input, args.output)
     elif args.command == "verify":
         print(json.dumps(workflow.reverify(cfg, args.dataset), indent=2))
     elif args.command == "train":

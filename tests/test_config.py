@@ -47,3 +47,20 @@ def test_every_field_is_documented():
     rows = reference()
     assert len(rows) > 40
     assert all(description for _, _, description in rows), [f for f, _, d in rows if not d]
+
+
+def test_cli_verify_reads_jsonl_and_writes_verdicts_in_order(tmp_path, capsys):
+    import json
+
+    from distill_ray.cli import main
+
+    records = [{"id": "a", "kind": "gsm8k", "program": "def solution():\n    return 6 * 7", "expected": 42},
+               {"id": "b", "kind": "p3", "program": "def sol():\n    return 3", "sat": "def sat(x: int):\n    return x == 4"},
+               "not json"]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["verify", str(source), "--output", str(out), "--set", "verify.timeout_s=3"]) == 0
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(v.get("id"), v["status"]) for v in verdicts] == [("a", "pass"), ("b", "fail"), (None, "error")]
+    assert "malformed" in verdicts[2]["detail"]

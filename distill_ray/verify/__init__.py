@@ -17,8 +17,12 @@ process (another uid) where the candidate's patched builtins, trace hooks or lyi
 code calls candidate functions through stubs that send plain arguments over a pipe and get plain results back.
 
 Processes: Verifier (caller) -> worker (exec'd with an empty environment; one per `workers`) -> a clean forker
-(forked at worker start-up, before any check, so candidates forked from it find no other check in memory) ->
-one candidate process per check; the worker itself forks the judge processes.
+(forked at worker start-up, before any check, so candidates forked from it find no expected answer or test in
+memory) -> one candidate process per check. p3 and gsm8k checks reach the forker in batches: it runs each
+candidate start to finish (scratch dir, sandboxed process, kill, reap, cleanup) and, for p3, forks `sat`'s judge
+process too, streaming back only plain data (the candidate's answer message, wait status, output tail, sat's
+report); the worker does the type checks and comparisons. For asserts the worker forks the judge process (test
+code is secret from candidates) and talks to a candidate spawned by the forker.
 
 Per sandboxed process: own process group; fds 0-2 to /dev/null and a capped output pipe, fd 3 its report pipe,
 nothing else; a private cwd (removed afterwards); RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core
@@ -29,9 +33,12 @@ namespace, a private IPC namespace, and a mount namespace with private tmpfs on 
 (wiped after each check). `Verifier.protections` says which are active and why not. When the verdict is in,
 every process of the check is SIGKILLed (process group + uid-wide kill) and reaped.
 
-Not covered: reads of world-readable files; CPU/memory side channels; a candidate reading the programs of
-earlier candidates of the same worker from the forker's memory; a kernel exploit. Without root, there is no uid
+Not covered: reads of world-readable files; CPU/memory side channels; a candidate reading the programs, answers
+and p3 `sat` sources of earlier checks of the same worker from the forker's memory (never expected answers or
+test code, which stay in the worker); a kernel exploit. Without root, there is no uid
 drop (candidates run as the caller's user: they can signal its processes and RLIMIT_NPROC counts all of them).
+
+JSONL front end: `distill_ray.verify.jsonl` (`verify_jsonl`, and `python -m distill_ray.verify IN --output OUT`).
 
 Statuses
 --------
@@ -47,7 +54,25 @@ Statuses
   sat that does not define ``sat``).
 """
 
-from distill_ray.verify.pool import Verifier, verify_one
-from distill_ray.verify.schema import Check, SandboxLimits, Verdict
+from typing import TYPE_CHECKING
 
-__all__ = ["Check", "SandboxLimits", "Verdict", "Verifier", "verify_one"]
+__all__ = ["Check", "SandboxLimits", "Verdict", "Verifier", "verify_one", "verify_jsonl"]
+
+if TYPE_CHECKING:
+    from distill_ray.verify.jsonl import verify_jsonl
+    from distill_ray.verify.pool import Verifier, verify_one
+    from distill_ray.verify.schema import Check, SandboxLimits, Verdict
+
+_WHERE = {"Check": "schema", "SandboxLimits": "schema", "Verdict": "schema", "Verifier": "pool",
+          "verify_one": "pool", "verify_jsonl": "jsonl"}
+
+
+def __getattr__(name: str):
+    # Lazy, so that the worker and the forker (which import submodules) do not load the caller-side pool and
+    # its imports (subprocess, threading, ...): the forker's size is what every candidate fork pays for.
+    if name in _WHERE:
+        import importlib
+        value = getattr(importlib.import_module(f"distill_ray.verify.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

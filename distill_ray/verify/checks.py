@@ -130,7 +130,124 @@ class CheckRunner:
         self.cand_uid = base if root else None       # candidate processes ("A")
         self.judge_uid = base + 1 if root else None  # judge processes ("B"): another uid, so A cannot touch B
 
+    def run_many(self, batch: list):
+        """Yield (index, verdict) for [index, check] pairs, not necessarily in order.
+
+        p3 and gsm8k checks go to the forker as one batch (it runs each candidate, and p3's sat judge, start to
+        finish without a round trip to us); we judge the plain results as they stream back. Asserts checks,
+        whose judge must talk to the candidate, run one at a time as before.
+        """
+        jobs, rest = [], []
+        for index, check in batch:
+            if check.get("kind") not in ("p3", "gsm8k"):
+                rest.append((index, check))
+                continue
+            limits = self._limits_for(check)
+            t0 = time.monotonic()
+            try:
+                prep = self._prepare(check)
+            except Invalid as e:
+                yield index, {**verdict("invalid", str(e)), "seconds": time.monotonic() - t0 or 1e-9}
+                continue
+            except Exception as e:
+                yield index, {**verdict("error", f"verifier: {type(e).__name__}: {e}"),
+                              "seconds": time.monotonic() - t0 or 1e-9}
+                continue
+            jobs.append((index, check, limits, prep))
+        if jobs:
+            alive = True
+            try:
+                self.forker.send_batch([{"kind": c["kind"], "program": c["program"], "limits": lim,
+                                         "uid": self.cand_uid, "judge_uid": self.judge_uid,
+                                         "private_tmp": self.private_tmp,
+                                         "sat": c["sat"] if c["kind"] == "p3" else None,
+                                         "ans_type": typ if c["kind"] == "p3" else None}
+                                        for _, c, lim, typ in jobs])
+            except OSError:
+                alive = False
+            for index, check, limits, prep in jobs:
+                try:
+                    reply = self.forker.next_reply() if alive else {"error": "forker died"}
+                except OSError:
+                    alive, reply = False, {"error": "forker died"}
+                base, self.limits = self.limits, limits
+                try:
+                    result = self._judge_reply(check, prep, reply)
+                except Exception as e:   # a harness problem, never a pass
+                    result = verdict("error", f"verifier: {type(e).__name__}: {e}")
+                finally:
+                    self.limits = base
+                sandbox.reap_orphans()
+                result["seconds"] = float(reply.get("seconds", 0.0)) if type(reply) is dict else 0.0
+                yield index, result
+        for index, check in rest:
+            yield index, self.run(check)
+
+    def _limits_for(self, check: dict) -> dict:
+        timeout = check.get("timeout_s")
+        if timeout is None:
+            return self.limits
+        cpu = self.limits["cpu_s"] if self.limits["cpu_s"] > 0 else int(timeout) + 2
+        return {**self.limits, "timeout_s": float(timeout), "cpu_limit": cpu}
+
+    @staticmethod
+    def _prepare(check: dict):
+        """Validate what the worker needs before the candidate runs: p3's answer type, gsm8k's expected."""
+        if check["kind"] == "p3":
+            if not check.get("sat"):
+                raise Invalid("p3 check without sat")
+            return parse_type(check.get("ans_type") or ans_type_of(check["sat"]))
+        expected = check.get("expected")
+        if type(expected) not in (int, float) or not math.isfinite(expected):
+            raise Invalid("gsm8k check without a finite expected number")
+        return expected
+
+    def _judge_reply(self, check: dict, prep, reply: dict) -> dict:
+        """Judge the plain data the forker sent back for one p3/gsm8k candidate."""
+        if type(reply) is not dict or "error" in reply:
+            return verdict("error", str(reply.get("error") if type(reply) is dict else "no reply from forker"))
+        msg = reply.get("msg")
+        if not (type(msg) is dict and "ok" in msg):
+            return self._no_answer(msg, reply.get("why"), reply.get("status"), _Tail(reply.get("tail")))
+        try:
+            value = from_plain(msg["ok"])
+        except (ValueError, RecursionError) as e:
+            return verdict("error", f"malformed answer: {e}")
+        if check["kind"] == "gsm8k":
+            return gsm8k_judge(value, prep)
+        answer = answer_text(value)
+        if not type_ok(value, prep):
+            return verdict("fail", f"answer has type {type(value).__name__}, expected {check.get('ans_type') or prep}",
+                           answer)
+        report, why = reply.get("judge") or (None, "no judge")
+        return self._sat_verdict(report if type(report) is dict else None, why, answer)
+
+    def _sat_verdict(self, report, why, answer) -> dict:
+        if report is None:
+            if why == "timeout":
+                return verdict("timeout", f"sat timed out after {self.limits['timeout_s']}s", answer)
+            return verdict("error", f"sat process ended without a result ({why})", answer)
+        if "invalid" in report:
+            return verdict("invalid", str(report["invalid"]), answer)
+        if "raised" in report and type(report["raised"]) is list and len(report["raised"]) == 2:
+            return verdict("fail", "sat raised %s: %s" % tuple(report["raised"]), answer)
+        if report.get("sat") is True:
+            return verdict("pass", "", answer)
+        return verdict("fail", f"sat returned a {report.get('type')}, not True", answer)
+
     def run(self, check: dict) -> dict:
+        timeout = check.get("timeout_s")
+        if timeout is None:
+            return self._run(check)
+        base = self.limits   # a per-check timeout: wall clock as asked, CPU limit derived the same way
+        cpu = base["cpu_s"] if base["cpu_s"] > 0 else int(timeout) + 2
+        self.limits = {**base, "timeout_s": float(timeout), "cpu_limit": cpu}
+        try:
+            return self._run(check)
+        finally:
+            self.limits = base
+
+    def _run(self, check: dict) -> dict:
         start = time.monotonic()
         scratch = tempfile.mkdtemp(prefix="cand-", dir="/tmp" if self.private_tmp else None)
         try:
@@ -165,17 +282,7 @@ class CheckRunner:
             return verdict("fail", f"answer has type {type(value).__name__}, expected {check.get('ans_type') or typ}",
                            answer)
         report, why, _ = self._run_judge(lambda: children.judge_sat(check["sat"], plain), {})
-        if report is None:
-            if why == "timeout":
-                return verdict("timeout", f"sat timed out after {self.limits['timeout_s']}s", answer)
-            return verdict("error", f"sat process ended without a result ({why})", answer)
-        if "invalid" in report:
-            return verdict("invalid", report["invalid"], answer)
-        if "raised" in report:
-            return verdict("fail", "sat raised %s: %s" % tuple(report["raised"]), answer)
-        if report.get("sat") is True:
-            return verdict("pass", "", answer)
-        return verdict("fail", f"sat returned a {report.get('type')}, not True", answer)
+        return self._sat_verdict(report, why, answer)
 
     def _gsm8k(self, check: dict, scratch: str) -> dict:
         expected = check.get("expected")
@@ -300,3 +407,13 @@ class CheckRunner:
     def _kill(pid: int, uid: int | None) -> None:
         sandbox.kill_group(pid)
         sandbox.kill_uid(uid)
+
+
+class _Tail:
+    """Stands in for an OutputSink whose tail the forker already read."""
+
+    def __init__(self, text):
+        self.text = text if type(text) is str else ""
+
+    def tail(self, n: int = 120) -> str:
+        return self.text[-n:]

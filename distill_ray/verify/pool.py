@@ -1,6 +1,6 @@
 """The Verifier: the caller-side handle on a pool of pre-started worker processes.
 
-Each worker is a separate interpreter exec'd with an empty environment; it forks one sandboxed process per
+Each worker is a separate interpreter exec'd with an empty environment; its forker forks one sandboxed process per
 candidate (plus one per judge), which costs a fork of a small process instead of a fresh interpreter.
 Checks are dispatched in small chunks to whichever worker is free; a worker that dies or stops answering is
 killed and replaced, and its unfinished checks get status "error".
@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from distill_ray.verify.schema import KINDS, Check, SandboxLimits, Verdict
+from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from distill_ray.verify.worker import main; main()"
@@ -129,6 +129,8 @@ class Verifier:
         sel = self._sel = selectors.DefaultSelector()
         for w in self._workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+        slowest = max([checks[i].timeout_s or 0 for i in todo], default=0)
+        self._stall_s = 2 * max(self.limits.timeout_s, slowest) + 30
         try:
             while queue or any(w.pending for w in self._workers):
                 for w in self._workers:
@@ -200,6 +202,9 @@ def _malformed(check) -> str:
     if not isinstance(check.program, str) or not all(isinstance(getattr(check, f), str)
                                                      for f in ("sat", "ans_type", "tests", "entry_point")):
         return "program, sat, ans_type, tests and entry_point must be strings"
+    t = getattr(check, "timeout_s", None)
+    if t is not None and (type(t) not in (int, float) or not 0 < t <= MAX_TIMEOUT_S):
+        return f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]"
     return ""
 
 

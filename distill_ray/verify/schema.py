@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 KINDS = ("p3", "gsm8k", "asserts")
+MAX_TIMEOUT_S = 600.0   # largest per-check timeout_s accepted
 STATUSES = ("pass", "fail", "timeout", "error", "memory", "invalid")
 
 
@@ -17,6 +18,7 @@ class Check:
     expected: float | None = None   # gsm8k: the expected number
     tests: str = ""                 # asserts: assert lines, or HumanEval's `def check(candidate): ...`
     entry_point: str = ""           # asserts: if set, `check(<entry_point>)` runs after the tests code
+    timeout_s: float | None = None  # this check's wall-clock limit; None: the Verifier's SandboxLimits.timeout_s
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,10 @@ def main() -> None:
     runner = CheckRunner(limits, forker, protections)
     write_msg(1, {"hello": protections, "pid": os.getpid()})
     while (batch := read_msg(0)) is not None:
-        for index, check in batch:
-            write_msg(1, [index, runner.run(check)])
+        for index, result in runner.run_many(batch):
+            write_msg(1, [index, result])
+        if not forker.alive():
+            os._exit(3)   # the Verifier sees EOF and starts a fresh worker (with a fresh forker)
 
 
 if __name__ == "__main__":

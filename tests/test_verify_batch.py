@@ -1,0 +1,70 @@
+"""The batched path of the verifier (p3/gsm8k checks run end to end in the forker) and per-check timeouts."""
+
+from __future__ import annotations
+
+from distill_ray.verify import Check, SandboxLimits, Verifier
+
+LOOP = "def solution():\n    while True:\n        pass\n"
+
+
+def test_mixed_batch_order_and_per_check_timeouts():
+    checks = []
+    for i in range(30):
+        r = i % 5
+        if r == 0:
+            checks.append(Check("gsm8k", f"def solution():\n    return {i}\n", expected=i))
+        elif r == 1:
+            checks.append(Check("p3", f"def sol():\n    return {i}\n", sat=f"def sat(x: int):\n    return x == {i}\n"))
+        elif r == 2:
+            checks.append(Check("asserts", "def f(x):\n    return x * 2\n", tests=f"assert f({i}) == {2 * i}\n"))
+        elif r == 3:
+            checks.append(Check("gsm8k", LOOP, expected=1, timeout_s=0.2))
+        else:
+            checks.append(Check("p3", "def sol():\n    return 1\n", sat="def sat(x: int):\n    return x == 2\n"))
+    with Verifier(SandboxLimits(timeout_s=5), workers=2) as v:
+        out = v.verify(checks)
+    for i, verdict in enumerate(out):
+        want = {0: "pass", 1: "pass", 2: "pass", 3: "timeout", 4: "fail"}[i % 5]
+        assert verdict.status == want, (i, verdict)
+        if i % 5 == 3:
+            assert verdict.seconds < 2, verdict   # its own 0.2 s, not the Verifier's 5 s
+
+
+def test_wrong_type_is_failed_without_running_sat():
+    hang = "def sat(x: int):\n    while True:\n        pass\n"
+    with Verifier(SandboxLimits(timeout_s=3), workers=1) as v:
+        wrong, right = v.verify([Check("p3", "def sol():\n    return 'a'\n", sat=hang),
+                                 Check("p3", "def sol():\n    return 1\n", sat=hang, timeout_s=0.3)])
+    assert wrong.status == "fail" and "type" in wrong.detail and wrong.seconds < 2
+    assert right.status == "timeout" and "sat" in right.detail
+
+
+def test_bad_timeout_is_invalid():
+    with Verifier(SandboxLimits(timeout_s=2), workers=1) as v:
+        out = v.verify([Check("gsm8k", "def solution():\n    return 1\n", expected=1, timeout_s=-1),
+                        Check("gsm8k", "def solution():\n    return 1\n", expected=1, timeout_s="1"),
+                        Check("gsm8k", "def solution():\n    return 1\n", expected=1, timeout_s=1)])
+    assert [x.status for x in out] == ["invalid", "invalid", "pass"]
+
+
+def test_forker_death_is_recovered():
+    import os
+    import signal
+    import time
+    with Verifier(SandboxLimits(timeout_s=2), workers=1) as v:
+        worker = v._workers[0].proc.pid
+        kids = open(f"/proc/{worker}/task/{worker}/children").read().split()
+        assert kids
+        for k in kids:
+            os.kill(int(k), signal.SIGKILL)
+        time.sleep(0.1)
+        first = v.verify([Check("gsm8k", "def solution():\n    return 1\n", expected=1)])
+        assert not first[0].passed and first[0].status == "error"   # no fake pass while the forker is gone
+        # The worker then exits and is replaced; a chunk sent before its exit was noticed may also end as error.
+        for _ in range(5):
+            later = v.verify([Check("gsm8k", "def solution():\n    return 1\n", expected=1)] * 3)
+            assert all(x.passed or x.status == "error" for x in later), later
+            if all(x.passed for x in later):
+                break
+            time.sleep(0.2)
+    assert all(x.passed for x in later), later
