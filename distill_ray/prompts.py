@@ -46,6 +46,16 @@ def build_messages(kind: str, question: str, exemplars: list[Exemplar]) -> list[
     return messages
 
 
+def render(tokenizer, messages: list[dict], prefix: str = "") -> str:
+    """The exact text a model continues: its chat template (plain turns if it has none) + the prefix.
+    Teachers and the student's training rows both render through here, so they see the same format."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(f"{m['content']}\n\n" for m in messages)
+    return text + prefix
+
+
 def exemplar_pool(problems: list[dict]) -> list[Exemplar]:
     """Exemplars from problems that carry a reference program (train split only: never leak eval)."""
     return [Exemplar(p["question"], p["reference"], p["family"])

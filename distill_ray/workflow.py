@@ -23,7 +23,7 @@ from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_report
 from distill_ray.models import resolve_model
 from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, to_arrow, vote_stage
-from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, response_prefix
+from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
 from distill_ray.stages import apply_stages
 from distill_ray.teachers import SamplingSettings
 
@@ -183,7 +183,7 @@ def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
     for kind, question, program in zip(batch["kind"], batch["question"], batch["program"]):
         prefix = response_prefix(kind)
         messages = build_messages(kind, question, [])
-        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix)
+        prompts.append(render(tokenizer, messages, prefix))
         targets.append(program[len(prefix):] if program.startswith(prefix) else program)
     return pd.DataFrame({"task_id": batch["task_id"], "prompt_text": prompts, "target_text": targets})
 

@@ -61,3 +61,13 @@ def test_extract_keeps_the_function_and_drops_what_follows():
 def test_extract_without_prefix_strips_an_opening_fence():
     completion = "```python\ndef sol():\n    return 5\n```\nDone."
     assert extract_program("", completion) == "def sol():\n    return 5\n"
+
+
+def test_render_uses_the_chat_template_or_plain_turns():
+    from distill_ray.prompts import render
+
+    class Plain:
+        chat_template = None
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    assert render(Plain(), messages, "def sol():\n    return ") == "S\n\nQ\n\ndef sol():\n    return "

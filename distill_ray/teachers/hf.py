@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill_ray.models import resolve_model
+from distill_ray.prompts import render
 from distill_ray.teachers.base import Generation, SamplingSettings
 
 
@@ -39,11 +40,7 @@ class HFEngine:
         return sorted(i for i in ids if i is not None)
 
     def render(self, messages: list[dict], response_prefix: str = "") -> str:
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "".join(f"{m['content']}\n\n" for m in messages)
-        return text + response_prefix
+        return render(self.tokenizer, messages, response_prefix)
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Generation]]:
