@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from distill_ray.config import RunConfig, TeacherConfig
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
-from distill_ray.evaluate.report import write_report
+from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
 from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, to_arrow, vote_stage
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
@@ -271,6 +271,8 @@ def run(cfg: RunConfig) -> dict:
     report["outputs"] = {"dataset": str(out / "dataset"), "student": str(out / "student"),
                          "report": str(out / "report.md"), "plot": str(out / "report.png")}
     paths = write_report(report, out)
+    if training:
+        write_model_card(Path(training["student"]), report)
     log(f"done in {report['seconds']:.0f} s: report {paths['md']}, plot {paths['png']}, "
         f"dataset {out / 'dataset'}, student {out / 'student'}")
     return report

@@ -64,6 +64,10 @@ def test_run_generates_verifies_votes_trains_and_reports(ray_cluster, tmp_path):
 
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student")
     assert student.config.num_hidden_layers == 2
+    card = json.loads((tmp_path / "run" / "student" / "model_card.json").read_text())
+    assert card["evaluation"] == report["evaluation"]["student"] and card["training"]["steps"] >= 1
+    assert card["data"]["funnel"]["trained_rows"] == int(rows["keep"].sum())
+    assert "pass@1" in (tmp_path / "run" / "student" / "model_card.md").read_text()
 
 
 def test_gsm8k_program_of_thought_runs_through_the_same_pipeline(ray_cluster, tmp_path, shared_data):

@@ -22,6 +22,31 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def write_model_card(student_dir: Path, report: dict) -> Path:
+    """``model_card.json`` + ``model_card.md`` in the exported student: where its data came from, how it was
+    trained, and how it scored, so the checkpoint explains itself wherever it is copied."""
+    cfg = report["config"]
+    card = {
+        "model": str(student_dir), "base": f"{cfg['train']['student_layers']} layers of teacher {cfg['teacher']['model']}",
+        "objective": "sft: cross-entropy on verified teacher completions, completion tokens only",
+        "data": {"dataset": report["outputs"]["dataset"], "task": cfg["task"], "funnel": report["funnel"]},
+        "training": {k: v for k, v in (report["training"] or {}).items() if k != "loss_history"},
+        "evaluation": report["evaluation"].get("student"), "teacher_evaluation": report["evaluation"].get("teacher"),
+    }
+    (student_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+    lines = [f"# Student of {cfg['teacher']['model']} (distill-ray run {report['name']!r})", "",
+             f"- base: {card['base']}", f"- objective: {card['objective']}",
+             f"- data: {report['funnel']['trained_rows']} verified rows from `{card['data']['dataset']}` "
+             f"({cfg['task']['source']} task)"]
+    for label in ("student", "teacher"):
+        scores = report["evaluation"].get(label)
+        if scores:
+            lines.append(f"- {label} on {scores['problems']} held-out problems: "
+                         + ", ".join(f"pass@{k} {scores[f'pass@{k}']['mean']:.3f}" for k in report["eval_k"]))
+    (student_dir / "model_card.md").write_text("\n".join(lines) + "\n")
+    return student_dir / "model_card.json"
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# distill-ray report: {report['name']}", ""]
     funnel = report.get("funnel", {})
