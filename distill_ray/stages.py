@@ -90,5 +90,5 @@ def apply_stages(ds: ray.data.Dataset, source_columns, stages: list[Stage]) -> r
 
 
 def describe(stages: list[Stage]) -> list[dict[str, Any]]:
-    """The data flow in one table (printed by ``distill-ray run --dry-run`` and the README)."""
+    """The data flow in one table, one row per stage (the README shows it)."""
     return [{"stage": s.name, "kind": type(s).__name__, "reads": list(s.reads), "writes": list(s.writes)} for s in stages]
