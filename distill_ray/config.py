@@ -25,13 +25,17 @@ class RayConfig(Section):
 
 
 class TaskConfig(Section):
-    source: Literal["puzzles", "gsm8k", "p3"] = Field("puzzles", description="Problem source: our procedural "
-                                                      "P3-style puzzles, GSM8K program-of-thought, or real P3 puzzles.")
-    path: str | None = Field(None, description="Directory of the data files (gsm8k, p3); unused for puzzles.")
+    source: Literal["puzzles", "gsm8k", "p3", "jsonl"] = Field(
+        "puzzles", description="Problem source: our procedural P3-style puzzles, GSM8K program-of-thought, real "
+        "P3 puzzles, or your own problems as JSON lines (see README, 'Your own problems').")
+    path: str | None = Field(None, description="Directory of the data files (gsm8k, p3) or the .jsonl file "
+                             "(jsonl); unused for puzzles.")
     num_train: int = Field(32, ge=1, description="Problems the teachers solve to build the training set.")
     num_eval: int = Field(16, ge=1, description="Held-out problems for evaluation (disjoint from train).")
     difficulty: int = Field(1, ge=1, le=3, description="Puzzle difficulty, 1 (trivial) to 3.")
     families: list[str] | None = Field(None, description="Puzzle families to use (null: all).")
+    max_question_chars: int = Field(16_000, ge=1, description="Longer questions in a jsonl source are "
+                                    "quarantined instead of prompted.")
 
 
 class PromptConfig(Section):

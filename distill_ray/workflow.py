@@ -55,11 +55,25 @@ def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
 
     t = cfg.task
     reserve = 0 if t.source == "gsm8k" else cfg.prompt.pool_size
+    quarantine: list[dict] = []
     train, eval_ = load_problems(t.source, num_train=t.num_train + reserve, num_eval=t.num_eval, seed=cfg.seed,
-                                 path=t.path, difficulty=t.difficulty, families=t.families)
+                                 path=t.path, difficulty=t.difficulty, families=t.families,
+                                 max_question_chars=t.max_question_chars, quarantine=quarantine)
+    write_quarantine(Path(cfg.output_dir), quarantine)
     if t.source == "gsm8k":
         return [Exemplar(e["question"], e["reference"], e["family"]) for e in GSM8K_EXEMPLARS], train, eval_
     return exemplar_pool(train[:reserve]), train[reserve:], eval_
+
+
+def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
+    """``quarantine.jsonl``: every input line that was not used, with its file, line number and reason.
+    Rewritten on each load (the same input gives the same quarantine), so a rerun never doubles it."""
+    path = out_dir / "quarantine.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if records:
+        log(f"quarantine: {len(records)} malformed input lines -> {path}")
+    return path
 
 
 def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, name: str | None = None,

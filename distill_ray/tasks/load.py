@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import logging
 
-from distill_ray.tasks.gsm8k import load_gsm8k
+from distill_ray.tasks.gsm8k import gsm8k_file, load_gsm8k
+from distill_ray.tasks.jsonl import MAX_QUESTION_CHARS, load_jsonl
 from distill_ray.tasks.p3 import load_p3
 from distill_ray.tasks.puzzles import load_puzzles
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("puzzles", "gsm8k", "p3")
+SOURCES = ("puzzles", "gsm8k", "p3", "jsonl")
 
 
 def load_problems(source: str, *, num_train: int, num_eval: int, seed: int = 0, path: str | None = None,
                   difficulty: int = 1, families: list[str] | None = None,
+                  max_question_chars: int = MAX_QUESTION_CHARS,
                   quarantine: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
     """(train, eval) problem dicts, deterministic given the arguments, with disjoint task_ids.
 
     source: "puzzles" (procedural, built in; ``difficulty`` 1-3 and ``families`` apply), "gsm8k" (``path`` =
-    directory with train.jsonl/test.jsonl) or "p3" (``path`` = directory with puzzles.json/split.json;
-    ``families`` filters P3 family names). Real sources return fewer rows than asked when the data runs out.
-    Malformed GSM8K lines are skipped, logged, and appended to ``quarantine`` when a list is passed.
+    directory with train.jsonl/test.jsonl), "p3" (``path`` = directory with puzzles.json/split.json;
+    ``families`` filters P3 family names) or "jsonl" (``path`` = a file of your own problems, see jsonl.py).
+    Real sources return fewer rows than asked when the data runs out. Malformed GSM8K and JSONL lines are
+    skipped, logged, and appended to ``quarantine`` (with line number and reason) when a list is passed.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown task source {source!r}; expected one of {SOURCES}")
@@ -34,6 +37,16 @@ def load_problems(source: str, *, num_train: int, num_eval: int, seed: int = 0, 
         raise ValueError(f"task source {source!r} needs path= (the directory holding its files)")
     if source == "p3":
         return load_p3(path, num_train=num_train, num_eval=num_eval, seed=seed, families=families)
+    if source == "jsonl":
+        bad: list[dict] = []
+        train, eval_ = load_jsonl(path, num_train=num_train, num_eval=num_eval, seed=seed,
+                                  max_question_chars=max_question_chars, quarantine=bad)
+        if bad:
+            log.warning("%s: quarantined %d malformed lines (first: line %d, %s)",
+                        path, len(bad), bad[0]["line"], bad[0]["reason"])
+        if quarantine is not None:
+            quarantine.extend({"file": str(path), **q} for q in bad)
+        return train, eval_
     if families is not None:
         raise ValueError("gsm8k has no families; pass families=None")
     return _load_gsm8k_splits(path, num_train, num_eval, seed, quarantine)
@@ -51,7 +64,7 @@ def _load_gsm8k_splits(path: str, num_train: int, num_eval: int, seed: int,
             log.warning("gsm8k %s: quarantined %d malformed lines (first: line %d, %s)",
                         split, len(bad), bad[0]["line"], bad[0]["reason"])
             if quarantine is not None:
-                quarantine.extend({"split": split, **q} for q in bad)
+                quarantine.extend({"file": str(gsm8k_file(path, split)), "split": split, **q} for q in bad)
         if split == "train":
             train_questions = {p["question"] for p in problems}
         else:   # keep eval free of any question also in train
