@@ -12,6 +12,8 @@ Data operators. Three kinds cover the pipeline:
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,18 +48,49 @@ class ActorStage(Stage):
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     batch_size: int = 8
-    # No restart settings: Ray Data restarts a crashed pool actor and retries its batch by default.
+    # A dead actor (killed, OOM-killed, lost node) is restarted and its batch retried, up to this many times
+    # per batch: bounded, so a batch that kills every actor it meets fails the job instead of looping forever.
+    max_batch_retries: int = 3
 
     def apply(self, ds):
         return ds.map_batches(
-            self.cls,
+            restart_on_out_of_memory(self.cls),
             fn_constructor_kwargs=self.init_kwargs,
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_cpus=self.cpus_per_actor,
             num_gpus=self.gpus_per_actor or None,
             batch_size=self.batch_size,
             batch_format="pandas",
+            max_restarts=-1,
+            max_task_retries=self.max_batch_retries,
         )
+
+
+OUT_OF_MEMORY_EXIT = 75
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    # torch reports a failed CPU allocation as RuntimeError, a CUDA one as torch.OutOfMemoryError.
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(error))
+
+
+def restart_on_out_of_memory(cls: type) -> type:
+    """``cls`` whose ``__call__`` ends its process when it runs out of memory, so that Ray restarts the actor
+    (a fresh process, memory returned) and retries the batch, instead of the error failing the whole job.
+    A subclass with the same name, so the actor keeps its name in Ray's tables and process titles."""
+    def __call__(self, batch):
+        try:
+            return cls.__call__(self, batch)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            print(f"{cls.__name__}: out of memory ({error}); exiting so that Ray restarts this actor",
+                  file=sys.stderr, flush=True)
+            os._exit(OUT_OF_MEMORY_EXIT)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pandas as pd
 import psutil
@@ -87,3 +88,38 @@ def test_a_killed_verifier_actor_is_restarted_and_no_verdict_is_lost_or_doubled(
     assert killed and restarts_of("VerifierActor") > restarts_before
     assert sorted(out["id"]) == list(range(48))                      # each check's verdict exactly once
     assert out.set_index("id")["passed"].to_dict() == {i: i % 3 != 0 for i in range(48)}
+
+
+class GreedyStage:
+    """Doubles a column; the first call ever (marked by a file) caps its own address space and then asks for a
+    gigabyte, as a model that outgrows its node would."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            import resource
+
+            vms = psutil.Process().memory_info().vms
+            resource.setrlimit(resource.RLIMIT_AS, (vms + (64 << 20), resource.RLIM_INFINITY))
+            bytearray(1 << 30)   # MemoryError: a real failed allocation
+        batch["y"] = batch["x"] * 2
+        return batch
+
+
+def test_an_actor_out_of_memory_is_restarted_and_the_job_finishes(ray_cluster, tmp_path):
+    import ray
+
+    from distill_ray.stages import ActorStage
+
+    # Ray's workers cannot import this test module: ship GreedyStage by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = ActorStage("greedy", reads=("x",), writes=("y",), cls=GreedyStage,
+                       init_kwargs={"marker": str(tmp_path / "ran-out")}, cpus_per_actor=0.5, batch_size=4)
+    ds = apply_stages(ray.data.from_items([{"x": i} for i in range(40)], override_num_blocks=10), ["x"], [stage])
+    rows = ds.to_pandas()
+
+    assert (tmp_path / "ran-out").exists() and restarts_of("GreedyStage") >= 1
+    assert sorted(rows["x"]) == list(range(40)) and (rows["y"] == rows["x"] * 2).all()
