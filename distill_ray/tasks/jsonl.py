@@ -4,6 +4,7 @@ Each line is one of::
 
     {"id": "q1", "kind": "gsm8k", "question": "Tom has 3 apples...", "expected": 7}
     {"id": "p1", "kind": "p3", "sat": "def sat(x: int):\\n    return x + 2 == 5", "ans_type": "int"}
+    {"id": "f1", "kind": "asserts", "question": "Write add(a, b).", "tests": ["assert add(1, 2) == 3"]}
 
 Optional keys: ``split`` ("train", the default, or "eval"), ``family`` (groups problems for retrieval and
 reports), ``difficulty`` (int), ``reference`` (a correct answer in the form the model must write, used as a
@@ -74,12 +75,14 @@ def parse_problem(line: str, max_question_chars: int = MAX_QUESTION_CHARS) -> di
     ans_type = _text(record, "ans_type") if kind == "p3" else ""
     if kind == "p3" and "def sat(" not in sat:
         raise ValueError("sat has no 'def sat(' definition")
-    question = _text(record, "question") if kind == "gsm8k" or "question" in record else sat
+    tests = _tests(record) if kind == "asserts" else ""
+    question = _text(record, "question") if kind != "p3" or "question" in record else sat
     if len(question) > max_question_chars:
         raise ValueError(f"question has {len(question)} characters, more than the limit of {max_question_chars}")
     return make_problem(task_id=f"{SOURCE}/{problem_id}", split=split, source=SOURCE,
                         family=record.get("family") or kind, difficulty=difficulty, kind=kind, question=question,
                         sat=sat, ans_type=ans_type, expected=_expected(record) if kind == "gsm8k" else None,
+                        tests=tests, entry_point=record.get("entry_point") or "",
                         reference=record.get("reference") or "")
 
 
@@ -90,6 +93,14 @@ def _text(record: dict, key: str) -> str:
     if not value or not value.strip():
         raise ValueError(f"missing or empty {key!r}")
     return value
+
+
+def _tests(record: dict) -> str:
+    """Assert tests as source: a string, or a list of assert lines."""
+    tests = record.get("tests")
+    if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
+        return "\n".join(tests)
+    return _text(record, "tests")
 
 
 def _expected(record: dict) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from distill_ray.tasks.functions import load_humaneval, load_mbpp
 from distill_ray.tasks.gsm8k import gsm8k_file, load_gsm8k
 from distill_ray.tasks.jsonl import MAX_QUESTION_CHARS, load_jsonl
 from distill_ray.tasks.p3 import load_p3
@@ -11,7 +12,7 @@ from distill_ray.tasks.puzzles import load_puzzles
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("puzzles", "gsm8k", "p3", "jsonl")
+SOURCES = ("puzzles", "gsm8k", "p3", "humaneval", "mbpp", "jsonl")
 
 
 def load_problems(source: str, *, num_train: int, num_eval: int, seed: int = 0, path: str | None = None,
@@ -22,7 +23,9 @@ def load_problems(source: str, *, num_train: int, num_eval: int, seed: int = 0, 
 
     source: "puzzles" (procedural, built in; ``difficulty`` 1-3 and ``families`` apply), "gsm8k" (``path`` =
     directory with train.jsonl/test.jsonl), "p3" (``path`` = directory with puzzles.json/split.json;
-    ``families`` filters P3 family names) or "jsonl" (``path`` = a file of your own problems, see jsonl.py).
+    ``families`` filters P3 family names), "humaneval" / "mbpp" (``path`` = the directory holding
+    HumanEval.jsonl / mbpp.jsonl; HumanEval has eval problems only) or "jsonl" (``path`` = a file of your own
+    problems, see jsonl.py).
     Real sources return fewer rows than asked when the data runs out. Malformed GSM8K and JSONL lines are
     skipped, logged, and appended to ``quarantine`` (with line number and reason) when a list is passed.
     """
@@ -37,6 +40,12 @@ def load_problems(source: str, *, num_train: int, num_eval: int, seed: int = 0, 
         raise ValueError(f"task source {source!r} needs path= (the directory holding its files)")
     if source == "p3":
         return load_p3(path, num_train=num_train, num_eval=num_eval, seed=seed, families=families)
+    if source in ("humaneval", "mbpp") and families is not None:
+        raise ValueError(f"{source} has no families; pass families=None")
+    if source == "humaneval":
+        return load_humaneval(path, num_eval=num_eval, seed=seed)
+    if source == "mbpp":
+        return load_mbpp(path, num_train=num_train, num_eval=num_eval, seed=seed)
     if source == "jsonl":
         bad: list[dict] = []
         train, eval_ = load_jsonl(path, num_train=num_train, num_eval=num_eval, seed=seed,

@@ -14,18 +14,19 @@ PROBLEM_COLUMNS: tuple[str, ...] = (
     "source",       # "puzzles" | "gsm8k" | "p3"
     "family",       # puzzle family, P3 family, or "gsm8k"
     "difficulty",   # int, 1 = trivial
-    "kind",         # "p3": find x with sat(x) is True | "gsm8k": solution() returns the number
+    "kind",         # "p3": find x with sat(x) is True | "gsm8k": solution() returns the number |
+                    # "asserts": the program's functions pass the tests
     "question",     # what a prompt shows (the sat source, or the word problem)
     "sat",          # p3: source of `def sat(x: T, ...)`; "" otherwise
     "ans_type",     # p3: "int", "str", "List[int]", ...; "" otherwise
     "expected",     # gsm8k: the final number as float; None otherwise
-    "tests",        # "" (reserved for test-based tasks)
-    "entry_point",  # "" (reserved for test-based tasks)
+    "tests",        # asserts: assert lines, or HumanEval's check(candidate) code; "" otherwise
+    "entry_point",  # asserts: the function under test ("" for plain assert lines that name it); "" otherwise
     "reference",    # a correct candidate in the exact form a model must write (few-shot exemplar)
 )
 
 SPLITS = ("train", "eval")
-KINDS = ("p3", "gsm8k")
+KINDS = ("p3", "gsm8k", "asserts")
 
 _STR_COLUMNS = ("task_id", "split", "source", "family", "kind", "question", "sat", "ans_type", "tests",
                 "entry_point", "reference")
@@ -33,13 +34,13 @@ _STR_COLUMNS = ("task_id", "split", "source", "family", "kind", "question", "sat
 
 def make_problem(*, task_id: str, split: str, source: str, family: str, difficulty: int, kind: str,
                  question: str, sat: str = "", ans_type: str = "", expected: float | None = None,
-                 reference: str = "") -> dict:
+                 tests: str = "", entry_point: str = "", reference: str = "") -> dict:
     """Build a problem dict with every column, in PROBLEM_COLUMNS order."""
     problem = {
         "task_id": task_id, "split": split, "source": source, "family": family, "difficulty": int(difficulty),
         "kind": kind, "question": question, "sat": sat, "ans_type": ans_type,
         "expected": None if expected is None else float(expected),
-        "tests": "", "entry_point": "", "reference": reference,
+        "tests": tests, "entry_point": entry_point, "reference": reference,
     }
     return problem
 
