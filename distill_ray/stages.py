@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import ray.data
 
+from distill_ray.metrics import StageMeter
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -37,7 +39,8 @@ class BatchStage(Stage):
     batch_size: int | None = None
 
     def apply(self, ds):
-        return ds.map_batches(self.fn, fn_kwargs=self.fn_kwargs, batch_format="pandas", batch_size=self.batch_size)
+        return ds.map_batches(metered(self.fn, self.name), fn_kwargs=self.fn_kwargs, batch_format="pandas",
+                              batch_size=self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class ActorStage(Stage):
 
     def apply(self, ds):
         return ds.map_batches(
-            restart_on_out_of_memory(self.cls),
+            pool_actor(self.cls, self.name),
             fn_constructor_kwargs=self.init_kwargs,
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_cpus=self.cpus_per_actor,
@@ -75,13 +78,28 @@ def is_out_of_memory(error: BaseException) -> bool:
             or "can't allocate memory" in str(error))
 
 
-def restart_on_out_of_memory(cls: type) -> type:
-    """``cls`` whose ``__call__`` ends its process when it runs out of memory, so that Ray restarts the actor
-    (a fresh process, memory returned) and retries the batch, instead of the error failing the whole job.
-    A subclass with the same name, so the actor keeps its name in Ray's tables and process titles."""
+def metered(fn: Callable, stage: str) -> Callable:
+    """``fn`` recording the stage's live metrics (``metrics.py``), under ``fn``'s name (Ray Data names its
+    operators after it)."""
+    meter = StageMeter(stage)
+
+    def run(batch, **kwargs):
+        return meter.call(fn, batch, **kwargs)
+
+    run.__name__ = run.__qualname__ = fn.__name__
+    return run
+
+
+def pool_actor(cls: type, stage: str) -> type:
+    """``cls`` whose ``__call__`` records the stage's live metrics and ends its process when it runs out of
+    memory, so that Ray restarts the actor (a fresh process, memory returned) and retries the batch, instead of
+    the error failing the whole job. A subclass with the same name, so the actor keeps its name in Ray's tables
+    and process titles."""
     def __call__(self, batch):
+        if "_stage_meter" not in self.__dict__:
+            self._stage_meter = StageMeter(stage)
         try:
-            return cls.__call__(self, batch)
+            return self._stage_meter.call(lambda b: cls.__call__(self, b), batch)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -101,7 +119,8 @@ class GroupStage(Stage):
     partitions: int | None = None  # shuffle partitions (Ray's default, 200, is all overhead on small runs)
 
     def apply(self, ds):
-        return ds.groupby(self.key, num_partitions=self.partitions).map_groups(self.fn, fn_kwargs=self.fn_kwargs, batch_format="pandas")
+        return ds.groupby(self.key, num_partitions=self.partitions).map_groups(
+            metered(self.fn, self.name), fn_kwargs=self.fn_kwargs, batch_format="pandas")
 
 
 def check_flow(source_columns: tuple[str, ...] | list[str], stages: list[Stage]) -> list[str]:
