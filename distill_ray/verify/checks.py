@@ -17,6 +17,7 @@ import time
 
 from distill_ray.verify import children, sandbox
 from distill_ray.verify.codec import from_plain
+from distill_ray.verify.judge import SatJudge
 
 ANSWER_CHARS = 1000
 DETAIL_CHARS = 300
@@ -126,15 +127,18 @@ class CheckRunner:
         self.forker = forker
         self.private_tmp = protections["private_tmp"].startswith("on")
         root = protections["uid_drop"].startswith("on")
-        base = sandbox.UID_BASE + 2 * os.getpid()
+        base = sandbox.UID_BASE + 3 * os.getpid()
         self.cand_uid = base if root else None       # candidate processes ("A")
         self.judge_uid = base + 1 if root else None  # judge processes ("B"): another uid, so A cannot touch B
+        # the persistent judge of trusted sats: a uid of its own, so no fresh judge (untrusted sat) reaches it
+        self.sat_judge = SatJudge(limits, base + 2 if root else None)
 
     def run_many(self, batch: list):
         """Yield (index, verdict) for [index, check] pairs, not necessarily in order.
 
-        p3 and gsm8k checks go to the forker as one batch (it runs each candidate, and p3's sat judge, start to
-        finish without a round trip to us); we judge the plain results as they stream back. Asserts checks,
+        p3 and gsm8k checks go to the forker as one batch (it runs each candidate, and an untrusted p3 sat's
+        fresh judge, start to finish without a round trip to us); we judge the plain results as they stream
+        back, passing well-typed answers of trusted-sat checks on to the persistent judge. Asserts checks,
         whose judge must talk to the candidate, run one at a time as before.
         """
         jobs, rest = [], []
@@ -155,33 +159,61 @@ class CheckRunner:
                 continue
             jobs.append((index, check, limits, prep))
         if jobs:
-            alive = True
-            try:
-                self.forker.send_batch([{"kind": c["kind"], "program": c["program"], "limits": lim,
-                                         "uid": self.cand_uid, "judge_uid": self.judge_uid,
-                                         "private_tmp": self.private_tmp,
-                                         "sat": c["sat"] if c["kind"] == "p3" else None,
-                                         "ans_type": typ if c["kind"] == "p3" else None}
-                                        for _, c, lim, typ in jobs])
-            except OSError:
-                alive = False
-            for index, check, limits, prep in jobs:
-                try:
-                    reply = self.forker.next_reply() if alive else {"error": "forker died"}
-                except OSError:
-                    alive, reply = False, {"error": "forker died"}
-                base, self.limits = self.limits, limits
-                try:
-                    result = self._judge_reply(check, prep, reply)
-                except Exception as e:   # a harness problem, never a pass
-                    result = verdict("error", f"verifier: {type(e).__name__}: {e}")
-                finally:
-                    self.limits = base
-                sandbox.reap_orphans()
-                result["seconds"] = float(reply.get("seconds", 0.0)) if type(reply) is dict else 0.0
-                yield index, result
+            yield from self._run_jobs(jobs)
         for index, check in rest:
             yield index, self.run(check)
+
+    def _run_jobs(self, jobs: list):
+        alive = True
+        try:
+            self.forker.send_batch([{"kind": c["kind"], "program": c["program"], "limits": lim,
+                                     "uid": self.cand_uid, "judge_uid": self.judge_uid,
+                                     "private_tmp": self.private_tmp,
+                                     "sat": c["sat"] if c["kind"] == "p3" and not c.get("trusted_sat") else None,
+                                     "ans_type": typ if c["kind"] == "p3" else None}
+                                    for _, c, lim, typ in jobs])
+        except OSError:
+            alive = False
+        for index, check, limits, prep in jobs:
+            try:
+                reply = self.forker.next_reply() if alive else {"error": "forker died"}
+            except OSError:
+                alive, reply = False, {"error": "forker died"}
+            seconds = float(reply.get("seconds", 0.0)) if type(reply) is dict else 0.0
+            base, self.limits = self.limits, limits
+            try:
+                result = self._judge_reply(check, prep, reply)
+                if type(result) is tuple:   # trusted sat: to the persistent judge, verdict comes later
+                    self.sat_judge.submit((index, result[0], limits, seconds, time.monotonic()), check["sat"],
+                                          result[1], limits["timeout_s"])
+                    result = None
+            except Exception as e:   # a harness problem, never a pass
+                result = verdict("error", f"verifier: {type(e).__name__}: {e}")
+            finally:
+                self.limits = base
+            sandbox.reap_orphans()
+            if result is not None:
+                result["seconds"] = seconds
+                yield index, result
+            yield from self._sat_judged(block=False)
+        yield from self._sat_judged(block=True)
+
+    def _sat_judged(self, block: bool):
+        """Verdicts of trusted-sat checks whose report came back from the persistent judge."""
+        try:
+            done = self.sat_judge.collect(block)
+        except Exception as e:   # e.g. the judge cannot be forked: every call in flight is an error
+            done = [(key, None, f"judge: {type(e).__name__}: {e}") for key, *_ in self.sat_judge.in_flight]
+            self.sat_judge.in_flight.clear()
+            self.sat_judge.close()
+        for (index, answer, limits, seconds, submitted), report, why in done:
+            base, self.limits = self.limits, limits
+            try:
+                result = self._sat_verdict(report, why, answer)
+            finally:
+                self.limits = base
+            result["seconds"] = seconds + (time.monotonic() - submitted)
+            yield index, result
 
     def _limits_for(self, check: dict) -> dict:
         timeout = check.get("timeout_s")
@@ -202,8 +234,9 @@ class CheckRunner:
             raise Invalid("gsm8k check without a finite expected number")
         return expected
 
-    def _judge_reply(self, check: dict, prep, reply: dict) -> dict:
-        """Judge the plain data the forker sent back for one p3/gsm8k candidate."""
+    def _judge_reply(self, check: dict, prep, reply: dict):
+        """Judge the plain data the forker sent back for one p3/gsm8k candidate: a verdict, or for a trusted sat
+        (answer text, plain answer) of a well-typed answer, for the persistent judge."""
         if type(reply) is not dict or "error" in reply:
             return verdict("error", str(reply.get("error") if type(reply) is dict else "no reply from forker"))
         msg = reply.get("msg")
@@ -219,6 +252,8 @@ class CheckRunner:
         if not type_ok(value, prep):
             return verdict("fail", f"answer has type {type(value).__name__}, expected {check.get('ans_type') or prep}",
                            answer)
+        if check.get("trusted_sat"):
+            return answer, msg["ok"]
         report, why = reply.get("judge") or (None, "no judge")
         return self._sat_verdict(report if type(report) is dict else None, why, answer)
 
@@ -269,30 +304,6 @@ class CheckRunner:
 
     # -- kinds
 
-    def _p3(self, check: dict, scratch: str) -> dict:
-        if not check.get("sat"):
-            raise Invalid("p3 check without sat")
-        typ = parse_type(check.get("ans_type") or ans_type_of(check["sat"]))
-        plain, failed = self._candidate_answer("p3", check["program"], scratch)
-        if failed:
-            return failed
-        value = from_plain(plain)
-        answer = answer_text(value)
-        if not type_ok(value, typ):
-            return verdict("fail", f"answer has type {type(value).__name__}, expected {check.get('ans_type') or typ}",
-                           answer)
-        report, why, _ = self._run_judge(lambda: children.judge_sat(check["sat"], plain), {})
-        return self._sat_verdict(report, why, answer)
-
-    def _gsm8k(self, check: dict, scratch: str) -> dict:
-        expected = check.get("expected")
-        if type(expected) not in (int, float) or not math.isfinite(expected):
-            raise Invalid("gsm8k check without a finite expected number")
-        plain, failed = self._candidate_answer("gsm8k", check["program"], scratch)
-        if failed:
-            return failed
-        return gsm8k_judge(from_plain(plain), expected)
-
     def _asserts(self, check: dict, scratch: str) -> dict:
         if not check.get("tests") and not check.get("entry_point"):
             raise Invalid("asserts check without tests")
@@ -329,35 +340,6 @@ class CheckRunner:
         return self._no_answer({"err": err} if err else None, why, status, sink)
 
     # -- processes
-
-    def _candidate_answer(self, kind: str, program: str, scratch: str):
-        """Run A; return (plain answer, None) or (None, verdict)."""
-        res_r, res_w = os.pipe()
-        out_r, out_w = os.pipe()
-        try:
-            pid = self.forker.spawn(kind, program, self.limits, self.cand_uid, scratch, [res_w, out_w])
-        except OSError as e:
-            for fd in (res_r, res_w, out_r, out_w):
-                os.close(fd)
-            return None, verdict("error", str(e))
-        os.close(res_w)
-        os.close(out_w)
-        sink = sandbox.OutputSink(out_r, self.limits["max_output_bytes"])
-        try:
-            deadline = time.monotonic() + self.limits["timeout_s"]
-            msg, why = sandbox.wait_message(res_r, sink, deadline, self.limits["max_answer_bytes"])
-        finally:
-            self._kill(pid, self.cand_uid)
-            os.close(res_r)
-            os.close(out_r)
-        status = self.forker.reap(pid)
-        if type(msg) is dict and "ok" in msg:
-            try:
-                from_plain(msg["ok"])
-            except (ValueError, RecursionError) as e:
-                return None, verdict("error", f"malformed answer: {e}")
-            return msg["ok"], None
-        return None, self._no_answer(msg, why, status, sink)
 
     def _no_answer(self, msg, why: str, status, sink) -> dict:
         """Classify a candidate that produced no answer."""

@@ -32,12 +32,30 @@ def _describe(exc: BaseException) -> list:
     return [type(exc).__name__, msg]
 
 
-def run_candidate(kind: str, program: str) -> None:
+PRECOMPILE_MAX_CHARS = 1 << 16
+
+
+def precompile(program: str):
+    """The candidate's code object, compiled in the forker before its zygote forks (see batch.py), or None.
+
+    Compiling runs none of the program, and in a freshly forked child it is the costliest step (~180 copied
+    pages); in the forker it is nearly free. Big sources (whose compile time and memory would be unbounded
+    there) and sources that do not compile are left to the child, which compiles within its limits as before.
+    """
+    if len(program) > PRECOMPILE_MAX_CHARS:
+        return None
+    try:
+        return compile(program, "<candidate>", "exec")   # same module, same flags as run_candidate's compile
+    except Exception:   # SyntaxError, ValueError, RecursionError, MemoryError: the child reports it
+        return None
+
+
+def run_candidate(kind: str, program: str, code=None) -> None:
     """A for p3/gsm8k: run the program, call sol()/solution(), report {"ok": plain answer} or {"err": [...]}."""
     sys.set_int_max_str_digits(0)
     try:
         ns = _fresh_namespace("__candidate__")
-        exec(compile(program, "<candidate>", "exec"), ns)
+        exec(code if code is not None else compile(program, "<candidate>", "exec"), ns)
         fn = ns.get(ENTRY[kind])
         if not callable(fn):
             msg = {"err": ["NameError", f"the program defines no {ENTRY[kind]}()"]}
@@ -91,21 +109,54 @@ def serve_candidate(program: str) -> None:
 def judge_sat(sat: str, answer) -> None:
     """B for p3: rebuild nothing from the candidate but plain data; report whether sat(answer) is True."""
     sys.set_int_max_str_digits(0)
+    write_msg(REPORT_FD, sat_report(compile_sat(sat), answer))
+
+
+def compile_sat(sat: str):
+    """sat's code object, or the {"invalid": reason} report when it does not compile."""
+    try:
+        return compile(sat, "<sat>", "exec")
+    except BaseException as e:
+        return {"invalid": "sat does not compile/run: %s: %s" % tuple(_describe(e))}
+
+
+def sat_report(code, answer) -> dict:
+    """Run sat's module code in a fresh namespace, then sat on a fresh object rebuilt from plain data."""
+    if type(code) is dict:
+        return code
     try:
         ns = _fresh_namespace("__puzzle__")
-        exec(compile(sat, "<sat>", "exec"), ns)
+        exec(code, ns)
         sat_fn = ns.get("sat")
         if not callable(sat_fn):
-            write_msg(REPORT_FD, {"invalid": "sat source defines no sat()"})
-            return
+            return {"invalid": "sat source defines no sat()"}
     except BaseException as e:
-        write_msg(REPORT_FD, {"invalid": "sat does not compile/run: %s: %s" % tuple(_describe(e))})
-        return
+        return {"invalid": "sat does not compile/run: %s: %s" % tuple(_describe(e))}
     try:
         result = sat_fn(from_plain(answer))
-        write_msg(REPORT_FD, {"sat": result is True, "type": type(result).__name__})
+        return {"sat": result is True, "type": type(result).__name__}
     except BaseException as e:
-        write_msg(REPORT_FD, {"raised": _describe(e)})
+        return {"raised": _describe(e)}
+
+
+def serve_sat(cpu_budget_s: int) -> None:
+    """The persistent judge (see judge.py): trusted sat sources and plain answers in, reports out, until EOF.
+
+    Code objects are cached by source (they are immutable); every call gets a fresh namespace and a fresh
+    answer object. RLIMIT_CPU is cumulative, so before each call its soft limit is moved to what this process
+    has used so far plus one call's budget.
+    """
+    import resource
+    sys.set_int_max_str_digits(0)
+    codes: dict = {}
+    while (req := read_msg(REQUEST_FD)) is not None:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime) + cpu_budget_s + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        if len(codes) > 256:
+            codes.clear()
+        code = codes.get(req["sat"]) or codes.setdefault(req["sat"], compile_sat(req["sat"]))
+        write_msg(REPORT_FD, sat_report(code, req["answer"]))
 
 
 class CandidateGone(BaseException):

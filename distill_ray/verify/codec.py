@@ -150,6 +150,12 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+_DECODER = json.JSONDecoder(parse_int=_parse_int)   # one instance: json.loads(parse_int=) builds one per call
+
+
 def loads_untrusted(data: bytes):
-    """json.loads for bytes a candidate may have written: bounded int parsing (nesting is bounded by json)."""
-    return json.loads(data, parse_int=_parse_int)
+    """json.loads for bytes a candidate may have written: bounded int parsing (nesting is bounded by json).
+
+    Our frames are ASCII JSON; other bytes raise UnicodeDecodeError, a ValueError like any malformed JSON.
+    """
+    return _DECODER.decode(data.decode("utf-8"))

@@ -6,7 +6,8 @@ forks this process at start-up, before any check arrives, and afterwards sends i
 see: its own program. Pipe ends travel with the request as SCM_RIGHTS file descriptors.
 
 Ops: "spawn"/"reap" (asserts: the worker talks to the candidate and runs the judge) and "batch" (p3, gsm8k: the
-forker runs each candidate start to finish, and p3's sat judge, see run_job, and streams back one reply per job).
+forker runs each candidate start to finish, and an untrusted p3 sat's judge, see batch.py, and streams back one
+reply per job).
 Batching saves the worker <-> forker round trips per check, which cost as much as the fork on a loaded machine.
 The forker parses candidate messages only as JSON and forwards them; it never decides a verdict.
 """
@@ -16,21 +17,21 @@ from __future__ import annotations
 import gc
 import json
 import os
-import shutil
 import socket
 import struct
-import tempfile
-import time
 
-from distill_ray.verify import children, sandbox
+from distill_ray.verify import batch, children, sandbox
 
 _LEN = struct.Struct(">I")
 
 
 def _send(sock: socket.socket, obj, fds: list[int] = ()) -> None:
     data = json.dumps(obj).encode()
-    socket.send_fds(sock, [_LEN.pack(len(data))], list(fds))
-    sock.sendall(data)
+    if fds:
+        socket.send_fds(sock, [_LEN.pack(len(data))], list(fds))
+        sock.sendall(data)
+    else:
+        sock.sendall(_LEN.pack(len(data)) + data)   # one syscall
 
 
 def _recv(sock: socket.socket):
@@ -52,9 +53,12 @@ def _recv(sock: socket.socket):
 def serve(sock: socket.socket) -> None:
     """Forker main loop: "spawn" forks a sandboxed candidate, "reap" returns its wait status."""
     gc.freeze()   # children then leave these objects alone in their collections: fewer copy-on-write faults
+    scratch = None   # made on the first batch, which says the candidate uid
     while True:
         req, fds = _recv(sock)
         if req is None:
+            if scratch is not None:
+                scratch.close()
             os._exit(0)
         if req["op"] == "spawn":
             target = {children.REPORT_FD: fds[0], 1: fds[1], 2: fds[1]}
@@ -73,8 +77,9 @@ def serve(sock: socket.socket) -> None:
                 os.close(fd)
             _send(sock, reply)
         elif req["op"] == "batch":
-            for job in req["jobs"]:
-                _send(sock, run_job(job))
+            if scratch is None and req["jobs"]:
+                scratch = batch.Scratch(req["jobs"][0]["uid"], req["jobs"][0]["private_tmp"])
+            batch.run_batch(req["jobs"], scratch, lambda reply: _send(sock, reply))
         elif req["op"] == "reap":
             try:
                 _, status = os.waitpid(req["pid"], 0)
@@ -82,84 +87,6 @@ def serve(sock: socket.socket) -> None:
                 status = None
             sandbox.reap_orphans()
             _send(sock, {"status": status})
-
-
-def run_job(job: dict) -> dict:
-    """One p3/gsm8k candidate, start to finish, in the forker (no worker round trip per check).
-
-    Private scratch dir, the sandboxed candidate, its report (forwarded as the plain JSON it is, never judged
-    here), kill + reap, cleanup of scratch and private tmp; for p3 with an answer, the sat judge too (in a fresh
-    process under the judge uid: sat is puzzle text the candidate may see anyway). Expected answers never come
-    here; the worker judges.
-    """
-    start = time.monotonic()
-    limits, uid = job["limits"], job["uid"]
-    reply: dict = {}
-    scratch = None
-    try:
-        scratch = tempfile.mkdtemp(prefix="cand-", dir="/tmp" if job["private_tmp"] else None)
-        if uid is not None:
-            os.chown(scratch, uid, uid)
-        os.chmod(scratch, 0o700)
-        kind, program = job["kind"], job["program"]
-        body = lambda: children.run_candidate(kind, program)  # noqa: E731
-        msg, why, status, tail = _sandboxed(body, limits, uid, scratch, {}, judge=False)
-        reply = {"msg": msg, "why": why, "status": status, "tail": tail}
-        if job.get("sat") and type(msg) is dict and "ok" in msg and _worth_judging(msg["ok"], job.get("ans_type")):
-            sat, answer = job["sat"], msg["ok"]
-            jmsg, jwhy, _, _ = _sandboxed(lambda: children.judge_sat(sat, answer), limits, job["judge_uid"], "/",
-                                          {}, judge=True)
-            reply["judge"] = [jmsg if type(jmsg) is dict else None, jwhy]
-    except OSError as e:
-        reply = {"error": f"forker: {e}"}
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if job["private_tmp"]:
-            sandbox.wipe_private_tmp()
-        sandbox.reap_orphans()
-    reply["seconds"] = time.monotonic() - start
-    return reply
-
-
-def _worth_judging(plain, typ) -> bool:
-    """Skip sat's process when the worker will fail the answer on its type anyway (it re-checks everything)."""
-    from distill_ray.verify.checks import type_ok
-    from distill_ray.verify.codec import from_plain
-    try:
-        return typ is None or type_ok(from_plain(plain), typ)
-    except Exception:
-        return True   # let the worker classify it
-
-
-def _sandboxed(body, limits: dict, uid, cwd: str, fds: dict, judge: bool):
-    """Fork body in the sandbox, wait for its one message (or the deadline), kill everything of uid, reap."""
-    rep_r, rep_w = os.pipe()
-    out_r, out_w = os.pipe()
-    try:
-        pid = sandbox.fork_sandboxed(body, limits, uid, cwd, {children.REPORT_FD: rep_w, 1: out_w, 2: out_w, **fds},
-                                     judge=judge)
-    except BaseException:
-        for fd in (rep_r, out_r):
-            os.close(fd)
-        raise
-    finally:
-        os.close(rep_w)
-        os.close(out_w)
-    sink = sandbox.OutputSink(out_r, limits["max_output_bytes"])
-    try:
-        deadline = time.monotonic() + limits["timeout_s"]
-        msg, why = sandbox.wait_message(rep_r, sink, deadline, limits["max_answer_bytes"])
-    finally:
-        sandbox.kill_group(pid)
-        sandbox.kill_uid(uid)
-        os.close(rep_r)
-        os.close(out_r)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        status = None
-    return msg, why, status, sink.tail()
 
 
 class ForkerClient:

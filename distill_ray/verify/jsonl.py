@@ -7,7 +7,9 @@ INPUT or OUT ``-`` means stdin/stdout. In (one JSON object a line)::
     {"id": any JSON value, "kind": "p3" | "gsm8k" | "asserts", "program": str,
      "sat": str (p3), "ans_type": str (p3, optional: else sat's first annotation),
      "expected": number or numeric string (gsm8k), "tests": str or list of str (asserts),
-     "entry_point": str (optional), "timeout_s": number (optional, this record's wall-clock limit)}
+     "entry_point": str (optional), "timeout_s": number (optional, this record's wall-clock limit),
+     "trusted_sat": bool (optional, default false; p3: true only for a curated sat, never a model-written one:
+                    it then runs in a persistent judge process instead of a fresh one, one fork per check)}
 
 Out::
 
@@ -97,6 +99,10 @@ def parse_record(rec) -> Check:
         if not tests.strip() and not fields["entry_point"]:
             raise Malformed("missing field 'tests'")
         fields["tests"] = tests
+    if rec.get("trusted_sat") is not None:
+        if type(rec["trusted_sat"]) is not bool:
+            raise Malformed("trusted_sat must be true or false")
+        fields["trusted_sat"] = rec["trusted_sat"]
     if rec.get("timeout_s") is not None:
         t = _number(rec["timeout_s"], "timeout_s")
         if not 0 < t <= MAX_TIMEOUT_S:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict
@@ -147,12 +146,13 @@ class Verifier:
     def _dispatch(self, w: _Worker, checks, queue: list[int]) -> None:
         if w.proc.poll() is not None:   # died between batches: replace it before handing it work
             w = self._replace(w, self._sel, [], "")
-        size = max(1, min(16, math.ceil(len(queue) / (4 * len(self._workers)))))
+        # up to 32 per chunk: per-chunk costs (a zygote fork in the forker, messages) are spread thin
+        size = max(1, min(32, math.ceil(len(queue) / (4 * len(self._workers)))))
         chunk = [queue.pop() for _ in range(min(size, len(queue)))]
         w.pending = chunk
         w.last_progress = time.monotonic()
         try:
-            w.send([[i, asdict(checks[i])] for i in chunk])
+            w.send([[i, dict(vars(checks[i]))] for i in chunk])   # flat fields: no need for asdict's deep copy
         except (BrokenPipeError, OSError):
             pass   # noticed as EOF by the selector
 
@@ -202,6 +202,8 @@ def _malformed(check) -> str:
     if not isinstance(check.program, str) or not all(isinstance(getattr(check, f), str)
                                                      for f in ("sat", "ans_type", "tests", "entry_point")):
         return "program, sat, ans_type, tests and entry_point must be strings"
+    if type(getattr(check, "trusted_sat", False)) is not bool:
+        return "trusted_sat must be a bool"
     t = getattr(check, "timeout_s", None)
     if t is not None and (type(t) not in (int, float) or not 0 < t <= MAX_TIMEOUT_S):
         return f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import resource
 import select
 import signal
@@ -24,7 +25,7 @@ CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
-UID_BASE = 1_000_000_000   # sandbox uids: UID_BASE + 2 * worker pid (+1 for the judge); no passwd entry needed
+UID_BASE = 1_000_000_000   # sandbox uids: UID_BASE + 3 * worker pid (+1 fresh judges, +2 persistent judge); no passwd needed
 
 
 def _check(ret: int, what: str) -> None:
@@ -34,7 +35,11 @@ def _check(ret: int, what: str) -> None:
 
 
 def prctl(option: int, arg: int) -> None:
-    _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
+    if _prctl(option, arg, 0, 0, 0) != 0:   # (message built only on failure: this runs in every child)
+        _check(-1, f"prctl({option})")
+
+
+_prctl = _libc.prctl
 
 
 def setup_worker_isolation(limits) -> dict:
@@ -48,6 +53,7 @@ def setup_worker_isolation(limits) -> dict:
     prot["network"] = _try_unshare(CLONE_NEWNET, "on (empty network namespace)")
     prot["ipc"] = _try_unshare(CLONE_NEWIPC, "on (private IPC namespace)")
     prot["private_tmp"] = _private_mounts(limits["tmpfs_mb"])
+    drop_for_children()
     if os.geteuid() != 0:
         prot["uid_drop"] = "off: not root, so candidates run as this user (they can signal its processes)"
         prot["no_processes"] = "partial: RLIMIT_NPROC counts all processes of this user"
@@ -129,8 +135,9 @@ def _expose_python() -> str:
     return "; " + ", ".join(hidden) + " hidden except the Python install"
 
 
-def wipe_private_tmp() -> None:
-    """Empty the worker's private tmpfs dirs between checks, so nothing carries over to the next candidate."""
+def wipe_private_tmp(keep: str = "") -> None:
+    """Empty the worker's private tmpfs dirs between checks (all but `keep`, the forker's own scratch dir, which
+    it empties itself), so nothing carries over to the next candidate."""
     import shutil
     for d in PRIVATE_TMP_DIRS:
         try:
@@ -139,6 +146,8 @@ def wipe_private_tmp() -> None:
             continue
         for name in names:
             path = os.path.join(d, name)
+            if path == keep:
+                continue
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -148,43 +157,109 @@ def wipe_private_tmp() -> None:
                     pass
 
 
-def enter_sandbox(limits: dict, uid: int | None, cwd: str, fds: dict[int, int], judge: bool = False) -> None:
+def drop_for_children() -> None:
+    """Process-wide settings every sandboxed child would set anyway, set once in the worker and inherited.
+
+    Each step a child does not have to repeat saves its copy-on-write page faults (see fork_sandboxed).
+    The worker never execs anything and needs no supplementary groups (it is root or the caller's user).
+    """
+    global _INHERITED
+    prctl(PR_SET_NO_NEW_PRIVS, 1)          # exec of a setuid binary gains nothing; survives fork, never unset
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.geteuid() == 0:
+        os.setgroups([])
+    _devnull()
+    _INHERITED = True
+
+
+_INHERITED = False
+_PLANS: dict = {}
+_DEVNULL: list = []
+
+
+def _devnull() -> int:
+    """An fd on /dev/null opened once per process and inherited by its children (they dup it to 0)."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY))
+    return _DEVNULL[0]
+
+
+def _rlimits(limits: dict, top: int) -> tuple:
+    """The (resource, (soft, hard)) list for these limits, built once per distinct limits (per-check timeouts)."""
+    key = (limits["cpu_limit"], limits["memory_mb"], limits["file_size_mb"], limits["max_open_files"],
+           limits["max_processes"], top)
+    plan = _PLANS.get(key)
+    if plan is None:
+        cpu, mem = int(limits["cpu_limit"]), int(limits["memory_mb"]) << 20
+        plan = _PLANS[key] = ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
+                              (resource.RLIMIT_FSIZE, (limits["file_size_mb"] << 20,) * 2),
+                              (resource.RLIMIT_NOFILE, (max(limits["max_open_files"], top),) * 2),
+                              (resource.RLIMIT_CORE, (0, 0)),
+                              (resource.RLIMIT_NPROC, (limits["max_processes"],) * 2))
+    return plan
+
+
+def enter_sandbox(limits: dict, uid: int | None, cwd: str | int, fds: dict[int, int], judge: bool = False) -> None:
     """In a freshly forked child: new process group, only the given fds, rlimits, unprivileged uid.
 
     fds maps the fd number the child will see to an fd inherited from the parent (0 is /dev/null if absent).
+    cwd is a path, or an open directory fd (the forker's scratch dir, checked by inode: no path games).
     """
     os.setpgid(0, 0)
-    high = {target: os.dup(src) for target, src in fds.items()}   # dup first: sources may collide with targets
-    if 0 not in high:
-        high[0] = os.open(os.devnull, os.O_RDONLY)
-    for target, src in high.items():
-        os.dup2(src, target)
-    top = max(high) + 1
+    if type(cwd) is int:
+        os.fchdir(cwd)                     # before the dup2s below, which may reuse its number
+    else:
+        os.chdir(cwd)
+    if 0 not in fds:
+        fds = {**fds, 0: _devnull()}
+    if min(fds.values()) > max(fds):   # the usual case: no source is also a target, so no juggling
+        for target, src in fds.items():
+            os.dup2(src, target)
+    else:
+        high = {target: os.dup(src) for target, src in fds.items()}   # dup first: sources collide with targets
+        for target, src in high.items():
+            os.dup2(src, target)
+        fds = high
+    top = max(fds) + 1
     os.closerange(top, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    os.chdir(cwd)
-    cpu = int(limits["cpu_limit"])
-    mem = int(limits["memory_mb"]) << 20
-    for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                     (resource.RLIMIT_AS, (mem, mem)),
-                     (resource.RLIMIT_FSIZE, (limits["file_size_mb"] << 20,) * 2),
-                     (resource.RLIMIT_NOFILE, (max(limits["max_open_files"], top),) * 2),
-                     (resource.RLIMIT_CORE, (0, 0)),
-                     (resource.RLIMIT_NPROC, (limits["max_processes"],) * 2)):
-        resource.setrlimit(res, val)
+    for res, val in _rlimits(limits, top):
+        if res != resource.RLIMIT_CORE or not _INHERITED:
+            resource.setrlimit(res, val)
     if uid is not None:
-        os.setgroups([])
+        if not _INHERITED:
+            os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    prctl(PR_SET_NO_NEW_PRIVS, 1)          # exec of a setuid binary gains nothing
+    if not _INHERITED:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)      # exec of a setuid binary gains nothing
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # set after setuid, which clears it
     if judge:
         prctl(PR_SET_DUMPABLE, 0)          # a same-uid process cannot ptrace or open our /proc/<pid>/fd
     # Signal dispositions and the (empty) environment come from the worker, set up once in worker.main.
 
 
-def fork_sandboxed(body, limits: dict, uid: int | None, cwd: str, fds: dict[int, int], judge: bool = False) -> int:
+_fork = ctypes.PyDLL(None, use_errno=True).fork   # PyDLL: called with the GIL held, like os.fork
+
+
+def raw_fork() -> int:
+    """fork(2) without Python's at-fork handlers, for the single-threaded worker and forker only.
+
+    A process with no other threads has no lock for those handlers to repair; what they do cost is page
+    faults: after a fork every page either side writes is copied, and random's reseed hook alone writes ~45
+    pages in the child (~60 with the interpreter's own re-init), a fifth of a trivial check. random's state is
+    advanced in the parent instead, so children still see different random streams.
+    """
+    random.getrandbits(32)
+    pid = _fork()
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), "fork failed")
+    return pid
+
+
+def fork_sandboxed(body, limits: dict, uid: int | None, cwd: str | int, fds: dict[int, int],
+                   judge: bool = False) -> int:
     """Fork a child that enters the sandbox and runs body(); the child never returns into the caller."""
-    pid = os.fork()
+    pid = raw_fork()
     if pid == 0:
         code = 70
         try:

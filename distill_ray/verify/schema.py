@@ -19,6 +19,9 @@ class Check:
     tests: str = ""                 # asserts: assert lines, or HumanEval's `def check(candidate): ...`
     entry_point: str = ""           # asserts: if set, `check(<entry_point>)` runs after the tests code
     timeout_s: float | None = None  # this check's wall-clock limit; None: the Verifier's SandboxLimits.timeout_s
+    # p3: sat comes from a curated source (P3, our puzzle families), not a model. It then runs in the worker's
+    # persistent judge process (one fork per check instead of two); a model-written sat must leave this False.
+    trusted_sat: bool = False
 
 
 @dataclass(frozen=True)

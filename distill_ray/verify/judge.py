@@ -1,0 +1,177 @@
+"""The persistent sat judge: one long-lived sandboxed process per worker for p3 checks whose `sat` is trusted.
+
+A trusted `sat` (from P3, our procedural puzzles, any curated source: `Check.trusted_sat`) is not hostile, so it
+need not run in a fresh process per check; the candidate's answer still is. The judge therefore:
+
+- is forked by the worker (never by the forker, never from candidate code) and runs as its own sandbox uid
+  (not the candidates', not the fresh judges'), non-dumpable, with the usual rlimits, so no candidate can
+  signal, ptrace or read it;
+- receives only a sat source and the answer as plain data (`codec`), rebuilds fresh builtin objects from it
+  and runs sat in a fresh namespace per call;
+- gets a wall-clock limit per call (and a CPU limit it re-arms itself per call); when a call runs out, or the
+  process dies or answers garbage, it is SIGKILLed and a fresh one serves the next call.
+
+Requests are pipelined: the worker submits answers as the forker streams them back and collects the reports
+later, so one pipe round trip does not wait for the next candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+from distill_ray.verify import children, sandbox
+from distill_ray.verify.codec import FrameBuffer, frame
+
+CPU_UNLIMITED = 1 << 30   # the judge's hard RLIMIT_CPU; it sets its soft limit per call (see children.serve_sat)
+MAX_CALLS = 20_000        # recycle the process now and then: no state grows without bound, whatever sat does
+MAX_IN_FLIGHT = 32        # bounded pipelining: replies (<= ~300 bytes) never fill the 64 KiB reply pipe
+PIPELINE_BYTES = 16 << 10  # larger requests wait until the judge is idle (see submit)
+
+
+class SatJudge:
+    """The worker's handle on its persistent judge; started on first use."""
+
+    def __init__(self, limits: dict, uid: int | None):
+        self.limits, self.uid = limits, uid
+        self.pid: int | None = None
+        self.calls = 0
+        self.in_flight: list[list] = []   # [key, request frame, timeout_s, started_at or None]
+        self.done: list[tuple] = []       # (key, report | None, why)
+
+    # -- public
+
+    def submit(self, key, sat: str, plain_answer, timeout_s: float) -> None:
+        """Queue sat(answer); its (key, report, why) comes back from collect()."""
+        data = frame({"sat": sat, "answer": plain_answer})
+        # A big request is only written to an idle judge: a blocking write must never wait on a sat that loops.
+        while self.in_flight and (len(self.in_flight) >= MAX_IN_FLIGHT or len(data) > PIPELINE_BYTES):
+            self._wait_one()
+        item = [key, data, float(timeout_s), None]
+        self.in_flight.append(item)
+        try:
+            if self.pid is None or self.calls >= MAX_CALLS or not self._send(item):
+                self._restart()      # (re)sends everything in flight, this item included
+        except BaseException:
+            self.in_flight.remove(item)   # the caller reports this one; collect() the others
+            raise
+        self._read_ready()
+
+    def collect(self, block: bool) -> list[tuple]:
+        """Reports that are in; with block, wait until every submitted call has one."""
+        self._read_ready()
+        while block and self.in_flight:
+            self._wait_one()
+        out, self.done = self.done, []
+        return out
+
+    def close(self) -> None:
+        self._kill()
+
+    # -- process
+
+    def _restart(self) -> None:
+        self._kill()
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        null = os.open(os.devnull, os.O_WRONLY)
+        limits = {**self.limits, "cpu_limit": CPU_UNLIMITED}
+        budget = int(self.limits["cpu_limit"])
+        try:
+            self.pid = sandbox.fork_sandboxed(lambda: children.serve_sat(budget), limits, self.uid, "/",
+                                              {children.REPORT_FD: rep_w, children.REQUEST_FD: req_r,
+                                               1: null, 2: null}, judge=True)
+        except BaseException:
+            os.close(req_w)
+            os.close(rep_r)
+            raise
+        finally:
+            for fd in (req_r, rep_w, null):
+                os.close(fd)
+        self.req, self.rep = req_w, rep_r
+        os.set_blocking(self.rep, False)
+        self.reader = FrameBuffer(1 << 20)
+        self.calls = 0
+        for item in self.in_flight:    # calls the dead judge never answered go to the fresh one
+            item[3] = None
+            if not self._send(item):
+                break                  # it died at once: noticed (EOF) by _wait_one
+
+    def _kill(self) -> None:
+        if self.pid is None:
+            return
+        sandbox.kill_group(self.pid)
+        sandbox.kill_uid(self.uid)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:      # already reaped by the worker's reap_orphans
+            pass
+        os.close(self.req)
+        os.close(self.rep)
+        self.pid = None
+
+    def _send(self, item: list) -> bool:
+        try:
+            view = memoryview(item[1])
+            while view:
+                view = view[os.write(self.req, view):]
+        except OSError:                # BrokenPipeError: the judge is gone
+            return False
+        self.calls += 1
+        return True
+
+    # -- replies
+
+    def _read_ready(self) -> bool:
+        """Take in whatever replies are readable; False at EOF or on garbage (the judge must be replaced)."""
+        while self.in_flight:
+            head = self.in_flight[0]
+            if head[3] is None:
+                head[3] = time.monotonic()   # its clock starts when the call before it has finished
+            try:
+                data = os.read(self.rep, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self.reader.buf += data
+            if not self._parse():
+                return False
+        return True
+
+    def _parse(self) -> bool:
+        while self.in_flight:
+            try:
+                done, msg = self.reader.feed(b"")
+            except ValueError:
+                return False
+            if not done:
+                return True
+            size = 4 + int.from_bytes(self.reader.buf[:4], "big")
+            del self.reader.buf[:size]
+            key = self.in_flight.pop(0)[0]
+            self.done.append((key, msg if type(msg) is dict else None, "ok"))
+            if self.in_flight:
+                self.in_flight[0][3] = time.monotonic()
+        return True
+
+    def _wait_one(self) -> None:
+        """Wait for the oldest call's report; on its deadline, EOF or garbage, fail it and replace the judge."""
+        n = len(self.in_flight)
+        while len(self.in_flight) == n:
+            head = self.in_flight[0]
+            if head[3] is None:
+                head[3] = time.monotonic()
+            left = head[3] + head[2] - time.monotonic()
+            if left > 0 and select.select([self.rep], [], [], left)[0]:
+                if self._read_ready():
+                    continue
+                why = "eof"
+            elif left > 0:
+                continue
+            else:
+                why = "timeout"
+            self.in_flight.pop(0)
+            self.done.append((head[0], None, why))
+            self._restart() if self.in_flight else self._kill()
