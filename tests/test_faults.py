@@ -123,3 +123,26 @@ def test_an_actor_out_of_memory_is_restarted_and_the_job_finishes(ray_cluster, t
 
     assert (tmp_path / "ran-out").exists() and restarts_of("GreedyStage") >= 1
     assert sorted(rows["x"]) == list(range(40)) and (rows["y"] == rows["x"] * 2).all()
+
+
+def test_a_killed_sandbox_worker_has_its_checks_retried_on_a_fresh_one():
+    import threading
+    import time
+
+    from distill_ray.verify import Check, SandboxLimits, Verifier
+
+    loop = "    s = 0\n    for i in range(300000):\n        s += i\n"
+    checks = [Check("p3", f"def sol():\n{loop}    return {i if i % 4 else -1}",
+                    sat=f"def sat(x: int):\n    return x == {i}", ans_type="int") for i in range(40)]
+    with Verifier(SandboxLimits(timeout_s=5), workers=2) as verifier:
+        workers = [p for p in psutil.Process().children() if "distill_ray.verify.worker" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(verdicts=verifier.verify(checks)))
+        thread.start()
+        time.sleep(0.5)                       # mid-batch: 40 checks of ~40 ms on 2 workers take a few seconds
+        os.kill(workers[0].pid, signal.SIGKILL)
+        thread.join(timeout=120)
+    verdicts = result["verdicts"]
+    assert [v.passed for v in verdicts] == [i % 4 != 0 for i in range(40)]
+    assert not any(v.status == "error" for v in verdicts)

@@ -3,7 +3,7 @@
 Each worker is a separate interpreter exec'd with an empty environment; its forker forks one sandboxed process per
 candidate (plus one per judge), which costs a fork of a small process instead of a fresh interpreter.
 Checks are dispatched in small chunks to whichever worker is free; a worker that dies or stops answering is
-killed and replaced, and its unfinished checks get status "error".
+killed and replaced, and its unfinished checks are retried once on another worker (then get status "error").
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class Verifier:
             return results
 
     def _run(self, checks, todo: list[int], results: list) -> None:
-        queue = list(reversed(todo))
+        queue = self._queue = list(reversed(todo))
+        self._retried: set[int] = set()
         sel = self._sel = selectors.DefaultSelector()
         for w in self._workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
@@ -167,10 +168,17 @@ class Verifier:
             w.last_progress = time.monotonic()
 
     def _replace(self, w: _Worker, sel, results, why: str) -> _Worker:
+        """Replace a dead or hung worker. Its unanswered checks go back to the queue once (the worker may have
+        been killed from outside, or by the machine); a check whose second worker dies too ends as an error."""
         sel.unregister(w.proc.stdout)
         w.kill()
         for i in w.pending:
-            results[i] = Verdict(False, "error", None, why, 0.0)
+            if i in self._retried:
+                results[i] = Verdict(False, "error", None, f"{why} (twice, on two workers)", 0.0)
+            else:
+                self._retried.add(i)
+                self._queue.append(i)
+        w.pending = []
         fresh = _Worker(self._wire_limits)
         self._workers[self._workers.index(w)] = fresh
         sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
