@@ -2,7 +2,11 @@
 
 - ``student``: students from a subset of the teacher's layers, or tiny ones from a config
 - ``data``: tokenization, target-only labels, left-padded collation
-- ``objectives``: losses by name (``sft`` now; issue 5's objectives plug in here)
+- ``batch``: a micro-batch with the extras objectives need (label weights, stored top-k, privacy, icl inputs)
+- ``losses``: the losses as pure tensor functions (KL with temperature, soft labels, swing temperature, noise)
+- ``objectives``: ``Objective``, the weighted sum of ``sft``, ``soft``, ``kd``, ``swing``, ``icl``
+- ``privacy``: which target tokens may carry private information (swing)
+- ``canary``: canary exposure of a trained model; kd vs swing on a tiny model
 - ``loop``: the per-worker loop (DeepSpeed engine, dataset shard, checkpoints, export)
 - ``trainer``: ``train_student``, the TorchTrainer wiring
 """

@@ -23,7 +23,14 @@ class TrainSettings:
     storage_path: str | None = None    # Ray Train storage (checkpoints); default under output_dir
     max_failures: int = 0
     # --- additions ---
-    objective: str = "sft"             # a name in objectives.OBJECTIVES
+    # objective name -> weight (objectives.OBJECTIVES); the loss is the weighted sum of the terms
+    objectives: dict = field(default_factory=lambda: {"sft": 1.0})
+    teacher_dir: str | None = None     # HF teacher loaded in each worker for kd/swing rows without teacher_topk
+    kd_temperature: float = 2.0        # T of kd (and swing's temperature on non-private tokens)
+    swing_max_temperature: float = 8.0  # swing's temperature on surely-private tokens (privacy score 1)
+    swing_noise: float = 1.0           # std of the Gaussian noise swing adds to teacher logits
+    privacy_patterns: list = field(default_factory=list)  # extra regexes whose matches swing treats as private
+    icl_shots: int = 2                 # demonstrations per icl input (other rows of the micro-batch)
     lr_schedule: str = "constant"      # after warmup: "constant", "linear" or "cosine" (decay to 0 at the last step)
     weight_decay: float = 0.0
     bf16: bool | None = None           # None: bf16 on GPU, fp32 on CPU

@@ -76,14 +76,24 @@ def max_target_len(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["labels"].shape[1] - positions[0]) if len(positions) else 0
 
 
-def as_dataset(data, columns: Sequence[str] = (PROMPT_COLUMN, TARGET_COLUMN)):
-    """A Ray Dataset with only the training columns, from a Dataset or a Parquet path."""
+OPTIONAL_COLUMNS = ("label_weight", "teacher_topk")  # read when present (soft labels, stored teacher top-k)
+
+
+def as_dataset(data, columns: Sequence[str] = (PROMPT_COLUMN, TARGET_COLUMN),
+               optional: Sequence[str] = OPTIONAL_COLUMNS):
+    """A Ray Dataset with only the training columns (and those of ``optional`` it has), from a Dataset or a
+    Parquet path. A lazy pipeline whose schema is unknown keeps all its columns: finding out would run it."""
     import ray.data
 
     if isinstance(data, (str, Path)):
-        data = ray.data.read_parquet(str(data), columns=list(columns))
+        import pyarrow.dataset
+
+        names = pyarrow.dataset.dataset(str(data), format="parquet").schema.names
+        data = ray.data.read_parquet(str(data), columns=[c for c in [*columns, *optional] if c in names])
     schema = data.schema(fetch_if_missing=False)  # never execute a lazy pipeline just to check
-    missing = set(columns) - set(schema.names) if schema is not None else set()
+    if schema is None:
+        return data
+    missing = set(columns) - set(schema.names)
     if missing:
         raise ValueError(f"training data lacks column(s) {sorted(missing)}")
-    return data.select_columns(list(columns))
+    return data.select_columns([*columns, *(c for c in optional if c in schema.names)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import resource
 import tempfile
 import time
@@ -21,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from distill_ray.train.config import TrainSettings
-from distill_ray.train.data import PROMPT_COLUMN, TARGET_COLUMN, collate, tokenize_rows
-from distill_ray.train.objectives import get_objective
+from distill_ray.train.batch import make_batch
+from distill_ray.train.objectives import DistillParams, Objective
 
 STATE_FILE = "train_state.json"   # in every checkpoint: counters and loss history
 DEEPSPEED_DIR = "deepspeed"       # DeepSpeed engine state (weights, ZeRO optimizer partitions, scheduler)
@@ -124,7 +125,8 @@ def train_loop_per_worker(config: dict) -> dict:
         if rank == 0:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.micro_in_epoch})")
 
-    _train(engine, tokenizer, settings, state, rank)
+    objective = _build_objective(settings, engine)
+    _train(engine, tokenizer, objective, settings, state, rank)
     metrics = _metrics(state, setup_seconds)
     _report_final(engine, tokenizer, settings, state, metrics, rank)
     return metrics
@@ -156,6 +158,23 @@ def _build_engine(init_dir: str, settings: TrainSettings, total_steps: int | Non
     return engine, tokenizer
 
 
+def _build_objective(settings: TrainSettings, engine) -> Objective:
+    """The weighted objective; kd/swing with ``teacher_dir`` load the teacher here, frozen, on the
+    student's device (it must share the student's tokenizer: the student is cut from its layers)."""
+    teacher = None
+    if settings.teacher_dir and {"kd", "swing"} & set(settings.objectives):
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if deepspeed_config(settings)["bf16"]["enabled"] else torch.float32
+        teacher = AutoModelForCausalLM.from_pretrained(settings.teacher_dir, dtype=dtype).to(engine.device).eval()
+        teacher.requires_grad_(False)
+        if teacher.config.vocab_size != engine.module.config.vocab_size:
+            raise ValueError(f"teacher vocabulary {teacher.config.vocab_size} != student's "
+                             f"{engine.module.config.vocab_size}: kd needs the same tokenizer")
+    params = DistillParams(settings.kd_temperature, settings.swing_max_temperature, settings.swing_noise)
+    return Objective(settings.objectives, params, teacher)
+
+
 def _load_state(engine, restored: Path | None) -> TrainState:
     if restored is None:
         return TrainState()
@@ -165,10 +184,9 @@ def _load_state(engine, restored: Path | None) -> TrainState:
     return TrainState(**json.loads((restored / STATE_FILE).read_text()))
 
 
-def _train(engine, tokenizer, settings: TrainSettings, state: TrainState, rank: int) -> None:
+def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, state: TrainState, rank: int) -> None:
     import ray.train
 
-    objective = get_objective(settings.objective)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     shard = ray.train.get_dataset_shard("train")
     engine.train()
@@ -179,10 +197,13 @@ def _train(engine, tokenizer, settings: TrainSettings, state: TrainState, rank: 
                                                         prefetch_batches=settings.prefetch_batches)):
             if index < state.micro_in_epoch:
                 continue  # resumed mid-epoch: these micro-batches were trained on before the checkpoint
-            batch = collate(tokenize_rows(tokenizer, rows[PROMPT_COLUMN], rows[TARGET_COLUMN],
-                                          settings.max_length), pad_id)
+            # Seeded by position, so a resumed run draws the same demonstrations and noise again.
+            seed = f"{settings.seed}-{rank}-{state.epoch}-{index}"
+            batch = make_batch(rows, tokenizer, settings.max_length, pad_id, objective.needs,
+                               random.Random(seed), settings.icl_shots, settings.privacy_patterns)
             window.add_wait(time.perf_counter() - fetch_start, epoch_start=index == state.micro_in_epoch)
-            boundary = _micro_step(engine, objective, batch, window)
+            generator = torch.Generator().manual_seed(random.Random(seed).getrandbits(63))
+            boundary = _micro_step(engine, objective, _to_device(batch, engine.device), generator, window)
             state.micro_in_epoch = index + 1
             if boundary:
                 _close_step(state, window)
@@ -194,10 +215,14 @@ def _train(engine, tokenizer, settings: TrainSettings, state: TrainState, rank: 
         state.micro_in_epoch = 0
 
 
-def _micro_step(engine, objective, batch: dict[str, torch.Tensor], window: _Window) -> bool:
+def _to_device(batch: dict, device) -> dict:
+    return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+def _micro_step(engine, objective: Objective, batch: dict, generator: torch.Generator, window: _Window) -> bool:
     """Forward, backward and DeepSpeed step on one micro-batch; True when it updated the weights."""
     boundary = engine.is_gradient_accumulation_boundary()  # read before step() advances the counter
-    out = objective(engine, batch)
+    out = objective(engine, batch, generator)
     engine.backward(out.loss)
     engine.step()  # DeepSpeed accumulates, clips and steps optimizer + scheduler at the boundary
     window.loss += out.loss.item()

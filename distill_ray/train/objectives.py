@@ -1,54 +1,163 @@
-"""Training objectives: ``(model, batch) -> LossOutput``. ``sft`` is the spine's; issue 5's ``kd``,
-``soft``, ``swing`` and ``icl`` register here under their names and are picked by ``TrainSettings.objective``.
+"""Training objectives, combinable with weights: ``{"sft": 1.0, "kd": 0.5}`` trains on
+``1.0 * sft + 0.5 * kd``. The student's forward pass over the target window is computed once and shared by
+every term; ``icl`` runs its own forward on inputs that carry demonstrations.
 
-A batch is what ``data.collate`` makes: left-padded ``input_ids``, ``attention_mask``, ``position_ids``
-and unshifted ``labels`` (IGNORE_INDEX on prompt and padding), plus any extra columns an objective needs.
+- ``sft``: cross-entropy on the completion tokens.
+- ``soft``: sequence-level soft labels: each row's likelihood weighted by its ``label_weight``.
+- ``kd``: token-level T^2 * KL(teacher || student) at temperature T, from the row's stored teacher top-k
+  where present, else from a teacher model loaded in the worker.
+- ``swing``: ``kd`` with a per-token temperature that rises with the token's privacy score and Gaussian
+  noise on the teacher logits (privacy-aware distillation).
+- ``icl``: cross-entropy on the final target of inputs carrying k demonstrations.
+
+A batch is what ``batch.make_batch`` makes: ``data.collate``'s left-padded ``input_ids``, ``attention_mask``,
+``position_ids`` and unshifted ``labels`` (IGNORE_INDEX on prompt and padding), plus the extras named there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from distill_ray.train import losses
 from distill_ray.train.data import IGNORE_INDEX, max_target_len
+
+OBJECTIVES = ("sft", "soft", "kd", "swing", "icl")
+NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}}
 
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor     # scalar to backpropagate (mean over this micro-batch's target tokens)
+    loss: torch.Tensor     # scalar to backpropagate (weighted sum of the terms)
     tokens: int            # target tokens the loss covered
+    parts: dict[str, float] = field(default_factory=dict)  # each term's unweighted value
 
 
-def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits that predict each target token, and those tokens: ``(logits [B, T, V], labels [B, T])``.
+@dataclass
+class DistillParams:
+    """The knobs of the teacher-based terms (copied from TrainSettings)."""
+    kd_temperature: float = 2.0
+    swing_max_temperature: float = 8.0
+    swing_noise: float = 1.0
 
-    With left padding every target ends at the last position, so only the last ``T + 1`` positions need
+
+@dataclass
+class Forward:
+    """Student logits over the target window: ``logits[:, t]`` predicts ``labels[:, t]``; batch tensors laid
+    out like ``labels`` are cut to the same window with ``window``."""
+    logits: torch.Tensor   # [B, T, V] float32
+    labels: torch.Tensor   # [B, T]
+    start: int             # first column of the window in the full-width batch
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.labels != IGNORE_INDEX
+
+    def window(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:, self.start:]
+
+
+def forward(model, batch: dict[str, torch.Tensor]) -> Forward:
+    """With left padding every target ends at the last position, so only the last ``T + 1`` positions need
     the vocabulary projection (``logits_to_keep``); logit ``i`` predicts token ``i + 1``."""
     width = batch["input_ids"].shape[1]
     keep = min(max_target_len(batch) + 1, width)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep)
-    return out.logits[:, :-1].float(), batch["labels"][:, width - keep + 1:]
+    start = width - keep + 1
+    return Forward(logits=out.logits[:, :-1].float(), labels=batch["labels"][:, start:], start=start)
+
+
+def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits that predict each target token, and those tokens: ``(logits [B, T, V], labels [B, T])``."""
+    fwd = forward(model, batch)
+    return fwd.logits, fwd.labels
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> LossOutput:
     """Cross-entropy on the completion tokens only (prompt and padding labels are IGNORE_INDEX)."""
-    logits, labels = target_logits(model, batch)
-    tokens = int((labels != IGNORE_INDEX).sum())
-    if tokens == 0:  # nothing to learn from; keep the graph so every rank still runs backward
-        return LossOutput(loss=logits.sum() * 0.0, tokens=0)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-    return LossOutput(loss=loss, tokens=tokens)
+    fwd = forward(model, batch)
+    tokens = int(fwd.mask.sum())
+    return LossOutput(loss=_lm(fwd), tokens=tokens)
 
 
-OBJECTIVES: dict[str, Callable[[object, dict[str, torch.Tensor]], LossOutput]] = {"sft": sft_loss}
+def _lm(fwd: Forward) -> torch.Tensor:
+    if not fwd.mask.any():  # nothing to learn from; keep the graph so every rank still runs backward
+        return fwd.logits.sum() * 0.0
+    return F.cross_entropy(fwd.logits.reshape(-1, fwd.logits.shape[-1]), fwd.labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
 
-def get_objective(name: str):
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}") from None
+class Objective:
+    """``weights`` over OBJECTIVES; ``teacher`` a causal LM with the student's tokenizer (kd/swing rows
+    without stored top-k). Call with ``(model, batch, generator)``; the generator seeds swing's noise."""
+
+    def __init__(self, weights: dict[str, float], params: DistillParams | None = None, teacher=None):
+        unknown = set(weights) - set(OBJECTIVES)
+        if unknown or not weights:
+            raise ValueError(f"unknown or no objective(s) {sorted(unknown)}; known: {list(OBJECTIVES)}")
+        self.weights = {name: float(w) for name, w in weights.items() if w}
+        self.params = params or DistillParams()
+        self.teacher = teacher
+
+    @property
+    def needs(self) -> set[str]:
+        """Extras ``make_batch`` must build for these terms."""
+        return set().union(*(NEEDS.get(name, set()) for name in self.weights))
+
+    def __call__(self, model, batch: dict, generator: torch.Generator | None = None) -> LossOutput:
+        fwd = forward(model, batch) if set(self.weights) - {"icl"} else None
+        parts = {name: self._term(name, model, fwd, batch, generator) for name in self.weights}
+        loss = sum(self.weights[name] * value for name, value in parts.items())
+        tokens = int(fwd.mask.sum()) if fwd is not None else int((batch["icl"]["labels"] != IGNORE_INDEX).sum())
+        return LossOutput(loss=loss, tokens=tokens, parts={k: float(v.detach()) for k, v in parts.items()})
+
+    def _term(self, name: str, model, fwd: Forward | None, batch: dict, generator) -> torch.Tensor:
+        if name == "sft":
+            return _lm(fwd)
+        if name == "soft":
+            return losses.soft_label_loss(losses.token_nll(fwd.logits, fwd.labels), fwd.mask, batch["label_weight"])
+        if name == "icl":
+            return _lm(forward(model, batch["icl"]))
+        p = self.params
+        if name == "kd":
+            return self._distill(fwd, batch, torch.full(fwd.labels.shape, p.kd_temperature), 0.0, None)
+        temperature = losses.swing_temperatures(fwd.window(batch["privacy"]), p.kd_temperature, p.swing_max_temperature)
+        return self._distill(fwd, batch, temperature, p.swing_noise, generator)
+
+    def _distill(self, fwd: Forward, batch: dict, temperature: torch.Tensor, noise: float, generator) -> torch.Tensor:
+        """Mean per-token KL over target tokens: stored top-k where the row has it, the teacher model elsewhere."""
+        mask = fwd.mask
+        stored = fwd.window(batch["topk_mask"]) & mask if "topk_mask" in batch else torch.zeros_like(mask)
+        temperature = temperature.to(fwd.logits.device)
+        # Noise of std ``noise`` on the *tempered* logits (std noise * T on the raw ones): the hotter a
+        # private token's temperature, the less of the teacher's signal survives the noise.
+        values = []
+        if stored.any():
+            logprobs = losses.add_noise(fwd.window(batch["topk_logprobs"])[stored], _scale(noise, temperature, stored),
+                                        generator)
+            values.append(losses.kl_topk(fwd.logits[stored], fwd.window(batch["topk_ids"])[stored], logprobs,
+                                         temperature[stored]))
+        rest = mask & ~stored
+        if rest.any():
+            if self.teacher is None:
+                raise ValueError("kd/swing rows without a teacher_topk column need a teacher model (teacher_dir)")
+            teacher_logits = losses.add_noise(self._teacher_logits(batch, fwd)[rest], _scale(noise, temperature, rest),
+                                              generator)
+            values.append(losses.kl_full(fwd.logits[rest], teacher_logits, temperature[rest]))
+        if not values:
+            return fwd.logits.sum() * 0.0
+        return torch.cat(values).mean()
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch: dict, fwd: Forward) -> torch.Tensor:
+        keep = fwd.logits.shape[1] + 1
+        out = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep)
+        return out.logits[:, :-1].float()
+
+
+def _scale(noise: float, temperature: torch.Tensor, where: torch.Tensor) -> torch.Tensor | float:
+    return noise * temperature[where] if noise > 0 else 0.0

@@ -1,11 +1,12 @@
-"""Training throughput: ``train_student`` (Ray Train + DeepSpeed) vs a plain single-process torch loop.
+"""Training throughput: ``train_student`` (Ray Train + DeepSpeed) with 1 and 2 workers vs a plain
+single-process torch loop, on the same model, rows and global batch, in one run.
 
-Both train the same tiny student (a random llama with the real SmolLM2 tokenizer) on the same rows for the
-same number of optimizer steps with the same global batch, tokenization, loss and optimizer, in one run.
-The baseline gets as many torch threads as the Ray workers have in total (one each), so both use the same
-cores. Prints samples/s and tokens/s (target tokens, and all non-padding tokens) and the ratios.
+Every run takes the same optimizer steps over the same global batch (split over the workers), with the same
+tokenization, loss and optimizer. The baseline is timed with 1 and with ``max(workers)`` torch threads (the
+Ray workers run one thread each) and the faster counts. Prints samples/s and tokens/s (target tokens, and
+all non-padding tokens) and the ratios against the baseline.
 
-    python benchmarks/bench_train.py --steps 20 --workers 2
+    python benchmarks/train_throughput.py --steps 20 --workers 1 2
 """
 
 from __future__ import annotations
@@ -67,11 +68,21 @@ def baseline(init_dir: Path, rows: list[dict], steps: int, batch_size: int, sett
             "first_loss": losses[0], "last_loss": losses[-1]}
 
 
+def ray_run(init_dir: Path, data: Path, work: Path, workers: int, args) -> tuple:
+    from distill_ray.train import TrainSettings, train_student
+
+    settings = TrainSettings(num_workers=workers, cpus_per_worker=min(0.5, 1.6 / workers),
+                             zero_stage=args.zero_stage, batch_size=args.global_batch // workers, lr=1e-3,
+                             max_steps=args.steps, epochs=1, log_every=0)
+    result = train_student(init_dir, data, work / f"student-{workers}", settings)
+    return result, settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=4, help="per-worker micro-batch")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--global-batch", type=int, default=8, help="rows per optimizer step, all workers")
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -79,65 +90,56 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    import pandas as pd
     import ray
 
     from distill_ray.models import resolve_model
-    from distill_ray.train import TrainSettings, build_student_from_config, train_student
+    from distill_ray.train import build_student_from_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     init_dir = Path(args.init_dir) if args.init_dir else build_student_from_config(
         resolve_model("smollm2"), work / "init", hidden_size=args.hidden, num_layers=args.layers)
-    rows = make_rows(args.steps * args.batch_size * args.workers)
-    settings = TrainSettings(num_workers=args.workers, cpus_per_worker=min(0.5, 1.6 / args.workers),
-                             zero_stage=args.zero_stage, batch_size=args.batch_size, lr=1e-3,
-                             max_steps=args.steps, epochs=1, log_every=0)
-
+    rows = make_rows(args.steps * args.global_batch)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else 2,
                  include_dashboard=False, log_to_driver=False, _temp_dir=str(work / "ray"))
     # The pipeline hands training a Parquet directory: go through the same path.
-    import pandas as pd
-
     (work / "data").mkdir()
     pd.DataFrame(rows).to_parquet(work / "data" / "part-0.parquet")
-    ray_result = train_student(init_dir, work / "data", work / "student", settings)
+    runs = {w: ray_run(init_dir, work / "data", work, w, args) for w in args.workers}
+    settings = next(iter(runs.values()))[1]
 
-    # The Ray workers run one torch thread each: give the baseline as many, and also try one thread (on a
-    # shared, oversubscribed machine multi-threaded torch can be far slower); keep the faster.
     bases = {}
-    for threads in sorted({1, args.workers}):
+    for threads in sorted({1, max(args.workers)}):
         torch.set_num_threads(threads)
-        bases[threads] = baseline(init_dir, rows, args.steps, args.batch_size * args.workers, settings)
+        bases[threads] = baseline(init_dir, rows, args.steps, args.global_batch, settings)
         print(f"plain torch with {threads} thread(s): {bases[threads]['seconds'] / args.steps:.3f} s/step")
     base = min(bases.values(), key=lambda b: b["seconds"])
+    report(init_dir, runs, base, args)
 
-    steady = ray_result.seconds - ray_result.epoch_start_seconds  # without Ray Data's start-up wait
-    runs = {
-        "ray train + deepspeed": (ray_result.seconds, ray_result),
-        "  same, steady state": (steady, ray_result),
-    }
-    rates = {name: (r.samples / sec, r.tokens / sec, r.input_tokens / sec, sec / r.steps)
-             for name, (sec, r) in runs.items()}
-    rates["plain torch, 1 process"] = (base["samples"] / base["seconds"], base["tokens"] / base["seconds"],
-                                       base["input_tokens"] / base["seconds"], base["seconds"] / args.steps)
+
+def report(init_dir: Path, runs: dict, base: dict, args) -> None:
     from transformers import AutoModelForCausalLM
 
+    rates = {"plain torch, 1 process": (base["samples"] / base["seconds"], base["tokens"] / base["seconds"],
+                                        base["input_tokens"] / base["seconds"], base["seconds"] / args.steps)}
+    for workers, (r, _) in runs.items():
+        steady = r.seconds - r.epoch_start_seconds  # without Ray Data's start-up wait for the first batch
+        for name, sec in ((f"ray, {workers} worker(s)", r.seconds), ("  same, steady state", steady)):
+            rates[f"{name} [{workers}]"] = (r.samples / sec, r.tokens / sec, r.input_tokens / sec, sec / r.steps)
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(init_dir).parameters())
-    print(f"\nmodel {params / 1e6:.2f}M params, {args.steps} steps, global batch {args.batch_size * args.workers}, "
-          f"{args.workers} workers, ZeRO-{args.zero_stage}")
-    print(f"{'':28}{'samples/s':>12}{'target tok/s':>14}{'input tok/s':>13}{'s/step':>9}")
-    for name, row in rates.items():
-        print(f"{name:28}{row[0]:12.1f}{row[1]:14.1f}{row[2]:13.1f}{row[3]:9.3f}")
+    print(f"\nmodel {params / 1e6:.2f}M params, {args.steps} steps, global batch {args.global_batch}, "
+          f"ZeRO-{args.zero_stage}")
+    print(f"{'':34}{'samples/s':>12}{'target tok/s':>14}{'input tok/s':>13}{'s/step':>9}{'ratio tok/s':>13}")
     plain = rates["plain torch, 1 process"]
-    for name in runs:
-        ratio = [a / b for a, b in zip(rates[name][:3], plain[:3])]
-        print(f"{'ratio ' + name.strip() + ' / plain':40}{ratio[0]:6.2f} (samples/s) {ratio[1]:6.2f} (tokens/s)")
-    print(f"loss first -> last: ray {ray_result.loss_history[0]:.3f} -> {ray_result.loss_history[-1]:.3f}, "
-          f"plain {base['first_loss']:.3f} -> {base['last_loss']:.3f}")
-    print(f"ray: loop {ray_result.seconds:.1f} s, of which waiting for the first batch "
-          f"{ray_result.epoch_start_seconds:.1f} s and for later batches + tokenizing {ray_result.data_seconds:.1f} s")
-    print(f"ray: setup (model load + deepspeed.initialize) {ray_result.setup_seconds:.1f} s, "
-          f"fit() wall {ray_result.wall_seconds:.1f} s, rank-0 peak RSS {ray_result.peak_rss_mb:.0f} MiB")
+    for name, row in rates.items():
+        print(f"{name:34}{row[0]:12.1f}{row[1]:14.1f}{row[2]:13.1f}{row[3]:9.3f}{row[1] / plain[1]:13.2f}")
+    print(f"loss first -> last: plain {base['first_loss']:.3f} -> {base['last_loss']:.3f}, " + ", ".join(
+        f"ray[{w}] {r.loss_history[0]:.3f} -> {r.loss_history[-1]:.3f}" for w, (r, _) in runs.items()))
+    for workers, (r, _) in runs.items():
+        print(f"ray[{workers}]: loop {r.seconds:.1f} s (first batch {r.epoch_start_seconds:.1f} s, later batches "
+              f"+ tokenizing {r.data_seconds:.1f} s), setup {r.setup_seconds:.1f} s, fit() wall "
+              f"{r.wall_seconds:.1f} s, rank-0 peak RSS {r.peak_rss_mb:.0f} MiB")
 
 
 if __name__ == "__main__":

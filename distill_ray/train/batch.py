@@ -1,0 +1,105 @@
+"""A training micro-batch from one Ray Data batch of rows, with the extra tensors the objectives ask for.
+
+Every extra is laid out like ``labels`` ([B, W], left-padded, target tokens at the end of each row), so the
+objectives slice them with the same window as the logits:
+
+- ``label_weight`` [B]: column ``label_weight`` (the vote share of the row's answer), 1.0 where absent.
+- ``topk_ids`` / ``topk_logprobs`` [B, W, K], ``topk_mask`` [B, W]: column ``teacher_topk`` (per completion
+  token a list of ``[token_id, logprob]`` pairs); completion token ``j`` is target token ``j``.
+- ``privacy`` [B, W]: each target token's privacy score (``privacy.token_scores``), for ``swing``.
+- ``icl``: a second batch whose prompts carry ``icl_shots`` demonstrations (other rows of this batch,
+  drawn with ``rng``), labels on the final target only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+import torch
+
+from distill_ray.train.data import IGNORE_INDEX, PROMPT_COLUMN, TARGET_COLUMN, collate, tokenize_rows
+
+WEIGHT_COLUMN = "label_weight"
+TOPK_COLUMN = "teacher_topk"
+
+
+def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[str],
+               rng: random.Random | None = None, icl_shots: int = 0,
+               privacy_patterns: Sequence[str] = ()) -> dict:
+    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl")."""
+    prompts, targets = list(rows[PROMPT_COLUMN]), list(rows[TARGET_COLUMN])
+    examples = tokenize_rows(tokenizer, prompts, targets, max_length)
+    batch = collate(examples, pad_id)
+    if "label_weight" in needs:
+        batch["label_weight"] = label_weights(rows.get(WEIGHT_COLUMN), len(prompts))
+    if "topk" in needs and rows.get(TOPK_COLUMN) is not None:
+        batch.update(topk_tensors(rows[TOPK_COLUMN], batch["labels"]))
+    if "privacy" in needs:
+        batch["privacy"] = privacy_tensor(tokenizer, batch["labels"], privacy_patterns)
+    if "icl" in needs:
+        icl_prompts = with_demonstrations(prompts, targets, icl_shots, rng or random.Random(0),
+                                          tokenizer.eos_token or "")
+        batch["icl"] = collate(tokenize_rows(tokenizer, icl_prompts, targets, max_length), pad_id)
+    return batch
+
+
+def label_weights(column, rows: int) -> torch.Tensor:
+    """Row weights in [0, 1]; a missing column or a null/NaN entry weighs 1.0."""
+    if column is None:
+        return torch.ones(rows)
+    values = [1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in column]
+    weights = torch.tensor(values, dtype=torch.float32)
+    if ((weights < 0) | (weights > 1)).any():
+        raise ValueError(f"label_weight must be in [0, 1], got {values}")
+    return weights
+
+
+def topk_tensors(column, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stored top-k lists placed on the target positions of ``labels``; rows without a list (None) or
+    tokens past its end keep ``topk_mask`` False. Target token j of row i sits at W - n_i + j (left padding)."""
+    width = labels.shape[1]
+    entries = [_pairs(row) for row in column]
+    k = max((len(tok) for row in entries for tok in row), default=1)
+    ids = torch.zeros((len(entries), width, k), dtype=torch.long)
+    logprobs = torch.full((len(entries), width, k), float("-inf"))
+    mask = torch.zeros((len(entries), width), dtype=torch.bool)
+    for i, row in enumerate(entries):
+        n = int((labels[i] != IGNORE_INDEX).sum())
+        for j, pairs in enumerate(row[:n]):
+            if pairs:
+                ids[i, width - n + j, :len(pairs)] = torch.tensor([int(p[0]) for p in pairs])
+                logprobs[i, width - n + j, :len(pairs)] = torch.tensor([float(p[1]) for p in pairs])
+                mask[i, width - n + j] = True
+    return {"topk_ids": ids, "topk_logprobs": logprobs, "topk_mask": mask}
+
+
+def _pairs(row) -> list:
+    """One row's ``teacher_topk`` as plain lists (Ray Data hands nested numpy object arrays)."""
+    if row is None:
+        return []
+    return [list(token) if token is not None else [] for token in row]
+
+
+def privacy_tensor(tokenizer, labels: torch.Tensor, patterns: Sequence[str]) -> torch.Tensor:
+    from distill_ray.train.privacy import token_scores
+
+    scores = torch.zeros(labels.shape)
+    for i in range(labels.shape[0]):
+        positions = (labels[i] != IGNORE_INDEX).nonzero().flatten()
+        if len(positions):
+            scores[i, positions] = torch.tensor(token_scores(tokenizer, labels[i, positions].tolist(), patterns))
+    return scores
+
+
+def with_demonstrations(prompts: list[str], targets: list[str], shots: int, rng: random.Random,
+                        separator: str) -> list[str]:
+    """Each prompt preceded by ``shots`` other rows' prompt + target (+ EOS, newline), drawn from the batch.
+    Too long inputs lose their earliest demonstrations first (``encode_example`` cuts prompts on the left)."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        others = [j for j in range(len(prompts)) if j != i]
+        demos = rng.sample(others, min(shots, len(others)))
+        out.append("".join(f"{prompts[j]}{targets[j]}{separator}\n" for j in demos) + prompt)
+    return out

@@ -1,0 +1,79 @@
+"""The distillation losses as small pure functions over tensors (no models, no batches).
+
+Shapes: ``N`` target tokens (flattened), ``V`` vocabulary, ``K`` stored top-k entries, ``B`` rows.
+Every function returns a per-token (or per-row) tensor or a scalar mean, so the objectives in
+``objectives.py`` can mix tokens from several sources before averaging.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distill_ray.train.data import IGNORE_INDEX
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of each label, 0 where the label is IGNORE_INDEX. logits [B,T,V], labels [B,T]."""
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="none")
+    return flat.view(labels.shape)
+
+
+def soft_label_loss(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sequence-level soft labels: sum_i w_i * NLL(row i) / (target tokens of the batch).
+
+    nll, mask [B,T]; weights [B] in [0,1] (a candidate's share of the vote; 1.0 on agreement rows). Dividing
+    by the unweighted token count keeps the weights absolute: the candidates of one disagreement prompt,
+    whose shares sum to 1, together count as much as one agreement row."""
+    tokens = mask.sum()
+    if tokens == 0:
+        return nll.sum() * 0.0
+    return (nll * mask * weights[:, None]).sum() / tokens
+
+
+def kl_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: torch.Tensor | float) -> torch.Tensor:
+    """Per-token T^2 * KL(teacher_T || student_T) over the whole vocabulary. logits [N,V]; temperature a
+    float or [N] (one per token, for swing). The T^2 factor keeps gradient sizes comparable across T."""
+    t = _per_token(temperature, student_logits)
+    teacher_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    student_logp = F.log_softmax(student_logits.float() / t, dim=-1)
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=-1)
+    return kl * t.squeeze(-1) ** 2
+
+
+def kl_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+            temperature: torch.Tensor | float) -> torch.Tensor:
+    """Per-token T^2 * KL from stored teacher top-k: the teacher's top-k log-probs, tempered and
+    renormalised over the k ids, against the student's full-vocabulary tempered log-probs gathered at those
+    ids. topk_ids/logprobs [N,K] (missing entries: logprob -inf); student_logits [N,V]."""
+    t = _per_token(temperature, student_logits)
+    teacher_logp = F.log_softmax(topk_logprobs.float() / t, dim=-1)
+    student_logp = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, topk_ids)
+    p = teacher_logp.exp()
+    terms = torch.where(p > 0, p * (teacher_logp - student_logp), torch.zeros_like(p))  # 0 * -inf is 0
+    return terms.sum(dim=-1) * t.squeeze(-1) ** 2
+
+
+def swing_temperatures(privacy: torch.Tensor, base: float, maximum: float) -> torch.Tensor:
+    """Per-token temperature rising linearly from ``base`` (score 0) to ``maximum`` (score 1) with the
+    likelihood that the token carries private information: private tokens get flat, uninformative targets."""
+    return base + (maximum - base) * privacy.clamp(0.0, 1.0)
+
+
+def add_noise(logits: torch.Tensor, scale: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian noise on teacher logits [N,V], drawn from ``generator`` so a seed reproduces it; ``scale`` is
+    the std, a float or [N] (one per token). -inf entries (missing top-k) stay -inf."""
+    if not isinstance(scale, torch.Tensor) and scale <= 0:
+        return logits
+    noise = torch.randn(logits.shape, generator=generator, dtype=torch.float32).to(logits.device)
+    scale = scale.to(logits.device).reshape(-1, 1) if isinstance(scale, torch.Tensor) else scale
+    return logits.float() + scale * noise
+
+
+def _per_token(temperature: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """Temperature as an [N,1] column that broadcasts over the vocabulary."""
+    if isinstance(temperature, torch.Tensor):
+        return temperature.to(like.device, torch.float32).reshape(-1, 1)
+    return torch.full((like.shape[0], 1), float(temperature), device=like.device)
