@@ -57,9 +57,9 @@ def rejects(sat, answer) -> bool:
 # ------------------------------------------------------------------ procedural puzzles
 
 def test_registry_has_enough_families_across_topics():
-    assert len(list_families()) >= 10
+    assert len(list_families()) >= 30
     topics = {FAMILIES[name].topic for name in list_families()}
-    assert {"arithmetic", "strings", "lists", "number_theory", "combinatorics"} <= topics
+    assert {"arithmetic", "strings", "lists", "number_theory", "combinatorics", "geometry", "games"} <= topics
 
 
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
@@ -147,6 +147,8 @@ def test_family_filter_and_exhaustion():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown task source"):
+        load_problems("apps", num_train=1, num_eval=1)
+    with pytest.raises(ValueError, match="needs path"):
         load_problems("humaneval", num_train=1, num_eval=1)
     with pytest.raises(ValueError, match="needs path"):
         load_problems("gsm8k", num_train=1, num_eval=1)

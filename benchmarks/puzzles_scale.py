@@ -1,0 +1,128 @@
+"""Puzzles at scale: the `distill-ray puzzles` job at N = 10^4 and 10^5 (10^6 with --full).
+
+For each N the job runs in a fresh subprocess (its own local Ray cluster); we sample every 0.5 s the RSS of the
+driver, of the sink actor (which holds the dedupe index, the one thing that grows with N) and of every other
+process of the job (Ray workers, sandbox workers, raylet), and print puzzles/s end to end (Ray start-up
+included) and in the job's streaming part. Baseline, same run: the same job verifying one P3 check per puzzle
+(``trusted_batch=1``) instead of batches of 32 trusted puzzles per sandboxed process. Then a single-process
+breakdown of where the time per puzzle goes.
+
+    .venv/bin/python benchmarks/puzzles_scale.py            # 10^4, 10^5
+    .venv/bin/python benchmarks/puzzles_scale.py --full     # and 10^6 (~30 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+MB = 1 << 20
+
+
+def sample_rss(pid: int, peaks: dict, stop: threading.Event) -> None:
+    """Peak RSS of the driver, of the sink actor, of the largest other process, and of all of them together."""
+    while not stop.is_set():
+        try:
+            root = psutil.Process(pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for p in procs:
+            try:
+                rss, name = p.memory_info().rss, " ".join(p.cmdline()[:2])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            key = "driver" if p.pid == pid else "sink" if "PuzzleSink" in name else "worker_max"
+            peaks[key] = max(peaks.get(key, 0), rss)
+        peaks["all"] = max(peaks.get("all", 0), total)
+        stop.wait(0.5)
+
+
+def run(num: int, out: Path, extra: list[str]) -> dict:
+    shutil.rmtree(out.parent, ignore_errors=True)
+    cmd = [sys.executable, "-m", "distill_ray.cli", "puzzles", "--num", str(num), "--output", str(out),
+           "--set", "chunk_size=10000", "--set", "num_cpus=2", "--set", "progress_s=30", *extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks, stop = {}, threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(proc.pid, peaks, stop), daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"job failed:\n{err[-3000:]}")
+    summary = json.loads(out.with_name(out.name + ".manifest.json").read_text())["summary"]
+    return {"num": num, "wall_s": wall, "per_s": num / wall, "stream_per_s": summary["run"]["rows_per_s"],
+            "kept": summary["kept"], "fates": summary["by_fate"], **{k: v / MB for k, v in peaks.items()}}
+
+
+def breakdown(num: int) -> dict:
+    """Single-process seconds per puzzle of each step (the job runs them in parallel on 2 cores)."""
+    from distill_ray.synth.dedupe import Deduper
+    from distill_ray.synth.rows import PuzzleVerifier, add_keys, procedural_rows
+    from distill_ray.tasks import list_families
+
+    times = {}
+    t = time.perf_counter()
+    rows = procedural_rows(pd.DataFrame({"id": range(num)}), list_families(), [1, 2, 3], 0, num, frozenset())
+    times["generate"] = time.perf_counter() - t
+    for size, label in ((32, "verify, 32 per sandboxed process"), (1, "verify, one P3 check each")):
+        verifier = PuzzleVerifier({}, workers=2, trusted_batch=size)
+        t = time.perf_counter()
+        verifier(rows.copy())
+        times[label + " (2 workers, wall)"] = time.perf_counter() - t
+        verifier.verifier.close()
+    t = time.perf_counter()
+    keyed = add_keys(rows, scope="teacher", threshold=0.85)
+    times["exact keys (AST canonical form)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    Deduper().admit(keyed["exact_key"].tolist(), [None] * num)
+    times["dedupe index (admit)"] = time.perf_counter() - t
+    return {k: 1e6 * v / num for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="also N = 10^6")
+    ap.add_argument("--sizes", type=int, nargs="+", help="override the sizes")
+    ap.add_argument("--baseline-num", type=int, default=10_000, help="N of the one-check-per-puzzle baseline")
+    ap.add_argument("--workdir", default="/tmp/distill-ray-puzzles-scale")
+    args = ap.parse_args()
+    sizes = args.sizes or ([10_000, 100_000] + ([1_000_000] if args.full else []))
+    work = Path(args.workdir)
+    print(f"machine: {psutil.cpu_count()} CPUs, load average {psutil.getloadavg()[0]:.1f} at start")
+    base = run(args.baseline_num, work / "baseline" / "ds", ["--set", "trusted_batch=1"])
+    print(f"baseline (one P3 check per puzzle), N={base['num']}: {base['per_s']:.0f} puzzles/s end to end, "
+          f"{base['stream_per_s']:.0f}/s streaming")
+    print("\n| N | wall s | puzzles/s end to end | streaming puzzles/s | vs baseline | kept | driver peak RSS MB "
+          "| sink peak RSS MB | largest other process MB | all processes MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for num in sizes:
+        r = run(num, work / f"n{num}" / "ds", [])
+        print(f"| {num:,} | {r['wall_s']:.0f} | {r['per_s']:.0f} | {r['stream_per_s']:.0f} | "
+              f"{r['stream_per_s'] / base['stream_per_s']:.1f}x | {r['kept']:,} | {r.get('driver', 0):.0f} | "
+              f"{r.get('sink', 0):.0f} | {r.get('worker_max', 0):.0f} | {r.get('all', 0):.0f} |", flush=True)
+        print(f"  fates: {r['fates']}", flush=True)
+    print(f"\nload average {psutil.getloadavg()[0]:.1f} at end (other jobs share this machine)")
+    print("\nwhere the time goes (one process, 5,000 puzzles; microseconds per puzzle):")
+    for step, us in breakdown(5000).items():
+        print(f"  {step:<50} {us:8.0f}")
+
+
+if __name__ == "__main__":
+    main()
