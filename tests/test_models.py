@@ -13,3 +13,16 @@ def test_an_unknown_model_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="neither"):
         resolve_model(str(tmp_path / "missing"))
+
+
+def test_gemma3_resolves_with_its_own_chat_template():
+    import json
+
+    path = resolve_model("gemma3")
+    assert json.loads((path / "config.json").read_text())["model_type"].startswith("gemma3")
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(path).apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    assert resolve_model("gemma3") == path  # assembled and converted once

@@ -49,3 +49,40 @@ def test_a_finished_sample_stops_at_the_end_of_turn(engine):
     rows = engine.generate(prompts(engine)[:1], SamplingSettings(n=1, temperature=0.0, max_new_tokens=32))
     sample = rows[0][0]
     assert sample.finished and "<|im_end|>" not in sample.text and sample.completion_tokens < 32
+
+
+def test_greedy_top_k_logprobs_match_a_separate_forward_pass(engine):
+    import torch
+
+    batch = engine.generate(prompts(engine)[:2], SamplingSettings(n=1, temperature=0.0, max_new_tokens=6,
+                                                                  top_k_logprobs=4))
+    for prompt, [g] in zip(prompts(engine)[:2], batch):
+        assert len(g.logprobs) == g.completion_tokens and all(len(top) == 4 for top in g.logprobs)
+        completion = [top[0][0] for top in g.logprobs]  # greedy: the chosen token is the most likely one
+        assert engine.tokenizer.decode(completion) == g.text
+        # Unpadded, un-cached forward pass over prompt + completion: the same distribution at each step.
+        ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = engine.model(torch.tensor([ids + completion])).logits[0, len(ids) - 1:-1]
+        values, top_ids = torch.log_softmax(logits.float(), -1).topk(4, -1)
+        for step, top in enumerate(g.logprobs):
+            assert [t for t, _ in top] == top_ids[step].tolist()
+            assert [lp for _, lp in top] == pytest.approx(values[step].tolist(), abs=2e-3)
+    assert batch.stats.prompts == 2 and batch.stats.completion_tokens == sum(row[0].completion_tokens for row in batch)
+
+
+def test_asking_for_logprobs_does_not_change_the_samples(engine):
+    sampling = SamplingSettings(n=3, temperature=0.9, top_p=0.9, max_new_tokens=6, seed=11)
+    plain = engine.generate(prompts(engine)[:1], sampling)
+    with_logprobs = engine.generate(prompts(engine)[:1], SamplingSettings(**{**sampling.__dict__, "top_k_logprobs": 2}))
+    assert [g.text for g in plain[0]] == [g.text for g in with_logprobs[0]]
+    assert plain[0][0].logprobs is None and len(with_logprobs[0][0].logprobs) == with_logprobs[0][0].completion_tokens
+
+
+def test_gemma3_loads_and_answers_in_its_own_chat_template():
+    gemma = HFEngine("gemma3", torch_threads=2)
+    prompt = gemma.render(build_messages("p3", QUESTIONS[0], [SHOT]), "def sol():\n    return ")
+    assert prompt.count("<start_of_turn>user") == 2 and "<|im_start|>" not in prompt
+    [[sample]] = gemma.generate([prompt], SamplingSettings(n=1, temperature=0.0, max_new_tokens=24))
+    assert sample.completion_tokens >= 1 and sample.text.strip() and "<end_of_turn>" not in sample.text
+    assert gemma.provenance()["engine_model"] == "gemma3"

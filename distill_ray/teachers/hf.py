@@ -3,16 +3,44 @@
 The prompt is prefilled once and its KV cache copied to the n samples: ``generate(num_return_sequences=n)``
 would repeat every prompt n times before prefill, and with few-shot prompts (~300 tokens) and short answers
 (~10 tokens) prefill is most of the work.
+
+Top-k logprobs (``SamplingSettings.top_k_logprobs``) come from the model's **raw** next-token distribution
+(log-softmax of the logits, before temperature and top-p): that is the teacher's distribution a token-level
+student matches, independent of how we sampled. To see raw logits, temperature and top-p are applied by our
+own warpers placed after the recorder (transformers appends custom processors after its own); the warpers
+are the same ones, in the same order, that ``generate(temperature=, top_p=)`` would build, so samples do
+not change when logprobs are asked for.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList,
+                          TemperatureLogitsWarper, TopPLogitsWarper)
 
 from distill_ray.models import resolve_model
 from distill_ray.prompts import render
-from distill_ray.teachers.base import Generation, SamplingSettings
+from distill_ray.teachers.base import Batch, Generation, SamplingSettings, chat_stop_ids
+from distill_ray.teachers.provenance import engine_provenance
+
+
+class TopKRecorder(LogitsProcessor):
+    """Records, at each decoding step, the top-k log-probabilities of the scores it is handed (placed
+    first, those are the raw logits); returns the scores unchanged."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, input_ids, scores):
+        values, ids = torch.log_softmax(scores.float(), dim=-1).topk(self.k, dim=-1)
+        self.steps.append((ids.cpu(), values.cpu()))
+        return scores
+
+    def row(self, index: int, length: int) -> list[list[tuple[int, float]]]:
+        return [list(zip(ids[index].tolist(), values[index].tolist())) for ids, values in self.steps[:length]]
 
 
 class HFEngine:
@@ -28,38 +56,48 @@ class HFEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-        self.stop_ids = self._stop_token_ids()
-
-    def _stop_token_ids(self) -> list[int]:
-        # Chat models end a turn with their own token (<|im_end|> for SmolLM2), which may differ from eos.
-        ids = {self.tokenizer.eos_token_id}
-        for token in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                ids.add(token_id)
-        return sorted(i for i in ids if i is not None)
+        self.stop_ids = chat_stop_ids(self.tokenizer)
 
     def render(self, messages: list[dict], response_prefix: str = "") -> str:
         return render(self.tokenizer, messages, response_prefix)
 
+    def provenance(self) -> dict:
+        return engine_provenance("hf", self.name, "transformers")
+
+    def generate(self, prompts: list[str], sampling: SamplingSettings) -> Batch:
+        start = time.perf_counter()
+        rows = self._generate(prompts, sampling) if prompts else []
+        return Batch.of(rows, time.perf_counter() - start)
+
+    @staticmethod
+    def _processors(sampling: SamplingSettings) -> tuple[LogitsProcessorList, TopKRecorder | None]:
+        recorder = TopKRecorder(sampling.top_k_logprobs) if sampling.top_k_logprobs > 0 else None
+        processors = LogitsProcessorList([recorder] if recorder else [])
+        if sampling.temperature > 0:
+            if sampling.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_p < 1.0:
+                processors.append(TopPLogitsWarper(sampling.top_p))
+        return processors, recorder
+
     @torch.inference_mode()
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Generation]]:
-        if not prompts:
-            return []
+    def _generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Generation]]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(self.device)
         torch.manual_seed(sampling.seed)
         cache = self._prefill_shared(batch, sampling.n) if self.share_prefill else None
         ids = batch["input_ids"].repeat_interleave(sampling.n, dim=0)
         mask = batch["attention_mask"].repeat_interleave(sampling.n, dim=0)
+        processors, recorder = self._processors(sampling)
         output = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             cache=cache,
             do_sample=sampling.temperature > 0,
-            temperature=sampling.temperature if sampling.temperature > 0 else None,
-            top_p=sampling.top_p if sampling.temperature > 0 else None,
+            temperature=None,  # 1.0 default: our warpers (above) do temperature and top-p
+            top_p=None,
             top_k=None,
+            logits_processor=processors,
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -70,7 +108,8 @@ class HFEngine:
         results: list[list[Generation]] = []
         for i, prompt_tokens_i in enumerate(prompt_tokens):
             rows = new_tokens[i * sampling.n : (i + 1) * sampling.n]
-            results.append([self._decode(row, prompt_tokens_i) for row in rows])
+            results.append([self._decode(row, prompt_tokens_i, recorder, i * sampling.n + j)
+                            for j, row in enumerate(rows)])
         return results
 
     def _prefill_shared(self, batch, n: int):
@@ -85,7 +124,8 @@ class HFEngine:
         cache.batch_repeat_interleave(n)
         return cache
 
-    def _decode(self, tokens: torch.Tensor, prompt_tokens: int) -> Generation:
+    def _decode(self, tokens: torch.Tensor, prompt_tokens: int, recorder: TopKRecorder | None,
+                index: int) -> Generation:
         ids = tokens.tolist()
         length = len(ids)
         finished = False
@@ -94,4 +134,6 @@ class HFEngine:
                 length, finished = pos, True
                 break
         text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
-        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=length, finished=finished)
+        logprobs = recorder.row(index, length) if recorder else None
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=length, finished=finished,
+                          logprobs=logprobs)

@@ -1,0 +1,97 @@
+"""Teacher stage throughput: the Ray Data pipeline (prompt -> teacher actor pool per teacher) against each
+raw engine's ``generate`` on the same prompts, same batch size and sampling, measured in the same run.
+
+    python benchmarks/teacher_throughput.py [--teachers smollm2] [--prompts 32] [--samples 4]
+                                            [--max-new-tokens 24] [--batch-size 8] [--threads 2]
+
+``--teachers smollm2,gemma3`` runs two teachers (two actor pools) in one pipeline; the raw baseline then runs
+the engines one after the other. Prints generated tokens/s for both and the ratio pipeline / raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import pandas as pd
+import ray
+
+from distill_ray.pipeline import TeacherSpec, build_prompts, teacher_stages
+from distill_ray.prompts import exemplar_pool
+from distill_ray.stages import apply_stages
+from distill_ray.tasks import load_problems
+from distill_ray.teachers import SamplingSettings, make_engine
+
+
+def measure_raw(spec: TeacherSpec, problems: list[dict], exemplars) -> dict:
+    """The baseline: one engine in this process, a plain loop over batches of ``spec.batch_size``; time and
+    tokens from the engine's own ``BatchStats``."""
+    engine = make_engine(spec.engine, spec.model, **(spec.engine_options or {}))
+    batch = build_prompts(pd.DataFrame(problems), exemplars, spec.num_shots, spec.exemplar_strategy, seed=0)
+    prompts = [engine.render(json.loads(m), p) for m, p in zip(batch["messages"], batch["response_prefix"])]
+    engine.generate(prompts[:2], SamplingSettings(n=1, max_new_tokens=4))  # warm-up
+    seconds = tokens = 0.0
+    for i in range(0, len(prompts), spec.batch_size):
+        stats = engine.generate(prompts[i:i + spec.batch_size], spec.sampling).stats
+        seconds, tokens = seconds + stats.seconds, tokens + stats.completion_tokens
+    return {"seconds": seconds, "tokens": int(tokens)}
+
+
+def measure_pipeline(specs: list[TeacherSpec], problems: list[dict], exemplars) -> dict:
+    """Ray Data: the prompt stage and one actor pool per teacher (their rows unioned), timed over the whole
+    stream, actor start and model load included."""
+    stages = teacher_stages(specs, exemplars, seed=0)[:2]  # prompt -> teachers
+    ds = apply_stages(ray.data.from_items(problems), list(problems[0]), stages)
+    start = time.perf_counter()
+    rows = ds.select_columns(["teacher", "completion_tokens", "gen_seconds"]).to_pandas()
+    # gen_seconds is each batch's generate() time spread over its rows: the sum is the engines' busy time,
+    # which separates the engines' own speed from the pipeline's fixed costs (actor start, model load).
+    return {"seconds": time.perf_counter() - start, "tokens": int(rows["completion_tokens"].sum()),
+            "engine_seconds": float(rows["gen_seconds"].sum()),
+            "rows_per_teacher": rows["teacher"].value_counts().to_dict()}
+
+
+def specs_for(models: list[str], sampling: SamplingSettings, batch_size: int, threads: int) -> list[TeacherSpec]:
+    # The teacher actors share one logical CPU (Ray's other CPU runs the prompt tasks: with one CPU per actor,
+    # two teachers on 2 CPUs starve the prompt stage and the job hangs), each with the raw engine's threads.
+    return [TeacherSpec(name=m, engine="hf", model=m, sampling=sampling, batch_size=batch_size,
+                        cpus_per_actor=1 / len(models), engine_options={"torch_threads": threads}) for m in models]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teachers", default="smollm2", help="comma-separated models (smollm2, gemma3, ...)")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    train, _ = load_problems("puzzles", num_train=args.prompts + 8, num_eval=1, seed=0)
+    exemplars, problems = exemplar_pool(train[:8]), train[8:]
+    sampling = SamplingSettings(n=args.samples, max_new_tokens=args.max_new_tokens, temperature=0.8)
+    specs = specs_for(args.teachers.split(","), sampling, args.batch_size, args.threads)
+    raw = [measure_raw(spec, problems, exemplars) for spec in specs]
+    raw_total = {"seconds": sum(r["seconds"] for r in raw), "tokens": sum(r["tokens"] for r in raw)}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="bench-"))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    pipe = measure_pipeline(specs, problems, exemplars)
+    raw_tps = raw_total["tokens"] / raw_total["seconds"]
+    pipe_tps, busy_tps = pipe["tokens"] / pipe["seconds"], pipe["tokens"] / pipe["engine_seconds"]
+    print(f"teacher stage: {args.teachers}, {len(problems)} prompts x {args.samples} samples, "
+          f"batch {args.batch_size}, {args.threads} torch threads")
+    for spec, r in zip(specs, raw):
+        print(f"  raw {spec.name:14s} {r['seconds']:7.1f} s  {r['tokens'] / r['seconds']:7.1f} tokens/s")
+    print(f"  raw (all, in turn)  {raw_total['seconds']:7.1f} s  {raw_tps:7.1f} tokens/s")
+    print(f"  ray data pipeline   {pipe['seconds']:7.1f} s  {pipe_tps:7.1f} tokens/s end to end, "
+          f"{busy_tps:7.1f} while generating")
+    print(f"  ratio pipeline/raw tokens/s: {pipe_tps / raw_tps:.2f} end to end (actor start and model load "
+          f"included), {busy_tps / raw_tps:.2f} while generating")
+    print(json.dumps({"raw": dict(zip(args.teachers.split(","), raw)), "pipeline": pipe,
+                      "ratio_tokens_per_s": pipe_tps / raw_tps, "ratio_while_generating": busy_tps / raw_tps}))
+
+
+if __name__ == "__main__":
+    main()
