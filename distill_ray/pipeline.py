@@ -1,8 +1,11 @@
 """The distillation pipeline's stages, and the stage lists for generation and evaluation.
 
-Data flow (one row per problem until the teacher, then one row per candidate):
+Data flow (one row per problem until the teachers, then one row per candidate):
 
-    problem columns -> prompt -> teacher -> extract -> verify -> vote -> Parquet
+    problem columns -> prompt -> [teacher A | teacher B | ...] -> union -> extract -> verify -> vote -> Parquet
+
+Each teacher is its own actor pool (its own model, prompt style and sampling); the branches share the
+prompt stage's chat messages and their candidate rows are unioned, each labelled with its ``teacher``.
 
 Every function here is plain Python over a pandas batch, so each stage is unit-testable without Ray.
 """
@@ -10,22 +13,24 @@ Every function here is plain Python over a pandas batch, so each stage is unit-t
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 import pyarrow as pa
 
 from distill_ray.extract import extract_program
-from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, response_prefix
-from distill_ray.stages import ActorStage, BatchStage, GroupStage, Stage
+from distill_ray.prompts import (Exemplar, build_messages, choose_exemplars, default_bos, render_plain,
+                                 response_prefix)
+from distill_ray.stages import ActorStage, BatchStage, GroupStage, Stage, check_flow
 from distill_ray.teachers import SamplingSettings, make_engine
-from distill_ray.vote import VOTE_COLUMNS, vote_group
+from distill_ray.vote import VOTE_COLUMNS, VOTE_READS, vote_group
 
 CHECK_COLUMNS = ("kind", "sat", "ans_type", "expected", "tests", "entry_point")
 TEACHER_COLUMNS = ("teacher", "prompt", "sample_index", "completion", "finished", "prompt_tokens",
-                   "completion_tokens", "gen_seconds")
+                   "completion_tokens", "gen_seconds", "gen_error")
 VERDICT_COLUMNS = ("passed", "status", "answer", "detail", "verify_seconds")
 
 
@@ -48,19 +53,29 @@ def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int
 class TeacherActor:
     """One engine per actor; each input row becomes ``sampling.n`` candidate rows."""
 
-    def __init__(self, name: str, engine: str, model: str, sampling: dict, engine_options: dict | None = None):
+    def __init__(self, name: str, engine: str, model: str, sampling: dict, engine_options: dict | None = None,
+                 prompt_style: str = "chat"):
         self.name = name
         self.engine = make_engine(engine, model, **(engine_options or {}))
         self.sampling = SamplingSettings(**sampling)
+        self.prompt_style = prompt_style
+
+    def render(self, messages: str, prefix: str) -> str:
+        """chat: the model's own template (instruct models); plain: few-shot text (base models)."""
+        if self.prompt_style == "plain":
+            return default_bos(getattr(self.engine, "tokenizer", None)) + render_plain(json.loads(messages), prefix)
+        return self.engine.render(json.loads(messages), prefix)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        prompts = [self.engine.render(json.loads(m), p) for m, p in zip(batch["messages"], batch["response_prefix"])]
+        prompts = [self.render(m, p) for m, p in zip(batch["messages"], batch["response_prefix"])]
         # Seed per batch from its content: reruns are reproducible and batches differ from each other.
         seed = self.sampling.seed + zlib.crc32("".join(batch["task_id"]).encode())
         sampling = SamplingSettings(**{**asdict(self.sampling), "seed": seed})
         start = time.perf_counter()
         generations = self.engine.generate(prompts, sampling)
-        elapsed = time.perf_counter() - start
+        # The engine's own timing of the call where it reports one (BatchStats), else ours around it.
+        stats = getattr(generations, "stats", None)
+        elapsed = stats.seconds if stats is not None else time.perf_counter() - start
         n = sampling.n
         rows = batch.loc[batch.index.repeat(n)].reset_index(drop=True)
         flat = [g for per_prompt in generations for g in per_prompt]
@@ -71,7 +86,8 @@ class TeacherActor:
         rows["finished"] = [g.finished for g in flat]
         rows["prompt_tokens"] = [g.prompt_tokens for g in flat]
         rows["completion_tokens"] = [g.completion_tokens for g in flat]
-        rows["gen_seconds"] = elapsed / max(len(flat), 1)
+        rows["gen_seconds"] = elapsed / max(len(flat), 1)  # summed per teacher: its generation time
+        rows["gen_error"] = [getattr(g, "error", None) for g in flat]  # a request that failed after retries
         return rows
 
 
@@ -93,7 +109,12 @@ class VerifierActor:
         self.verifier = Verifier(SandboxLimits(**limits), workers=workers)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        verdicts = self.verifier.verify([row_check(row) for row in batch.itertuples(index=False)])
+        checks = [row_check(row) for row in batch.itertuples(index=False)]
+        unlabelled = [c.kind == "gsm8k" and c.expected is None for c in checks]
+        # No expected number: run the program against a placeholder and keep only its answer (the vote
+        # decides these rows); the placeholder's verdict is discarded below.
+        checks = [replace(c, expected=0.0) if u else c for c, u in zip(checks, unlabelled)]
+        verdicts = [unlabelled_verdict(v) if u else v for v, u in zip(self.verifier.verify(checks), unlabelled)]
         batch["passed"] = [v.passed for v in verdicts]
         batch["status"] = [v.status for v in verdicts]
         batch["answer"] = [v.answer for v in verdicts]
@@ -102,13 +123,30 @@ class VerifierActor:
         return batch
 
 
+def unlabelled_verdict(verdict):
+    """An unlabelled gsm8k row: status ``answered`` with the number it returned, never passed; a program
+    that returned no finite number keeps its error/fail status and has no answer."""
+    try:
+        number = float(verdict.answer) if verdict.status in ("pass", "fail") and verdict.answer else None
+    except ValueError:
+        number = None
+    if number is not None and math.isfinite(number):
+        return replace(verdict, passed=False, status="answered", detail="no expected answer: answer recorded")
+    return replace(verdict, passed=False, answer=None)
+
+
 def row_check(row):
     """The self-contained check of a dataset row: anyone can re-run it from the row alone."""
     from distill_ray.verify import Check
 
     expected = None if pd.isna(row.expected) else float(row.expected)  # None, NaN or pd.NA: no number
+    # sat from our puzzle families or real P3 is curated, not model-written: judged in a persistent process
+    trusted = getattr(row, "source", None) in TRUSTED_SAT_SOURCES
     return Check(kind=row.kind, program=row.program, sat=row.sat, ans_type=row.ans_type, expected=expected,
-                 tests=row.tests, entry_point=row.entry_point)
+                 tests=row.tests, entry_point=row.entry_point, trusted_sat=trusted)
+
+
+TRUSTED_SAT_SOURCES = ("puzzles", "p3", "gsm8k")   # not "jsonl": a user file may hold model-written puzzles
 
 
 # --- output schema ----------------------------------------------------------------------------------
@@ -118,9 +156,11 @@ def row_check(row):
 COLUMN_TYPES = {
     **{c: pa.string() for c in ("task_id", "split", "source", "family", "kind", "question", "sat", "ans_type",
                                 "tests", "entry_point", "reference", "messages", "response_prefix", "teacher",
-                                "prompt", "completion", "program", "status", "answer", "detail", "vote_answer")},
+                                "prompt", "completion", "program", "status", "answer", "detail", "vote_answer",
+                                "gen_error", "label_type", "label_distribution", "teacher_counts")},
     **{c: pa.int64() for c in ("difficulty", "sample_index", "prompt_tokens", "completion_tokens")},
-    **{c: pa.float64() for c in ("expected", "gen_seconds", "verify_seconds", "vote_share", "answer_share")},
+    **{c: pa.float64() for c in ("expected", "gen_seconds", "verify_seconds", "vote_share", "answer_share",
+                                 "label_weight")},
     **{c: pa.bool_() for c in ("finished", "passed", "agreement", "duplicate", "keep")},
 }
 
@@ -147,6 +187,8 @@ class TeacherSpec:
     gpus_per_actor: float = 0.0
     batch_size: int = 8
     engine_options: dict | None = None
+    prompt_style: str = "chat"
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -158,25 +200,70 @@ class VerifySpec:
     batch_size: int = 32
 
 
-def teacher_stages(teacher: TeacherSpec, exemplars: list[Exemplar], seed: int) -> list[Stage]:
-    """prompt -> teacher -> extract."""
-    return [
-        BatchStage("prompt", reads=("kind", "question", "family"), writes=("messages", "response_prefix"),
-                   fn=build_prompts, fn_kwargs=dict(exemplars=exemplars, num_shots=teacher.num_shots,
-                                                    strategy=teacher.exemplar_strategy, seed=seed)),
-        ActorStage("teacher", reads=("task_id", "messages", "response_prefix"), writes=TEACHER_COLUMNS,
-                   cls=TeacherActor, init_kwargs=dict(name=teacher.name, engine=teacher.engine, model=teacher.model,
-                                                      sampling=asdict(teacher.sampling),
-                                                      engine_options=teacher.engine_options),
-                   actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
-                   gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size),
-        BatchStage("extract", reads=("response_prefix", "completion"), writes=("program",), fn=extract_programs),
-    ]
+@dataclass(frozen=True)
+class UnionStage(Stage):
+    """Parallel branches over the same input rows, their outputs unioned (Ray Data ``union``): one
+    teacher pool per branch. Each branch's flow is checked like a stage list."""
+
+    branches: tuple[tuple[Stage, ...], ...] = field(default_factory=tuple)
+
+    def apply(self, ds):
+        outputs = []
+        for branch in self.branches:
+            out = ds
+            for stage in branch:
+                out = stage.apply(out)
+            outputs.append(out)
+        return outputs[0].union(*outputs[1:]) if len(outputs) > 1 else outputs[0]
 
 
-def sampling_stages(teacher: TeacherSpec, exemplars: list[Exemplar], verify: VerifySpec, seed: int) -> list[Stage]:
-    """prompt -> teacher -> extract -> verify: what generation and evaluation share."""
-    return teacher_stages(teacher, exemplars, seed) + [verify_stage(verify)]
+def _as_list(teachers) -> list[TeacherSpec]:
+    return [teachers] if isinstance(teachers, TeacherSpec) else list(teachers)
+
+
+def prompt_stage(teacher: TeacherSpec, exemplars: list[Exemplar], seed: int) -> Stage:
+    return BatchStage("prompt", reads=("kind", "question", "family"), writes=("messages", "response_prefix"),
+                      fn=build_prompts, fn_kwargs=dict(exemplars=exemplars, num_shots=teacher.num_shots,
+                                                       strategy=teacher.exemplar_strategy, seed=seed))
+
+
+def teacher_stage(teacher: TeacherSpec, name: str = "teacher") -> Stage:
+    return ActorStage(name, reads=("task_id", "messages", "response_prefix"),
+                      writes=TEACHER_COLUMNS, cls=TeacherActor,
+                      init_kwargs=dict(name=teacher.name, engine=teacher.engine, model=teacher.model,
+                                       sampling=asdict(teacher.sampling), engine_options=teacher.engine_options,
+                                       prompt_style=teacher.prompt_style),
+                      actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
+                      gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size)
+
+
+def teachers_stage(teachers: list[TeacherSpec]) -> Stage:
+    """One teacher: its actor stage. Several: one branch (actor pool) each, unioned."""
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher names must be unique, got {names}")
+    if len(teachers) == 1:
+        return teacher_stage(teachers[0])
+    branches = tuple((teacher_stage(t, f"teacher:{t.name}"),) for t in teachers)
+    return UnionStage(f"teachers[{' | '.join(names)}]", reads=branches[0][0].reads, writes=TEACHER_COLUMNS,
+                      branches=branches)
+
+
+def teacher_stages(teachers: TeacherSpec | list[TeacherSpec], exemplars: list[Exemplar], seed: int) -> list[Stage]:
+    """prompt -> [teacher A | teacher B | ...] -> union -> extract (the prompt's shots are shared)."""
+    teachers = _as_list(teachers)
+    stages = [prompt_stage(teachers[0], exemplars, seed), teachers_stage(teachers),
+              BatchStage("extract", reads=("response_prefix", "completion"), writes=("program",),
+                         fn=extract_programs)]
+    for branch in getattr(stages[1], "branches", ()):
+        check_flow(("task_id", "messages", "response_prefix"), list(branch))
+    return stages
+
+
+def sampling_stages(teachers: TeacherSpec | list[TeacherSpec], exemplars: list[Exemplar], verify: VerifySpec,
+                    seed: int) -> list[Stage]:
+    """prompt -> teachers -> extract -> verify: what generation and evaluation share."""
+    return teacher_stages(teachers, exemplars, seed) + [verify_stage(verify)]
 
 
 def verify_stage(verify: VerifySpec) -> Stage:
@@ -185,7 +272,12 @@ def verify_stage(verify: VerifySpec) -> Stage:
                       actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size)
 
 
-def vote_stage(require_majority: bool, partitions: int | None = None) -> Stage:
-    return GroupStage("vote", reads=("task_id", "teacher", "sample_index", "answer", "passed", "program"),
-                      writes=VOTE_COLUMNS, key="task_id", fn=vote_group,
-                      fn_kwargs=dict(require_majority=require_majority), partitions=partitions)
+def teacher_weights(teachers: TeacherSpec | list[TeacherSpec]) -> dict[str, float]:
+    return {t.name: t.weight for t in _as_list(teachers)}
+
+
+def vote_stage(require_majority: bool, partitions: int | None = None,
+               weights: dict[str, float] | None = None) -> Stage:
+    return GroupStage("vote", reads=VOTE_READS, writes=VOTE_COLUMNS, key="task_id", fn=vote_group,
+                      fn_kwargs=dict(require_majority=require_majority, weights=weights or {}),
+                      partitions=partitions)

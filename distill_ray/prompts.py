@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 SYSTEMS = {
     "p3": (
@@ -46,6 +47,30 @@ def build_messages(kind: str, question: str, exemplars: list[Exemplar]) -> list[
     return messages
 
 
+def render_plain(messages: list[dict], prefix: str = "") -> str:
+    """Few-shot text for base models (no chat template): the instruction, then ``Problem:``/``Solution:``
+    pairs, ending where the model writes the solution; ``prompt_style: plain`` in a teacher's config."""
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(m["content"] + "\n\n")
+        elif m["role"] == "user":
+            parts.append(f"Problem:\n{m['content']}\n\nSolution:\n")
+        else:
+            parts.append(m["content"].rstrip("\n") + "\n\n")
+    return "".join(parts) + prefix
+
+
+def default_bos(tokenizer) -> str:
+    """The BOS text the tokenizer would add by default ('<bos>' for Gemma, nothing for SmolLM2). Engines
+    tokenize rendered prompts without special tokens (chat templates carry their own), so plain prompts
+    put it in themselves: Gemma without its BOS degrades badly."""
+    if tokenizer is None or not getattr(tokenizer, "bos_token", None):
+        return ""
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token if ids[:1] == [tokenizer.bos_token_id] else ""
+
+
 def render(tokenizer, messages: list[dict], prefix: str = "") -> str:
     """The exact text a model continues: its chat template (plain turns if it has none) + the prefix.
     Teachers and the student's training rows both render through here, so they see the same format."""
@@ -67,7 +92,8 @@ def choose_exemplars(pool: list[Exemplar], k: int, strategy: str, seed: int, que
     """k exemplars for ``question`` (never the question itself).
 
     ``fixed``: the same first k for every prompt; ``random``: k drawn per prompt, seeded by its question;
-    ``retrieved``: the most similar ones: same family first, then by identifier overlap with the question.
+    ``retrieved``: the most similar ones: same family first, then BM25 score of the question against the
+    exemplar's question, then identifier overlap (ties).
     """
     candidates = [shot for shot in pool if shot.question != question]
     if strategy == "fixed":
@@ -75,13 +101,42 @@ def choose_exemplars(pool: list[Exemplar], k: int, strategy: str, seed: int, que
     if strategy == "random":
         return random.Random(f"{seed}:{question}").sample(candidates, min(k, len(candidates)))
     if strategy == "retrieved":
+        scores = _bm25(tuple(pool)).scores(question)
         words = _words(question)
-        return sorted(candidates, key=lambda shot: (shot.family != family, -_overlap(words, _words(shot.question))))[:k]
+        ranked = sorted(range(len(pool)), key=lambda i: (pool[i].family != family, -scores[i],
+                                                         -_overlap(words, _words(pool[i].question))))
+        return [pool[i] for i in ranked if pool[i].question != question][:k]
     raise ValueError(f"unknown exemplar strategy {strategy!r} (use 'fixed', 'random' or 'retrieved')")
 
 
+class _BM25:
+    """BM25 (``bm25s``) over the exemplar pool's questions, tokenized as code: identifiers and operator
+    runs, numbers left out (puzzles of one shape differ only in their constants)."""
+
+    def __init__(self, questions: list[str]):
+        import bm25s
+
+        self.size = len(questions)
+        self.index = bm25s.BM25()
+        # bm25s's own tokenizer splits prose; code needs its identifiers and operators kept.
+        self.index.index([_tokens(q) or ["<empty>"] for q in questions] or [["<empty>"]], show_progress=False)
+
+    def scores(self, question: str) -> list[float]:
+        tokens = _tokens(question)
+        return list(self.index.get_scores(tokens))[: self.size] if tokens and self.size else [0.0] * self.size
+
+
+@lru_cache(maxsize=8)
+def _bm25(pool: tuple[Exemplar, ...]) -> _BM25:
+    return _BM25([shot.question for shot in pool])  # built once per pool, not once per prompt
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z_]\w*|[^\sA-Za-z_\d]+", text)
+
+
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"[A-Za-z_]\w*|[^\sA-Za-z_\d]+", text))
+    return set(_tokens(text))
 
 
 def _overlap(a: set[str], b: set[str]) -> float:

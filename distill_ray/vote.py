@@ -1,36 +1,116 @@
-"""Vote across the samples (and teachers) of one prompt.
+"""Vote across the samples and teachers of one prompt (a stage after verification).
 
-Agreement (every answered sample gives the same answer) yields a hard label; disagreement yields a soft
-label: each row carries the share of its answer among the prompt's answers, the distribution that
-multi-teacher distillation trains on. Exact duplicate programs of a prompt are marked and not kept.
+Each sample casts a vote key: for programs (gsm8k) the value they return, for puzzles (p3) whether they
+verified (many different answers satisfy one ``sat``); a sample without an answer abstains.
+
+- Self-consistency within a teacher: its samples grouped by key and counted (``teacher_counts``); its
+  majority is the unique most common key (a tie is no majority).
+- Across teachers: if every teacher that voted has a majority and they are all the same, the prompt is in
+  the **agreement set** (hard label); otherwise in the **disagreement set**, whose soft label is the
+  teacher-weighted distribution over keys: sum_t w_t * count_t(key) / votes_t, normalised by the weights.
+  With a single teacher the samples are the voters: agreement means they are unanimous.
+- Where the verifier can decide (a puzzle's ``sat``, a known expected number), verified correctness wins:
+  a verified row is a hard label with weight 1, a refuted one is never kept, whatever the votes say.
+  Where it cannot (unlabelled gsm8k: no expected number), votes decide: on agreement the rows with the
+  agreed answer are hard labels (weight 1); on disagreement every answered row is kept with
+  ``label_weight`` = its key's share of the soft label, the weight the ``soft`` training objective reads.
+
+Exact duplicate programs of a prompt are marked and not kept.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pandas as pd
 
-VOTE_COLUMNS = ("vote_answer", "vote_share", "answer_share", "agreement", "duplicate", "keep")
+VOTE_READS = ("task_id", "teacher", "sample_index", "kind", "expected", "answer", "passed", "program")
+VOTE_COLUMNS = ("vote_answer", "vote_share", "answer_share", "agreement", "label_type", "label_distribution",
+                "teacher_counts", "label_weight", "duplicate", "keep")
 
 
-def vote_group(group: pd.DataFrame, require_majority: bool = False) -> pd.DataFrame:
-    """Vote over all candidates of one task; rows keep their order (teacher, sample_index)."""
+def vote_group(group: pd.DataFrame, require_majority: bool = False,
+               weights: dict[str, float] | None = None) -> pd.DataFrame:
+    """Vote over all candidates of one task; rows come out ordered by (teacher, sample_index)."""
     group = group.sort_values(["teacher", "sample_index"], kind="stable").reset_index(drop=True)
-    answers = [a for a in group["answer"] if isinstance(a, str)]
-    counts = Counter(answers)
-    winner, top = counts.most_common(1)[0] if counts else (None, 0)
-    total = len(answers)
+    keys = [vote_key(kind, passed, answer) for kind, passed, answer in
+            zip(group["kind"], group["passed"], group["answer"])]
+    counts = {t: Counter(k for k, t_ in zip(keys, group["teacher"]) if t_ == t and k is not None)
+              for t in dict.fromkeys(group["teacher"])}
+    distribution = weighted_distribution(counts, weights or {})
+    agreement, winner = decide(counts, keys)
+    if winner is None and distribution:
+        winner = max(sorted(distribution), key=distribution.get)  # ties: the smallest key, deterministically
+    share = [distribution.get(k, 0.0) if k is not None else 0.0 for k in keys]
+
     group["vote_answer"] = winner
-    group["vote_share"] = top / total if total else 0.0
-    group["answer_share"] = [counts[a] / total if isinstance(a, str) and total else 0.0 for a in group["answer"]]
-    group["agreement"] = len(counts) == 1
+    group["vote_share"] = distribution.get(winner, 0.0) if winner is not None else 0.0
+    group["answer_share"] = share
+    group["agreement"] = agreement
+    group["label_distribution"] = json.dumps(dict(sorted(distribution.items(), key=lambda kv: (-kv[1], kv[0]))))
+    group["teacher_counts"] = json.dumps({t: dict(sorted(c.items())) for t, c in counts.items()})
     group["duplicate"] = group["program"].map(_normalize).duplicated()
-    keep = group["passed"].astype(bool) & ~group["duplicate"]
+    labels = [_label(is_labelled(kind, expected), bool(passed), key, winner, agreement, s)
+              for kind, expected, passed, key, s in zip(group["kind"], group["expected"], group["passed"], keys, share)]
+    group["label_type"] = [label for label, _ in labels]
+    weight = pd.Series([w for _, w in labels], dtype="float64")
+    keep = (weight > 0) & ~group["duplicate"]
     if require_majority:
-        keep &= group["answer"] == winner
+        keep &= pd.Series([k == winner for k in keys])
+    group["label_weight"] = weight.where(keep, 0.0)
     group["keep"] = keep
     return group
+
+
+def vote_key(kind: str, passed, answer) -> str | None:
+    """What a sample votes for: a puzzle's verdict, a program's returned value (None: abstains)."""
+    if kind == "p3":
+        return "verified" if bool(passed) else "not verified"
+    return answer if isinstance(answer, str) else None
+
+
+def is_labelled(kind: str, expected) -> bool:
+    """Can the verifier decide this problem? Puzzles carry their check; gsm8k needs an expected number."""
+    return kind != "gsm8k" or not pd.isna(expected)
+
+
+def weighted_distribution(counts: dict[str, Counter], weights: dict[str, float]) -> dict[str, float]:
+    """Each voting teacher's own distribution over keys, averaged with the teachers' weights (default 1)."""
+    voting = {t: c for t, c in counts.items() if c}
+    total_weight = sum(weights.get(t, 1.0) for t in voting)
+    distribution: dict[str, float] = {}
+    for teacher, c in voting.items():
+        votes = sum(c.values())
+        for key, n in c.items():
+            distribution[key] = distribution.get(key, 0.0) + weights.get(teacher, 1.0) * n / votes / total_weight
+    return distribution
+
+
+def decide(counts: dict[str, Counter], keys: list[str | None]) -> tuple[bool, str | None]:
+    """(agreement, the agreed key or None). One teacher: its samples must be unanimous. Several: every
+    teacher that voted has a unique majority and all majorities are the same; silent teachers abstain."""
+    if len(counts) == 1:
+        cast = {k for k in keys if k is not None}
+        return (True, cast.pop()) if len(cast) == 1 else (False, None)
+    majorities = [_majority(c) for c in counts.values() if c]
+    if majorities and None not in majorities and len(set(majorities)) == 1:
+        return True, majorities[0]
+    return False, None
+
+
+def _majority(c: Counter) -> str | None:
+    top = c.most_common(2)
+    return None if len(top) == 2 and top[0][1] == top[1][1] else top[0][0]
+
+
+def _label(labelled: bool, passed: bool, key, winner, agreement: bool, share: float) -> tuple[str, float]:
+    """(label type, weight before dedup): the verifier's verdict where it has one, else the vote."""
+    if labelled:
+        return "hard", 1.0 if passed else 0.0
+    if agreement:
+        return "hard", 1.0 if key is not None and key == winner else 0.0
+    return "soft", share if key is not None else 0.0
 
 
 def _normalize(program: str) -> str:

@@ -64,3 +64,26 @@ def test_cli_verify_reads_jsonl_and_writes_verdicts_in_order(tmp_path, capsys):
     verdicts = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(v.get("id"), v["status"]) for v in verdicts] == [("a", "pass"), ("b", "fail"), (None, "error")]
     assert "malformed" in verdicts[2]["detail"]
+
+
+def test_teachers_start_from_the_teacher_section_and_flags_reach_all_of_them():
+    args = parser().parse_args(["run", "--config", str(REPO / "configs" / "demo.yaml"), "--samples", "5",
+                                "--set", "teachers=[{name: a}, {name: b, model: gemma3, samples: 2, weight: 2}]"])
+    cfg = config_from_args(args)
+    a, b = cfg.teacher_list()
+    assert (a.name, a.model, a.samples, a.torch_threads) == ("a", "smollm2", 5, 2)  # inherited from `teacher`
+    assert (b.name, b.model, b.samples, b.weight, b.prompt_style) == ("b", "gemma3", 2, 2.0, "chat")
+    assert load_config(REPO / "configs" / "demo.yaml").teacher_list() == [cfg.teacher.model_copy(update={"samples": 8})]
+
+
+def test_teacher_names_must_be_unique_and_entries_are_validated():
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_config(None, ["teachers=[{model: smollm2}, {model: gemma3}]"])  # both inherit the name 'smollm2'
+    with pytest.raises(ConfigError, match="teachers.1.prompt_style"):
+        load_config(None, ["teachers=[{name: a}, {name: b, prompt_style: markdown}]"])
+
+
+def test_two_teacher_config_validates():
+    cfg = load_config(REPO / "configs" / "two_teachers.yaml")
+    assert [(t.name, t.model, t.prompt_style, t.samples) for t in cfg.teacher_list()] == [
+        ("smollm2", "smollm2", "chat", 4), ("gemma3", "gemma3", "plain", 4)]

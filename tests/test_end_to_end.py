@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 DATASET_COLUMNS = {"task_id", "teacher", "sample_index", "prompt", "completion", "program", "kind", "sat",
                    "ans_type", "expected", "tests", "entry_point", "passed", "status", "answer", "keep",
-                   "vote_answer", "answer_share", "agreement", "gen_seconds", "verify_seconds"}
+                   "vote_answer", "answer_share", "agreement", "gen_seconds", "verify_seconds", "label_type",
+                   "label_distribution", "teacher_counts", "label_weight"}
 
 
 def small_config(output_dir, **extra):
@@ -43,6 +44,7 @@ def test_run_generates_verifies_votes_trains_and_reports(ray_cluster, tmp_path):
         assert verify_one(row_check(row)).passed == row.passed
     assert rows["keep"].sum() > 0, "the teacher verified nothing on the easiest families"
     assert (rows[rows["keep"]]["passed"]).all()
+    assert rows.loc[rows["keep"], "label_type"].eq("hard").all() and rows.loc[rows["keep"], "label_weight"].eq(1.0).all()
 
     assert report["generation"]["verified"] == int(rows["passed"].sum())
     manifest = json.loads((tmp_path / "run" / "dataset.manifest.json").read_text())

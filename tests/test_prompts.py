@@ -41,6 +41,29 @@ def test_retrieved_exemplars_prefer_the_same_family_then_similar_text():
         choose_exemplars(pool, 3, "nearest", seed=0)
 
 
+def test_retrieval_ranks_by_bm25_within_a_family():
+    # The query shares its rare tokens (`li`, `list`, `len`) with the long exemplar "b"; identifier overlap
+    # (Jaccard) ranks the short "a" first (0.64 vs 0.48: b's extra tokens inflate the union), BM25 ranks b.
+    pool = [Exemplar("def sat(x: int) -> bool:\n    return x == 1", "a", "f"),
+            Exemplar("def sat(li: list) -> bool:\n    return len(li) == 3 and all(i in range(9) for i in li) "
+                     "and sum(li) > min(li) + max(li) or any(li)", "b", "f"),
+            Exemplar("def sat(s: str) -> bool:\n    return s.count('a') == 2", "c", "f"),
+            Exemplar("def sat(x: int) -> bool:\n    return x > 3", "d", "f")]
+    question = "def sat(li: list) -> bool:\n    return len(li) == 5"
+    shots = choose_exemplars(pool, 2, "retrieved", seed=0, question=question, family="f")
+    assert [s.answer for s in shots] == ["b", "a"]
+    assert pool[0] not in choose_exemplars(pool, 3, "retrieved", seed=0, question=pool[0].question, family="f")
+
+
+def test_plain_prompt_style_is_few_shot_text_without_a_template():
+    from distill_ray.prompts import render_plain
+
+    text = render_plain(build_messages("p3", "Q", POOL[:1]), "def sol():\n    return ")
+    assert text.startswith("You solve Python programming puzzles.")
+    assert f"Problem:\n{POOL[0].question}\n\nSolution:\n{POOL[0].answer}\n\n" in text
+    assert text.endswith("Problem:\nQ\n\nSolution:\ndef sol():\n    return ") and "<|im_start|>" not in text
+
+
 def test_prompt_stage_writes_messages_and_prefix():
     batch = pd.DataFrame({"kind": ["p3", "gsm8k"], "question": ["Q1", "Q2"], "family": ["f", "g"]})
     out = build_prompts(batch, POOL, num_shots=2, strategy="fixed", seed=0)
@@ -71,3 +94,15 @@ def test_render_uses_the_chat_template_or_plain_turns():
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     assert render(Plain(), messages, "def sol():\n    return ") == "S\n\nQ\n\ndef sol():\n    return "
+
+
+def test_a_body_written_flush_left_after_def_is_indented_up_to_its_return():
+    prefix = "def solution():\n"
+    completion = "apples = 3\nbought = 4\n\nreturn apples + bought\nprint(solution())\n"
+    program = extract_program(prefix, completion)
+    assert program == "def solution():\n    apples = 3\n    bought = 4\n\n    return apples + bought\n"
+    namespace = {}
+    exec(program, namespace)
+    assert namespace["solution"]() == 7
+    # An indented body is left as it is, and chatter after the function is still dropped.
+    assert extract_program(prefix, "    return 7\nThat is all.") == "def solution():\n    return 7\n"
