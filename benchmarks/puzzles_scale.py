@@ -96,6 +96,18 @@ def breakdown(num: int) -> dict:
     return {k: 1e6 * v / num for k, v in times.items()}
 
 
+def measure(quick: bool = False, workdir: str = "/tmp/distill-ray-bench-puzzles") -> list[dict]:
+    """One repetition for `distill-ray bench`: the job at one N, streaming puzzles/s, against the same job
+    checking one puzzle per sandboxed P3 check, both measured now."""
+    num = 2_000 if quick else 20_000
+    work = Path(workdir)
+    base = run(num, work / "baseline" / "ds", ["--set", "trusted_batch=1"])
+    ours = run(num, work / "ours" / "ds", [])
+    return [{"stage": "puzzles", "case": f"N = {num:,}, streaming", "unit": "puzzles/s", "workers": None,
+             "ours": ours["stream_per_s"], "baseline": base["stream_per_s"],
+             "baseline_name": "same job, one sandboxed check per puzzle"}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="also N = 10^6")

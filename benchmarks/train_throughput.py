@@ -78,7 +78,23 @@ def ray_run(init_dir: Path, data: Path, work: Path, workers: int, args) -> tuple
     return result, settings
 
 
-def main() -> None:
+def measure(quick: bool = False) -> list[dict]:
+    """One repetition for `distill-ray bench`: steady-state tokens/s and samples/s through Ray Train + DeepSpeed
+    with 1 and 2 workers, against the plain single-process loop on the same model and batches."""
+    args = parser().parse_args(["--steps", "4" if quick else "20"])
+    init_dir, runs, base = run(args)
+    rows = []
+    for workers, (r, _) in runs.items():
+        steady = r.seconds - r.epoch_start_seconds
+        for unit, ours, plain in (("target tokens/s", r.tokens / steady, base["tokens"] / base["seconds"]),
+                                  ("samples/s", r.samples / steady, base["samples"] / base["seconds"])):
+            rows.append({"stage": "train", "case": f"tiny Llama, ZeRO-{args.zero_stage}, {unit.split('/')[0]}",
+                         "unit": unit, "workers": workers, "ours": ours, "baseline": plain,
+                         "baseline_name": "plain PyTorch loop, 1 process"})
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -87,8 +103,17 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--init-dir", help="train this HF student instead of a tiny one built from config")
-    args = parser.parse_args()
+    return parser
 
+
+def main() -> None:
+    args = parser().parse_args()
+    init_dir, runs, base = run(args)
+    report(init_dir, runs, base, args)
+
+
+def run(args) -> tuple[Path, dict, dict]:
+    """(student dir, {workers: (TrainResult, settings)}, the fastest plain-loop baseline)."""
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     import pandas as pd
     import ray
@@ -115,7 +140,7 @@ def main() -> None:
         bases[threads] = baseline(init_dir, rows, args.steps, args.global_batch, settings)
         print(f"plain torch with {threads} thread(s): {bases[threads]['seconds'] / args.steps:.3f} s/step")
     base = min(bases.values(), key=lambda b: b["seconds"])
-    report(init_dir, runs, base, args)
+    return init_dir, runs, base
 
 
 def report(init_dir: Path, runs: dict, base: dict, args) -> None:

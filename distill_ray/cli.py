@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from distill_ray.config import ConfigError, RunConfig, load_config, reference
 
@@ -27,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
                         ("generate", "sample teachers, verify and vote; write dataset/ (Parquet)"),
                         ("verify", "re-run every row's check of a dataset in the sandbox"),
                         ("train", "fine-tune the student on dataset/ with Ray Train + DeepSpeed"),
-                        ("evaluate", "pass@k of teacher and students on the held-out problems")]:
+                        ("evaluate", "pass@k of teacher and students on the held-out problems"),
+                        ("experiment", "the EKT experiment: one student, one data budget, arms x seeds")]:
         sub = commands.add_parser(name, help=help_)
         sub.add_argument("--config", help="YAML config file (see configs/)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -46,6 +48,16 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
                              help="evaluate this model (repeatable; default: teacher and students of the run)")
     commands.add_parser("config-reference", help="print every config field with its default and meaning")
+    bench = commands.add_parser("bench", help="throughput of every stage against its simplest baseline")
+    bench.add_argument("--stages", default="teacher,verify,vote,puzzles,train",
+                       help="comma-separated stages (teacher, verify, vote, puzzles, train)")
+    bench.add_argument("--quick", action="store_true", help="small sizes: about two minutes on 2 cores")
+    bench.add_argument("--repeats", type=int, help="repetitions per stage (default 3, quick 2); medians reported")
+    bench.add_argument("--output", default="outputs/bench", help="directory for bench.md, bench.json, bench.png")
+    from distill_ray.synth.job import add_arguments as add_puzzle_arguments
+
+    add_puzzle_arguments(commands.add_parser("puzzles", help="generate, verify and deduplicate synthetic "
+                                             "programming puzzles into resumable Parquet shards"))
     return root
 
 
@@ -69,6 +81,23 @@ def verify_jsonl_main(cfg: RunConfig, input_path: str, output_path: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "puzzles":
+        from distill_ray.synth.job import config_from_args as puzzle_config, run_job
+
+        try:
+            cfg = puzzle_config(args)
+        except ValueError as error:   # pydantic's ValidationError names each bad field
+            print(f"distill-ray puzzles: {error}", file=sys.stderr)
+            return 2
+        run_job(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+        return 0
+    if args.command == "bench":
+        from distill_ray.bench import run_bench
+
+        run_bench([s.strip() for s in args.stages.split(",") if s.strip()], Path(args.output), quick=args.quick,
+                  repeats=args.repeats)
+        print(f"distill-ray bench: report in {args.output}/bench.md")
+        return 0
     if args.command == "config-reference":
         print("| field | default | description |\n|---|---|---|")
         for field, default, description in reference():
@@ -94,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         models = dict(item.split("=", 1) for item in args.model) or None
         print(json.dumps(workflow.evaluate(cfg, models), indent=2))
+    elif args.command == "experiment":
+        from distill_ray.experiment import run_experiment
+
+        report = run_experiment(cfg)
+        print(f"distill-ray experiment: {Path(cfg.output_dir) / 'experiment.md'} "
+              f"({len(report['arms'])} arms, {len(report['seeds'])} seeds)")
     return 0
 
 

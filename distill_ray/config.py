@@ -55,15 +55,22 @@ class SamplingConfig(Section):
 
 
 class TeacherConfig(SamplingConfig):
-    name: str = Field("smollm2", description="Name recorded in every candidate row's `teacher` column.")
-    engine: Literal["hf"] = Field("hf", description="Generation engine (hf = transformers).")
-    model: str = Field("smollm2", description="'smollm2' (the embedded SmolLM2-135M-Instruct GGUF), a .gguf "
-                       "file, or a Hugging Face model directory.")
+    name: str = Field("smollm2", description="Name recorded in every candidate row's `teacher` column (unique "
+                      "per job).")
+    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="Generation engine (hf = transformers).")
+    model: str = Field("smollm2", description="'smollm2' or 'gemma3' (the embedded SmolLM2-135M-Instruct and "
+                       "Gemma-3-270M GGUFs), a .gguf file, or a Hugging Face model directory.")
+    prompt_style: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the model's chat template (instruct models); plain: few-shot text without "
+        "a template (base models).")
+    weight: float = Field(1.0, gt=0, description="This teacher's weight in the cross-teacher soft label.")
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
     actors: int = Field(1, ge=1, description="Engine replicas (Ray actors) in the teacher pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per teacher actor.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per teacher actor.")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (null: torch default).")
+    engine_options: dict = Field({}, description="Extra keyword arguments for the engine's constructor "
+                                 "(e.g. base_url, api_key_env for openai).")
 
 
 class VerifyConfig(Section):
@@ -98,6 +105,26 @@ class TrainConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     max_length: int = Field(384, ge=16, description="Tokens per training row (prompt + target).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    objectives: dict[Literal["sft", "soft", "kd", "swing", "icl"], float] = Field(
+        {"sft": 1.0}, description="Objective -> weight; the loss is the weighted sum (e.g. {sft: 1.0, kd: 0.5}). "
+        "sft: completion cross-entropy; soft: rows weighted by their vote share (label_weight); kd: token KL "
+        "to the teacher; swing: privacy-aware kd; icl: targets after in-batch demonstrations.")
+    kd_temperature: float = Field(2.0, gt=0, description="Temperature T of kd (loss scaled by T^2); swing's "
+                                  "temperature on non-private tokens.")
+    swing_max_temperature: float = Field(8.0, gt=0, description="swing's temperature on surely-private tokens "
+                                         "(it rises linearly with a token's privacy score).")
+    swing_noise: float = Field(1.0, ge=0, description="Std of the Gaussian noise swing adds to the tempered "
+                               "teacher logits (seeded).")
+    privacy_patterns: list[str] = Field([], description="Extra regexes whose matches swing treats as private "
+                                        "(numbers, emails and capitalised names are built in).")
+    icl_shots: int = Field(2, ge=0, description="Demonstrations (other rows of the micro-batch) before each icl "
+                           "input.")
+
+    @model_validator(mode="after")
+    def _objective_weights(self):
+        if not any(w > 0 for w in self.objectives.values()) or any(w < 0 for w in self.objectives.values()):
+            raise ValueError(f"train.objectives needs non-negative weights, one > 0: {self.objectives}")
+        return self
 
 
 class EvalConfig(Section):
@@ -117,18 +144,60 @@ class EvalConfig(Section):
         return self
 
 
+class ExperimentConfig(Section):
+    arms: list[Literal["none", "unfiltered", "verified", "verified_soft", "expert_iteration"]] = Field(
+        ["none", "unfiltered", "verified", "verified_soft", "expert_iteration"],
+        description="Arms of `distill-ray experiment` (see README, 'The EKT experiment').")
+    seeds: list[int] = Field([0, 1], min_length=1, description="Seeds: each arm is drawn, trained and evaluated "
+                             "once per seed.")
+    budget: int | None = Field(None, ge=1, description="Training rows per arm (null: the smallest pool among "
+                               "unfiltered, verified and verified_soft).")
+
+
 class RunConfig(Section):
     name: str = Field("run", description="Run name (recorded in the report).")
     output_dir: str = Field("outputs/run", description="Where dataset/, student/ and the report go.")
     seed: int = Field(0, description="Seed for problems, exemplars, sampling and training.")
+    chunk_size: int = Field(1024, ge=1, description="Problems per dataset shard, the unit of resumption: a killed "
+                            "run loses at most the chunk in flight (each chunk restarts the actor pools).")
+    resume: bool = Field(True, description="Continue an existing dataset at output_dir (same settings required) "
+                         "instead of deleting it and starting over.")
     ray: RayConfig = RayConfig()
     task: TaskConfig = TaskConfig()
     prompt: PromptConfig = PromptConfig()
-    teacher: TeacherConfig = TeacherConfig()
+    teacher: TeacherConfig = Field(TeacherConfig(), description="The teacher, or with `teachers` the settings "
+                                   "every listed teacher starts from (so --samples, --teacher-model apply to all).")
+    teachers: list[TeacherConfig] = Field([], description="Several teachers in one job: each entry overrides "
+                                          "fields of `teacher` (give each a unique name); empty: just `teacher`.")
     verify: VerifyConfig = VerifyConfig()
     vote: VoteConfig = VoteConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teachers_inherit_teacher(cls, data):
+        """Each `teachers` entry starts from the `teacher` section: a one-teacher config stays short, and
+        flags that set `teacher.*` reach every teacher that does not override that field."""
+        if isinstance(data, dict) and isinstance(data.get("teachers"), list):
+            base = data.get("teacher") or {}
+            base = base.model_dump() if isinstance(base, BaseModel) else dict(base)
+            data = {**data, "teachers": [{**base, **entry} if isinstance(entry, dict) else entry
+                                         for entry in data["teachers"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_teacher_names(self):
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teachers: names must be unique (they label every row), got {names}")
+        return self
+
+    def teacher_list(self) -> list[TeacherConfig]:
+        """The teachers of this job: `teachers`, or the single `teacher`."""
+        return list(self.teachers) or [self.teacher]
 
 
 class ConfigError(ValueError):

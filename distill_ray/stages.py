@@ -51,9 +51,9 @@ class ActorStage(Stage):
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     batch_size: int = 8
-    # A dead actor (killed, OOM-killed, lost node) is restarted and its batch retried, up to this many times
-    # per batch: bounded, so a batch that kills every actor it meets fails the job instead of looping forever.
-    max_batch_retries: int = 3
+    # No restart settings: Ray Data restarts a dead pool actor (killed, OOM-killed, lost node) and retries its
+    # batch by default. Setting them explicitly would stop Ray Data from fusing the prompt stage into the
+    # teacher actor, and the prompt tasks would then need a CPU of their own (a deadlock on 2 CPUs).
 
     def apply(self, ds):
         return ds.map_batches(
@@ -64,8 +64,6 @@ class ActorStage(Stage):
             num_gpus=self.gpus_per_actor or None,
             batch_size=self.batch_size,
             batch_format="pandas",
-            max_restarts=-1,
-            max_task_retries=self.max_batch_retries,
         )
 
 

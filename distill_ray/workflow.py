@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from functools import lru_cache
@@ -22,8 +21,10 @@ from distill_ray.config import RunConfig, TeacherConfig
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
-from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, to_arrow, vote_stage
+from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, teacher_weights, vote_stage
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
+from distill_ray.resumable import row_params, run_in_shards
+from distill_ray.shards import Manifest
 from distill_ray.stages import apply_stages
 from distill_ray.teachers import SamplingSettings
 
@@ -82,11 +83,19 @@ def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, n
     sampling = SamplingSettings(n=samples or cfg.samples, temperature=cfg.temperature if temperature is None
                                 else temperature, top_p=cfg.top_p,
                                 max_new_tokens=max_new_tokens or cfg.max_new_tokens, seed=seed)
-    options = {"torch_threads": cfg.torch_threads} if cfg.torch_threads else {}
+    options = dict(cfg.engine_options)
+    if cfg.torch_threads and cfg.engine == "hf":
+        options["torch_threads"] = cfg.torch_threads
     return TeacherSpec(name=name or cfg.name, engine=cfg.engine, model=model or cfg.model, sampling=sampling,
                        num_shots=num_shots, exemplar_strategy=strategy, actors=cfg.actors,
                        cpus_per_actor=cfg.cpus_per_actor, gpus_per_actor=cfg.gpus_per_actor,
-                       batch_size=cfg.batch_size, engine_options=options)
+                       batch_size=cfg.batch_size, engine_options=options, prompt_style=cfg.prompt_style,
+                       weight=cfg.weight)
+
+
+def teacher_specs(cfg: RunConfig, seed: int) -> list[TeacherSpec]:
+    """One spec per teacher of the job (``teachers``, or the single ``teacher``)."""
+    return [teacher_spec(t, cfg.prompt.num_shots, cfg.prompt.exemplars, seed) for t in cfg.teacher_list()]
 
 
 def verify_spec(cfg: RunConfig) -> VerifySpec:
@@ -96,20 +105,16 @@ def verify_spec(cfg: RunConfig) -> VerifySpec:
                       batch_size=v.batch_size)
 
 
-def _sample(problems: list[dict], spec: TeacherSpec, exemplars, cfg: RunConfig, out_dir: Path, vote: bool):
-    """prompt -> teacher -> extract -> verify (-> vote) over Ray Data, written as Parquet to ``out_dir``."""
-    import ray
-
+def sample_problems(problems: list[dict], spec: TeacherSpec | list[TeacherSpec], exemplars, cfg: RunConfig,
+                    out_dir: Path, vote: bool):
+    """prompt -> teacher -> extract -> verify (-> vote) over Ray Data, written as Parquet shards to ``out_dir``.
+    The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at a
+    given path changes from run to run)."""
     stages = sampling_stages(spec, exemplars, verify_spec(cfg), cfg.seed)
     if vote:
-        stages.append(vote_stage(cfg.vote.require_majority, cfg.vote.partitions))
-    ds = apply_stages(ray.data.from_items(problems), list(problems[0]), stages)
-    ds = ds.map_batches(to_arrow, batch_format="pandas")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a rerun replaces its output (resumable runs: issue 8)
-    start = time.perf_counter()
-    ds.write_parquet(str(out_dir))
-    seconds = time.perf_counter() - start
+        stages.append(vote_stage(cfg.vote.require_majority, cfg.vote.partitions, teacher_weights(spec)))
+    params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume"}))
+    seconds = run_in_shards(problems, stages, out_dir, params, cfg.chunk_size, resume=vote and cfg.resume, log=log)
     return pq.read_table(out_dir).to_pandas(), seconds
 
 
@@ -120,10 +125,11 @@ def generate(cfg: RunConfig) -> dict:
     connect_ray(cfg)
     exemplars, train, _ = load_task(cfg)
     out = Path(cfg.output_dir) / "dataset"
-    spec = teacher_spec(cfg.teacher, cfg.prompt.num_shots, cfg.prompt.exemplars, cfg.seed)
-    log(f"generate: {len(train)} train problems x {spec.sampling.n} samples from teacher {spec.name!r}")
-    rows, seconds = _sample(train, spec, exemplars, cfg, out, vote=True)
-    stats = generation_stats(rows, seconds, spec.sampling.n)
+    specs = teacher_specs(cfg, cfg.seed)
+    log(f"generate: {len(train)} train problems x " + ", ".join(f"{s.sampling.n} samples from teacher {s.name!r}"
+                                                                  for s in specs))
+    rows, seconds = sample_problems(train, specs, exemplars, cfg, out, vote=True)
+    stats = generation_stats(rows, seconds, sum(s.sampling.n for s in specs))
     write_manifest(out, cfg, stats)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
@@ -136,31 +142,47 @@ def write_manifest(dataset_dir: Path, cfg: RunConfig, stats: dict) -> Path:
     from distill_ray import __version__
 
     files = sorted(dataset_dir.glob("*.parquet"))
-    manifest = {
-        "dataset": dataset_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "distill_ray_version": __version__, "config": cfg.model_dump(), "stats": stats,
-        "files": [{"name": f.name, "rows": pq.ParquetFile(f).metadata.num_rows} for f in files],
-        "columns": pq.read_schema(files[0]).names if files else [],
-    }
-    path = dataset_dir.with_name(dataset_dir.name + ".manifest.json")
-    path.write_text(json.dumps(manifest, indent=2, default=str))
-    return path
+    manifest = Manifest.for_output(dataset_dir)   # already holds the resume parameters: add to it
+    manifest.update(
+        dataset=dataset_dir.name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), distill_ray_version=__version__,
+        config=cfg.model_dump(), stats=stats,
+        files=[{"name": f.name, "rows": pq.ParquetFile(f).metadata.num_rows} for f in files],
+        columns=pq.read_schema(files[0]).names if files else [])
+    return manifest.path
 
 
 def generation_stats(rows: pd.DataFrame, seconds: float, n: int) -> dict:
+    """Funnel counts, agreement/disagreement sets, and tokens/s overall and per teacher. ``n``: candidates
+    per problem (all teachers together)."""
     per_task = rows.groupby("task_id")["passed"].agg(["size", "sum"])
     k = min(n, int(per_task["size"].min()))
     tokens = int(rows["completion_tokens"].sum())
+    agreement = rows.groupby("task_id")["agreement"].first()
+    kept = rows[rows["keep"]]
     return {
         "problems": int(rows["task_id"].nunique()), "candidates": len(rows), "verified": int(rows["passed"].sum()),
         "kept": int(rows["keep"].sum()), "duplicates": int(rows["duplicate"].sum()),
-        "agreement_problems": int(rows.groupby("task_id")["agreement"].first().sum()),
+        "agreement_problems": int(agreement.sum()), "disagreement_problems": int((~agreement).sum()),
+        "kept_hard": int((kept["label_type"] == "hard").sum()), "kept_soft": int((kept["label_type"] == "soft").sum()),
+        "per_teacher": per_teacher_stats(rows),
         "status_counts": {str(k_): int(v) for k_, v in rows["status"].value_counts().items()},
         "verified_rate": float(rows["passed"].mean()) if len(rows) else 0.0,
         "k": k, "train_pass_at_k": float(sum(pass_at_k(int(s), int(c), k) for s, c in per_task.values)
                                          / max(len(per_task), 1)),
         "completion_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else 0.0,
     }
+
+
+def per_teacher_stats(rows: pd.DataFrame) -> dict:
+    """Per teacher: candidates, verified, tokens, and tokens/s while generating (tokens over the summed
+    generation time of its batches, i.e. per actor-second; each row carries its share of its batch's time)."""
+    stats = {}
+    for name, g in rows.groupby("teacher", sort=True):
+        gen_seconds = float(g["gen_seconds"].sum())
+        tokens = int(g["completion_tokens"].sum())
+        stats[str(name)] = {"candidates": len(g), "verified": int(g["passed"].sum()), "completion_tokens": tokens,
+                            "gen_seconds": gen_seconds, "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0}
+    return stats
 
 
 def reverify(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
@@ -199,7 +221,11 @@ def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
         messages = build_messages(kind, question, [])
         prompts.append(render(tokenizer, messages, prefix))
         targets.append(program[len(prefix):] if program.startswith(prefix) else program)
-    return pd.DataFrame({"task_id": batch["task_id"], "prompt_text": prompts, "target_text": targets})
+    rows = pd.DataFrame({"task_id": batch["task_id"], "prompt_text": prompts, "target_text": targets})
+    for column in ("label_weight", "teacher_topk"):  # soft labels / stored top-k, when the stages provide them
+        if column in batch:
+            rows[column] = batch[column].values
+    return rows
 
 
 def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
@@ -220,11 +246,16 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     settings = TrainSettings(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
                              zero_stage=t.zero_stage, epochs=t.epochs, batch_size=t.batch_size,
                              grad_accum=t.grad_accum, lr=t.lr, warmup_steps=t.warmup_steps,
-                             max_length=t.max_length, seed=cfg.seed, max_steps=t.max_steps)
+                             max_length=t.max_length, seed=cfg.seed, max_steps=t.max_steps,
+                             objectives=dict(t.objectives), teacher_dir=str(teacher_dir),
+                             kd_temperature=t.kd_temperature, swing_max_temperature=t.swing_max_temperature,
+                             swing_noise=t.swing_noise, privacy_patterns=list(t.privacy_patterns),
+                             icl_shots=t.icl_shots)
     log(f"train: student with {t.student_layers} teacher layers, {t.workers} Ray Train workers, "
-        f"DeepSpeed ZeRO-{t.zero_stage}")
+        f"DeepSpeed ZeRO-{t.zero_stage}, objectives {dict(t.objectives)}")
     result = train_student(init_dir, data, out / "student", settings)
-    summary = {"student": result.output_dir, "student_init": str(init_dir), "steps": result.steps,
+    summary = {"student": result.output_dir, "student_init": str(init_dir), "objectives": dict(t.objectives),
+               "steps": result.steps,
                "samples": result.samples, "tokens": result.tokens, "seconds": result.seconds,
                "loss_history": result.loss_history,
                "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
@@ -245,12 +276,13 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
     e = cfg.eval
     results = {}
     for label, model in models.items():
-        is_teacher = label == "teacher"
-        spec = teacher_spec(cfg.teacher, cfg.prompt.num_shots if is_teacher else 0, cfg.prompt.exemplars,
+        is_teacher = label == "teacher" or label.startswith("teacher:")
+        spec = teacher_spec(eval_teacher_config(cfg, label), cfg.prompt.num_shots if is_teacher else 0,
+                            cfg.prompt.exemplars,
                             cfg.seed + 1, name=label, model=model, samples=e.samples, temperature=e.temperature,
                             max_new_tokens=e.max_new_tokens)
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
-        rows, _ = _sample(eval_problems, spec, exemplars, cfg, out / "eval" / label, vote=False)
+        rows, _ = sample_problems(eval_problems, spec, exemplars, cfg, out / "eval" / label, vote=False)
         counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
         results[label] = summarize_passk(counts, e.k)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")
@@ -258,9 +290,26 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
 
 
 def default_eval_models(cfg: RunConfig) -> dict[str, str]:
+    """``teacher`` (or ``teacher:<name>`` for each of several teachers), then the students that exist."""
     out = Path(cfg.output_dir)
-    paths = {"teacher": cfg.teacher.model, "student_init": str(out / "student_init"), "student": str(out / "student")}
-    return {label: paths[label] for label in cfg.eval.models if label == "teacher" or Path(paths[label]).exists()}
+    teachers = cfg.teacher_list()
+    models = {}
+    for label in cfg.eval.models:
+        if label == "teacher" and len(teachers) == 1:
+            models["teacher"] = teachers[0].model
+        elif label == "teacher":
+            models.update({f"teacher:{t.name}": t.model for t in teachers})
+        elif Path(out / label).exists():
+            models[label] = str(out / label)
+    return models
+
+
+def eval_teacher_config(cfg: RunConfig, label: str) -> TeacherConfig:
+    """The engine settings to sample a model with: its own teacher's for teachers, ``teacher``'s for students."""
+    teachers = {f"teacher:{t.name}": t for t in cfg.teacher_list()}
+    if label == "teacher":
+        return cfg.teacher_list()[0]
+    return teachers.get(label, cfg.teacher)
 
 
 # --- run --------------------------------------------------------------------------------------------
@@ -280,6 +329,7 @@ def run(cfg: RunConfig) -> dict:
         "funnel": {"problems": generation["problems"], "candidates": generation["candidates"],
                    "verified": generation["verified"], "kept": generation["kept"],
                    "agreement_problems": generation["agreement_problems"],
+                   "disagreement_problems": generation["disagreement_problems"],
                    "trained_rows": generation["kept"] if training else 0},
     }
     report["outputs"] = {"dataset": str(out / "dataset"), "student": str(out / "student"),

@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
-FUNNEL = ("problems", "candidates", "verified", "kept", "agreement_problems", "trained_rows")
+FUNNEL = ("problems", "candidates", "verified", "kept", "agreement_problems", "disagreement_problems",
+          "trained_rows")
 
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
@@ -28,7 +29,7 @@ def write_model_card(student_dir: Path, report: dict) -> Path:
     cfg = report["config"]
     card = {
         "model": str(student_dir), "base": f"{cfg['train']['student_layers']} layers of teacher {cfg['teacher']['model']}",
-        "objective": "sft: cross-entropy on verified teacher completions, completion tokens only",
+        "objective": describe_objectives((report["training"] or {}).get("objectives") or {"sft": 1.0}),
         "data": {"dataset": report["outputs"]["dataset"], "task": cfg["task"], "funnel": report["funnel"]},
         "training": {k: v for k, v in (report["training"] or {}).items() if k != "loss_history"},
         "evaluation": report["evaluation"].get("student"), "teacher_evaluation": report["evaluation"].get("teacher"),
@@ -47,6 +48,17 @@ def write_model_card(student_dir: Path, report: dict) -> Path:
     return student_dir / "model_card.json"
 
 
+OBJECTIVES = {"sft": "cross-entropy on verified completions (completion tokens only)",
+              "soft": "likelihood of each candidate weighted by the teachers' vote (soft labels)",
+              "kd": "token-level KL to the teacher's distribution (temperature T, scaled by T^2)",
+              "swing": "KL to the teacher with per-token privacy temperature and noise",
+              "icl": "completions after in-context demonstrations"}
+
+
+def describe_objectives(objectives: dict) -> str:
+    return "; ".join(f"{weight:g} x {name}: {OBJECTIVES.get(name, name)}" for name, weight in objectives.items())
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# distill-ray report: {report['name']}", ""]
     funnel = report.get("funnel", {})
@@ -61,7 +73,13 @@ def render_markdown(report: dict) -> str:
                   f"({teacher['verified_rate']:.1%}); pass@{teacher['k']} over train prompts "
                   f"{teacher['train_pass_at_k']:.1%}",
                   f"- {teacher['completion_tokens']} tokens in {teacher['seconds']:.1f} s "
-                  f"({teacher['tokens_per_s']:.1f} tokens/s end to end)", ""]
+                  f"({teacher['tokens_per_s']:.1f} tokens/s end to end)"]
+        if "disagreement_problems" in teacher:
+            lines.append(f"- votes: {teacher['agreement_problems']} prompts in the agreement set (hard labels), "
+                         f"{teacher['disagreement_problems']} in the disagreement set (soft labels); kept rows "
+                         f"{teacher['kept_hard']} hard, {teacher['kept_soft']} soft")
+        lines.append("")
+        lines += per_teacher_table(teacher.get("per_teacher", {}))
     training = report.get("training")
     if training:
         lines += ["## Training", "",
@@ -83,6 +101,16 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def per_teacher_table(per_teacher: dict) -> list[str]:
+    """One row per teacher: what it wrote and how fast (tokens per second of its generation time)."""
+    if not per_teacher:
+        return []
+    lines = ["| teacher | candidates | verified | tokens | tokens/s while generating |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {t['candidates']} | {t['verified']} | {t['completion_tokens']} | {t['tokens_per_s']:.1f} |"
+              for name, t in per_teacher.items()]
+    return lines + [""]
+
+
 def plot(report: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for model, s in report.get("evaluation", {}).items():
@@ -97,4 +125,39 @@ def plot(report: dict, path: Path) -> None:
     right.set(title="data funnel", xlabel="rows")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_arms(report: dict, path: Path) -> None:
+    """The experiment's arms side by side: pass@k per arm (mean over seeds, spread as error bars), with the
+    teacher as a reference line."""
+    arms = list(report["arms"])
+    ks = report["k"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(arms), 3.6))
+    width = 0.8 / len(ks)
+    for j, k in enumerate(ks):
+        means = [report["arms"][a][f"pass@{k}"]["mean"] for a in arms]
+        spread = [report["arms"][a][f"pass@{k}"]["std"] for a in arms]
+        ax.bar([i + j * width for i in range(len(arms))], means, width, yerr=spread, capsize=3, label=f"pass@{k}")
+        ax.axhline(report["teacher"][f"pass@{k}"]["mean"], color=f"C{j}", linestyle=":", linewidth=1)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(arms))], arms, rotation=15)
+    ax.set_ylabel("pass@k on held-out problems")
+    ax.set_title(f"EKT arms, {report['budget']} training rows each (dotted: teacher)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bench(report: dict, path: Path) -> None:
+    """Each stage's throughput as a ratio to its baseline (1.0 = as fast as the simplest way)."""
+    rows = [(f"{stage}: {r['case']}" + (f" [{r['workers']}]" if r["workers"] else ""), r["ratio"])
+            for stage, result in report["stages"].items() for r in result["rows"]]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    ax.barh([label for label, _ in rows][::-1], [ratio for _, ratio in rows][::-1], color="C0")
+    ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("throughput / baseline measured in the same run (log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from distill_ray.metrics import gauge
 from distill_ray.train.config import TrainSettings
 from distill_ray.train.batch import make_batch
 from distill_ray.train.objectives import DistillParams, Objective
@@ -264,8 +265,12 @@ def _close_step(state: TrainState, window: _Window) -> None:
 
 
 def _log(state: TrainState, settings: TrainSettings, rank: int) -> None:
-    if rank == 0 and settings.log_every and state.step % settings.log_every == 0:
-        rate = state.tokens / state.seconds if state.seconds else 0.0
+    if rank != 0:
+        return
+    rate = state.tokens / state.seconds if state.seconds else 0.0
+    gauge("train_loss", state.loss_history[-1], "training loss of the last optimizer step", stage="train")
+    gauge("train_tokens_per_s", rate, "target tokens per second of training so far", stage="train")
+    if settings.log_every and state.step % settings.log_every == 0:
         print(f"[train] step {state.step} loss {state.loss_history[-1]:.4f} "
               f"samples {state.samples} target tokens/s {rate:.1f}", flush=True)
 
