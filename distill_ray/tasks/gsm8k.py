@@ -11,13 +11,12 @@ lines, one variable per step, and kept only when it evaluates to the ``#### N`` 
 from __future__ import annotations
 
 import ast
-import json
 import math
 import operator
 import re
 from pathlib import Path
 
-from distill_ray.tasks.schema import make_problem
+from distill_ray.tasks.schema import json_object, make_problem
 
 SOURCE = "gsm8k"
 FILE_SPLITS = {"train": "train", "test": "eval", "eval": "eval"}   # file stem or alias -> problem split
@@ -99,14 +98,7 @@ def load_gsm8k(path: str | Path, split: str) -> tuple[list[dict], list[dict]]:
 
 def parse_record(line: str) -> tuple[str, float, str]:
     """(question, expected, reference) of one JSON line; ValueError with the reason when malformed."""
-    if not line.strip():
-        raise ValueError("empty line")
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON: {error}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    record = json_object(line)
     question, answer = record.get("question"), record.get("answer")
     if not isinstance(question, str) or not question.strip():
         raise ValueError("missing or empty 'question'")

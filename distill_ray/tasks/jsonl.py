@@ -19,12 +19,11 @@ over-long question, an expected answer that is not a finite number, and an id se
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
-from distill_ray.tasks.schema import KINDS, SPLITS, make_problem
+from distill_ray.tasks.schema import KINDS, SPLITS, json_object, make_problem
 
 SOURCE = "jsonl"
 # Longer questions are quarantined: far beyond any teacher's context, and a sign of a broken export.
@@ -53,14 +52,7 @@ def read_problems_jsonl(path: str | Path, max_question_chars: int = MAX_QUESTION
 
 def parse_problem(line: str, max_question_chars: int = MAX_QUESTION_CHARS) -> dict:
     """The problem dict of one line; ValueError with the reason when the line is not a valid problem."""
-    if not line.strip():
-        raise ValueError("empty line")
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON: {error}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    record = json_object(line)
     problem_id = _text(record, "id")
     kind = _text(record, "kind")
     if kind not in KINDS:

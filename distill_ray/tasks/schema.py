@@ -5,6 +5,7 @@ Problems become Arrow/Parquet columns downstream, so every dict carries every ke
 
 from __future__ import annotations
 
+import json
 import math
 
 # Keys of every problem dict, in this order (downstream code builds Arrow schemas from it).
@@ -60,3 +61,16 @@ def check_problem(problem: dict) -> None:
     expected = problem["expected"]
     if expected is not None and not (type(expected) is float and math.isfinite(expected)):
         raise ValueError(f"problem {problem['task_id']!r}: expected must be a finite float or None")
+
+
+def json_object(line: str) -> dict:
+    """The JSON object on one input line; ValueError with the reason (the quarantine's) when it is not one."""
+    if not line.strip():
+        raise ValueError("empty line")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    return record
