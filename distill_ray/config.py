@@ -25,11 +25,12 @@ class RayConfig(Section):
 
 
 class TaskConfig(Section):
-    source: Literal["puzzles", "gsm8k", "p3", "jsonl"] = Field(
+    source: Literal["puzzles", "gsm8k", "p3", "humaneval", "mbpp", "jsonl"] = Field(
         "puzzles", description="Problem source: our procedural P3-style puzzles, GSM8K program-of-thought, real "
-        "P3 puzzles, or your own problems as JSON lines (see README, 'Your own problems').")
-    path: str | None = Field(None, description="Directory of the data files (gsm8k, p3) or the .jsonl file "
-                             "(jsonl); unused for puzzles.")
+        "P3 puzzles, HumanEval (evaluation only: it has no train split), MBPP (its prompt split, task ids 1-10, "
+        "is the exemplar pool), or your own problems as JSON lines (see README, 'Your own problems').")
+    path: str | None = Field(None, description="Directory of the data files (gsm8k, p3, humaneval, mbpp) or the "
+                             ".jsonl file (jsonl); unused for puzzles.")
     num_train: int = Field(32, ge=1, description="Problems the teachers solve to build the training set.")
     num_eval: int = Field(16, ge=1, description="Held-out problems for evaluation (disjoint from train).")
     difficulty: int = Field(1, ge=1, le=3, description="Puzzle difficulty, 1 (trivial) to 3.")

@@ -44,7 +44,7 @@ def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int
         shots = choose_exemplars(exemplars, num_shots, strategy, seed, question, family) if num_shots else []
         messages.append(json.dumps(build_messages(kind, question, shots)))
     batch["messages"] = messages
-    batch["response_prefix"] = [response_prefix(kind) for kind in batch["kind"]]
+    batch["response_prefix"] = [response_prefix(k, q) for k, q in zip(batch["kind"], batch["question"])]
     return batch
 
 
@@ -94,7 +94,8 @@ class TeacherActor:
 # --- extract ----------------------------------------------------------------------------------------
 
 def extract_programs(batch: pd.DataFrame) -> pd.DataFrame:
-    batch["program"] = [extract_program(p, c) for p, c in zip(batch["response_prefix"], batch["completion"])]
+    batch["program"] = [extract_program(p, c, k) for p, c, k in
+                        zip(batch["response_prefix"], batch["completion"], batch["kind"])]
     return batch
 
 
@@ -253,7 +254,7 @@ def teacher_stages(teachers: TeacherSpec | list[TeacherSpec], exemplars: list[Ex
     """prompt -> [teacher A | teacher B | ...] -> union -> extract (the prompt's shots are shared)."""
     teachers = _as_list(teachers)
     stages = [prompt_stage(teachers[0], exemplars, seed), teachers_stage(teachers),
-              BatchStage("extract", reads=("response_prefix", "completion"), writes=("program",),
+              BatchStage("extract", reads=("kind", "response_prefix", "completion"), writes=("program",),
                          fn=extract_programs)]
     for branch in getattr(stages[1], "branches", ()):
         check_flow(("task_id", "messages", "response_prefix"), list(branch))

@@ -22,6 +22,10 @@ SYSTEMS = {
         "You solve grade-school math word problems by writing a Python function solution() that computes "
         "and returns the final number. Reply with code only."
     ),
+    "asserts": (
+        "You write correct, self-contained Python functions. Complete the function, or write the function the "
+        "task describes so that its tests pass. Reply with code only."
+    ),
 }
 RESPONSE_PREFIXES = {"p3": "def sol():\n    return ", "gsm8k": "def solution():\n"}
 
@@ -33,8 +37,22 @@ class Exemplar:
     family: str = ""
 
 
-def response_prefix(kind: str) -> str:
+def response_prefix(kind: str, question: str = "") -> str:
+    """What the answer starts with. ``asserts``: a question that is code (HumanEval's signature and docstring)
+    is continued as the model's own text, the way HumanEval is meant to be prompted; a prose task (MBPP) gets
+    no prefix, the model writes the whole function."""
+    if kind == "asserts":
+        return question if _is_code(question) else ""
     return RESPONSE_PREFIXES.get(kind, "")
+
+
+def _is_code(text: str) -> bool:
+    import ast
+
+    try:
+        return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.parse(text).body)
+    except SyntaxError:
+        return False
 
 
 def build_messages(kind: str, question: str, exemplars: list[Exemplar]) -> list[dict]:

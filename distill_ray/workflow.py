@@ -49,13 +49,18 @@ def connect_ray(cfg: RunConfig):
     return ray
 
 
+# Sources whose exemplars are fixed (GSM8K's hand-written ones, MBPP's prompt split) or absent (HumanEval): no
+# train problems are reserved for the pool.
+FIXED_EXEMPLARS = ("gsm8k", "mbpp", "humaneval")
+
+
 def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
     """(exemplar pool, train problems, eval problems): the pool is carved off the train split first, so
     the teacher is never shown the answer of a problem it is asked to solve."""
     from distill_ray.tasks import GSM8K_EXEMPLARS, load_problems
 
     t = cfg.task
-    reserve = 0 if t.source == "gsm8k" else cfg.prompt.pool_size
+    reserve = 0 if t.source in FIXED_EXEMPLARS else cfg.prompt.pool_size
     quarantine: list[dict] = []
     train, eval_ = load_problems(t.source, num_train=t.num_train + reserve, num_eval=t.num_eval, seed=cfg.seed,
                                  path=t.path, difficulty=t.difficulty, families=t.families,
@@ -63,6 +68,12 @@ def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
     write_quarantine(Path(cfg.output_dir), quarantine)
     if t.source == "gsm8k":
         return [Exemplar(e["question"], e["reference"], e["family"]) for e in GSM8K_EXEMPLARS], train, eval_
+    if t.source == "mbpp":
+        from distill_ray.tasks.functions import read_mbpp
+
+        return exemplar_pool(read_mbpp(t.path, "prompt")), train, eval_
+    if t.source == "humaneval":   # no train split: teachers are prompted zero-shot (HumanEval's own protocol)
+        return [], [], eval_
     return exemplar_pool(train[:reserve]), train[reserve:], eval_
 
 
@@ -124,6 +135,9 @@ def generate(cfg: RunConfig) -> dict:
     """Sample the teacher on the train problems, verify, vote and write ``dataset/``."""
     connect_ray(cfg)
     exemplars, train, _ = load_task(cfg)
+    if not train:
+        raise ValueError(f"task source {cfg.task.source!r} gave no train problems to generate from (HumanEval "
+                         "has none: use it with `distill-ray evaluate`)")
     out = Path(cfg.output_dir) / "dataset"
     specs = teacher_specs(cfg, cfg.seed)
     log(f"generate: {len(train)} train problems x " + ", ".join(f"{s.sampling.n} samples from teacher {s.name!r}"
@@ -217,7 +231,7 @@ def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
     tokenizer = _tokenizer(tokenizer_dir)
     prompts, targets = [], []
     for kind, question, program in zip(batch["kind"], batch["question"], batch["program"]):
-        prefix = response_prefix(kind)
+        prefix = response_prefix(kind, question)
         messages = build_messages(kind, question, [])
         prompts.append(render(tokenizer, messages, prefix))
         targets.append(program[len(prefix):] if program.startswith(prefix) else program)

@@ -1,5 +1,7 @@
 """HumanEval and MBPP load from the real files as `asserts` problems whose references pass the real verifier."""
 
+import json
+
 import pytest
 
 from distill_ray.tasks import check_problem, load_problems
@@ -60,3 +62,52 @@ def test_load_problems_serves_both(shared_data):
 
 def test_a_reference_named_like_a_builtin_is_still_the_entry_point():
     assert mbpp_entry_point(["assert sum(10,15) == 6"], "def sum(a, b):\n    return 6") == "sum"
+
+
+def test_reference_answers_survive_prompting_and_extraction(shared_data):
+    """A model that answered with the reference, wrapped the way models do (a continuation followed by a test
+    call; a chat answer with the code in a fence), is extracted back to a program that passes."""
+    from distill_ray.extract import extract_program
+    from distill_ray.prompts import response_prefix
+
+    humaneval = read_humaneval(shared_data / "humaneval")[:40]
+    mbpp = read_mbpp(shared_data / "mbpp", "eval")[:40]
+    candidates = []
+    for p in humaneval:
+        prefix = response_prefix("asserts", p["question"])
+        body = p["reference"][len(prefix):]
+        candidates.append({**p, "reference": extract_program(prefix, body + f"\n\nprint({p['entry_point']})\n",
+                                                             "asserts")})
+    for p in mbpp:
+        assert response_prefix("asserts", p["question"]) == ""
+        answer = f"Here you go:\n```python\n{p['reference']}\n```\nCall {p['entry_point']}() to use it."
+        candidates.append({**p, "reference": extract_program("", answer, "asserts")})
+    assert [v.status for v in verdicts(candidates)] == ["pass"] * len(candidates)
+
+
+@pytest.mark.slow
+def test_the_teacher_is_evaluated_on_humaneval_and_generates_on_mbpp(ray_cluster, shared_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    from distill_ray import workflow
+    from tests.test_end_to_end import small_config
+
+    cfg = small_config(tmp_path / "he", **{"task.source": "humaneval", "task.path": str(shared_data / "humaneval"),
+                                          "task.families": "null", "eval.max_new_tokens": 32})
+    result = workflow.evaluate(cfg, {"teacher": "smollm2"})["teacher"]
+    assert result["problems"] == 3 and result["samples"] == 6
+    rows = pq.read_table(tmp_path / "he" / "eval" / "teacher").to_pandas()
+    assert (rows["status"] != "rejected").all(), rows["detail"].tolist()
+    for row in rows.itertuples():   # the program is the HumanEval prompt, continued, judged by its check()
+        assert row.program.startswith(row.question) and row.status in ("pass", "fail", "error", "timeout")
+
+    cfg = small_config(tmp_path / "mbpp", **{"task.source": "mbpp", "task.path": str(shared_data / "mbpp"),
+                                            "task.families": "null", "task.num_train": 2, "teacher.samples": 2,
+                                            "teacher.max_new_tokens": 48})
+    stats = workflow.generate(cfg)
+    rows = pq.read_table(stats["dataset"]).to_pandas()
+    assert len(rows) == 4 and set(rows["kind"]) == {"asserts"}
+    shots = {m["content"] for m in json.loads(rows["messages"].iloc[0]) if m["role"] == "user"}
+    prompt_split = {p["question"] for p in read_mbpp(shared_data / "mbpp", "prompt")}
+    assert len(shots) == 4 and len(shots & prompt_split) == 3   # 3 shots from MBPP's prompt split + the task
+    assert not (rows["status"] == "rejected").any()

@@ -5,7 +5,7 @@ import pytest
 
 from distill_ray.extract import extract_program
 from distill_ray.pipeline import build_prompts
-from distill_ray.prompts import Exemplar, build_messages, choose_exemplars
+from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, response_prefix
 
 POOL = [Exemplar(f"def sat(x: int) -> bool:\n    return x + {i} == 10", f"def sol():\n    return 10 - {i}")
         for i in range(6)]
@@ -106,3 +106,32 @@ def test_a_body_written_flush_left_after_def_is_indented_up_to_its_return():
     assert namespace["solution"]() == 7
     # An indented body is left as it is, and chatter after the function is still dropped.
     assert extract_program(prefix, "    return 7\nThat is all.") == "def solution():\n    return 7\n"
+
+
+HUMANEVAL_PROMPT = 'from typing import List\n\n\ndef double(xs: List[int]) -> List[int]:\n    """Each doubled."""\n'
+
+
+def test_an_asserts_question_that_is_code_is_continued_and_prose_gets_no_prefix():
+    assert response_prefix("asserts", HUMANEVAL_PROMPT) == HUMANEVAL_PROMPT
+    assert response_prefix("asserts", "Write a function to double a list.\nassert double([1]) == [2]") == ""
+    assert response_prefix("p3", HUMANEVAL_PROMPT) == "def sol():\n    return "
+
+
+def test_asserts_extraction_keeps_helpers_and_imports_and_cuts_at_top_level_code():
+    completion = ("    return [helper(x) for x in xs]\n\n\nimport math\n\n\ndef helper(x):\n    # twice\n"
+                  "    return 2 * x\n\n\nprint(double([1, 2]))\nassert double([1]) == [2]\n")
+    program = extract_program(HUMANEVAL_PROMPT, completion, kind="asserts")
+    assert program.startswith(HUMANEVAL_PROMPT) and "print(" not in program and "assert" not in program
+    namespace = {}
+    exec(program, namespace)
+    assert namespace["double"]([1, 2]) == [2, 4]
+    cut = extract_program(HUMANEVAL_PROMPT, "    return xs\n\nif __name__ == '__main__':\n    main()\n", "asserts")
+    assert cut == HUMANEVAL_PROMPT + "    return xs\n"
+
+
+def test_asserts_extraction_without_prefix_takes_the_first_fenced_block_of_a_chat_answer():
+    answer = ("Sure! Here is the function:\n```python\ndef double(xs):\n    return [2 * x for x in xs]\n```\n"
+              "It doubles each element.\n```python\nprint(double([1]))\n```")
+    assert extract_program("", answer, "asserts") == "def double(xs):\n    return [2 * x for x in xs]\n"
+    assert extract_program("", "def f():\n    return 1\nf()\n", "asserts") == "def f():\n    return 1\n"
+    assert extract_program("", "I cannot help with that.", "asserts") == ""
