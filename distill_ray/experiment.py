@@ -6,7 +6,10 @@ unfiltered samples (distillation by imitation), and may beat its teacher. The ar
 - ``none``: the student as cut from the teacher's layers, untrained.
 - ``unfiltered``: teacher samples as they come (distinct programs per problem).
 - ``verified``: only the samples the sandbox verified (EKT).
-- ``verified_soft``: verified samples weighted by the teachers' vote (``label_weight``; the ``soft`` objective).
+- ``verified_soft``: verified samples with a multi-teacher soft label over each problem's distinct verified
+  programs: a program's weight is its teacher-weighted share of the verified samples (each teacher's own
+  shares, averaged with the teachers' weights, as in ``vote.weighted_distribution``), so a problem's weights
+  sum to 1 and what several teachers wrote counts more (the ``soft`` objective reads ``label_weight``).
 - ``expert_iteration``: the untrained student samples the train problems itself, is verified, and trains on its
   own verified samples (the EKT paper's baseline; the P3 paper's "self-taught" loop).
 
@@ -18,6 +21,7 @@ the table says how many it had. Each arm is evaluated with the same sampling on 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +32,33 @@ import pyarrow.parquet as pq
 from distill_ray.config import RunConfig
 from distill_ray.evaluate.report import plot_arms
 from distill_ray.models import resolve_model
-from distill_ray.workflow import (connect_ray, evaluate, generate, load_task, log, sample_problems, teacher_spec,
-                                  train)
+from distill_ray.vote import normalize_program, weighted_distribution
+from distill_ray.workflow import (connect_ray, default_eval_models, evaluate, generate, load_task, log,
+                                  sample_problems, teacher_spec, train)
 
 TEACHER_ARMS = ("unfiltered", "verified", "verified_soft")
 
 
-def teacher_pools(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The rows each teacher-data arm may draw from."""
+def teacher_pools(rows: pd.DataFrame, weights: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
+    """The rows each teacher-data arm may draw from (``weights``: the teachers' vote weights)."""
     written = rows[rows["program"].str.strip() != ""].drop_duplicates(["task_id", "program"])
     verified = rows[rows["keep"]]
-    soft = verified.assign(label_weight=verified["label_weight"] if "label_weight" in verified else 1.0)
+    shares = verified_program_shares(rows, weights or {}).reindex(verified.index)
+    # A row kept by the vote alone (an unlabelled problem) keeps its vote share.
+    soft = verified.assign(label_weight=shares.fillna(verified["label_weight"]))
     return {"unfiltered": written, "verified": verified, "verified_soft": soft}
+
+
+def verified_program_shares(rows: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
+    """Each verified row's soft label: its program's teacher-weighted share of its problem's verified samples."""
+    verified = rows[rows["passed"].astype(bool)]
+    programs = verified["program"].map(normalize_program)
+    shares = pd.Series(0.0, index=verified.index)
+    for _, group in verified.groupby("task_id"):
+        counts = {t: Counter(programs[g.index]) for t, g in group.groupby("teacher")}
+        distribution = weighted_distribution(counts, weights)
+        shares[group.index] = programs[group.index].map(distribution).values
+    return shares
 
 
 def draw(pool: pd.DataFrame, budget: int, seed: int) -> pd.DataFrame:
@@ -71,7 +90,8 @@ def run_experiment(cfg: RunConfig) -> dict:
     out = Path(cfg.output_dir)
     generation = generate(cfg)
     rows = pq.read_table(generation["dataset"]).to_pandas()
-    pools = {arm: pool for arm, pool in teacher_pools(rows).items() if arm in e.arms}
+    weights = {t.name: t.weight for t in cfg.teacher_list()}
+    pools = {arm: pool for arm, pool in teacher_pools(rows, weights).items() if arm in e.arms}
     budget = min([e.budget or len(rows)] + [len(pools[a]) for a in TEACHER_ARMS if a in pools])
     init_dir = None
     results: dict[str, list[dict]] = {arm: [] for arm in e.arms}
@@ -95,13 +115,13 @@ def run_experiment(cfg: RunConfig) -> dict:
             dataset = write_rows(data, Path(arm_cfg.output_dir) / "dataset")
             student = train(arm_cfg, dataset)["student"]
             results[arm].append(evaluate(arm_cfg, {arm: student})[arm])
-    teacher = evaluate(cfg.model_copy(update={"output_dir": str(out / "teacher")}, deep=True),
-                       {"teacher": cfg.teacher.model})["teacher"]
+    teacher_models = {label: model for label, model in default_eval_models(cfg).items() if label.startswith("teacher")}
+    teachers = evaluate(cfg.model_copy(update={"output_dir": str(out / "teachers")}, deep=True), teacher_models)
     report = {"name": cfg.name, "budget": budget, "seeds": list(e.seeds), "k": list(cfg.eval.k),
               "pools": {arm: len(pool) for arm, pool in pools.items()}, "trained_rows": trained_rows,
               "generation": {k: v for k, v in generation.items() if k != "per_teacher"},
               "arms": {arm: summarize_arm(runs, cfg.eval.k) for arm, runs in results.items() if runs},
-              "teacher": teacher, "runs": results}
+              "teachers": teachers, "runs": results}
     write_experiment_report(report, out)
     return report
 
@@ -152,8 +172,8 @@ def render_table(report: dict) -> str:
                  f"[{s[f'pass@{k}']['ci95_per_seed'][0][0]:.2f}, {s[f'pass@{k}']['ci95_per_seed'][0][1]:.2f}]"
                  for k in ks]
         lines.append(f"| {arm} | {report['trained_rows'].get(arm, 0)} | " + " | ".join(cells) + " |")
-    t = report["teacher"]
-    lines.append("| teacher (few-shot) | - | " + " | ".join(
-        f"{t[f'pass@{k}']['mean']:.3f} [{t[f'pass@{k}']['ci95'][0]:.2f}, {t[f'pass@{k}']['ci95'][1]:.2f}]"
-        for k in ks) + " |")
+    for label, t in report["teachers"].items():
+        lines.append(f"| {label} (few-shot) | - | " + " | ".join(
+            f"{t[f'pass@{k}']['mean']:.3f} [{t[f'pass@{k}']['ci95'][0]:.2f}, {t[f'pass@{k}']['ci95'][1]:.2f}]"
+            for k in ks) + " |")
     return "\n".join(lines) + "\n"

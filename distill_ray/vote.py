@@ -50,7 +50,7 @@ def vote_group(group: pd.DataFrame, require_majority: bool = False,
     group["agreement"] = agreement
     group["label_distribution"] = json.dumps(dict(sorted(distribution.items(), key=lambda kv: (-kv[1], kv[0]))))
     group["teacher_counts"] = json.dumps({t: dict(sorted(c.items())) for t, c in counts.items()})
-    group["duplicate"] = group["program"].map(_normalize).duplicated()
+    group["duplicate"] = group["program"].map(normalize_program).duplicated()
     labels = [_label(is_labelled(kind, expected), bool(passed), key, winner, agreement, s)
               for kind, expected, passed, key, s in zip(group["kind"], group["expected"], group["passed"], keys, share)]
     group["label_type"] = [label for label, _ in labels]
@@ -113,6 +113,6 @@ def _label(labelled: bool, passed: bool, key, winner, agreement: bool, share: fl
     return "soft", share if key is not None else 0.0
 
 
-def _normalize(program: str) -> str:
+def normalize_program(program: str) -> str:
     """Whitespace-insensitive form, so reformatted copies count as duplicates."""
     return " ".join(program.split())

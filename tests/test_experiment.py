@@ -14,14 +14,17 @@ pytestmark = pytest.mark.slow
 def test_pools_and_budget_draws():
     import pandas as pd
 
-    rows = pd.DataFrame({"task_id": ["a", "a", "a", "b"], "program": ["p", "p", "q", ""],
-                         "keep": [True, False, False, False], "label_weight": [0.5, 0.5, 1.0, 1.0]})
-    pools = teacher_pools(rows)
-    assert len(pools["unfiltered"]) == 2 and len(pools["verified"]) == 1     # distinct written programs; kept
-    assert pools["verified_soft"]["label_weight"].tolist() == [0.5]
+    rows = pd.DataFrame({"task_id": ["a", "a", "a", "a", "b"], "program": ["p", "p", "q", "q", ""],
+                         "teacher": ["t1", "t1", "t1", "t2", "t1"], "passed": [True, True, True, True, False],
+                         "keep": [True, False, True, False, False], "label_weight": [1.0, 0.0, 1.0, 0.0, 0.0]})
+    pools = teacher_pools(rows, {"t1": 1.0, "t2": 3.0})
+    assert len(pools["unfiltered"]) == 2 and len(pools["verified"]) == 2     # distinct written programs; kept
+    # The soft label over a's verified programs: t1 wrote p, p, q (2/3, 1/3), t2 wrote q (weight 3):
+    # p = (1 * 2/3) / 4, q = (1 * 1/3 + 3 * 1) / 4.
+    assert pools["verified_soft"]["label_weight"].tolist() == pytest.approx([1 / 6, 5 / 6])
     first, again = draw(pools["unfiltered"], 1, seed=3), draw(pools["unfiltered"], 1, seed=3)
     assert len(first) == 1 and first["keep"].all() and first.equals(again)
-    assert len(draw(pools["verified"], 5, seed=0)) == 1                       # never more than the pool
+    assert len(draw(pools["verified"], 5, seed=0)) == 2                       # never more than the pool
 
 
 def test_experiment_runs_every_arm_on_one_budget(ray_cluster, tmp_path):
@@ -42,5 +45,5 @@ def test_experiment_runs_every_arm_on_one_budget(ray_cluster, tmp_path):
     saved = json.loads((tmp_path / "experiment.json").read_text())
     assert saved["budget"] == report["budget"]
     table = (tmp_path / "experiment.md").read_text()
-    assert "| unfiltered |" in table and "teacher (few-shot)" in table
+    assert "| unfiltered |" in table and "| teacher (few-shot) |" in table and set(report["teachers"]) == {"teacher"}
     assert (tmp_path / "experiment.png").stat().st_size > 0

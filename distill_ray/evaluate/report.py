@@ -129,7 +129,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def plot_arms(report: dict, path: Path) -> None:
-    """The experiment's arms side by side: pass@k per arm (mean over seeds, spread as error bars), with the
+    """The experiment's arms side by side: pass@k per arm (mean over seeds, spread as error bars), with each
     teacher as a reference line."""
     arms = list(report["arms"])
     ks = report["k"]
@@ -139,10 +139,12 @@ def plot_arms(report: dict, path: Path) -> None:
         means = [report["arms"][a][f"pass@{k}"]["mean"] for a in arms]
         spread = [report["arms"][a][f"pass@{k}"]["std"] for a in arms]
         ax.bar([i + j * width for i in range(len(arms))], means, width, yerr=spread, capsize=3, label=f"pass@{k}")
-        ax.axhline(report["teacher"][f"pass@{k}"]["mean"], color=f"C{j}", linestyle=":", linewidth=1)
+        for t, teacher in enumerate(report["teachers"].values()):
+            ax.axhline(teacher[f"pass@{k}"]["mean"], color=f"C{j}", linestyle=(":", "--", "-.")[t % 3], linewidth=1)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(arms))], arms, rotation=15)
     ax.set_ylabel("pass@k on held-out problems")
-    ax.set_title(f"EKT arms, {report['budget']} training rows each (dotted: teacher)")
+    styles = ", ".join(f"{('dotted', 'dashed', 'dash-dot')[t % 3]}: {label}" for t, label in enumerate(report["teachers"]))
+    ax.set_title(f"EKT arms, {report['budget']} training rows each ({styles})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
