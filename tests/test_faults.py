@@ -140,9 +140,15 @@ def test_a_killed_sandbox_worker_has_its_checks_retried_on_a_fresh_one():
         result = {}
         thread = threading.Thread(target=lambda: result.update(verdicts=verifier.verify(checks)))
         thread.start()
-        time.sleep(0.5)                       # mid-batch: 40 checks of ~40 ms on 2 workers take a few seconds
+        target = next(w for w in verifier._workers if w.proc.pid == workers[0].pid)
+        deadline = time.monotonic() + 60
+        while not target.pending and time.monotonic() < deadline:   # wait until it holds checks in flight
+            time.sleep(0.005)
         os.kill(workers[0].pid, signal.SIGKILL)
         thread.join(timeout=120)
+        retried = set(verifier._retried)
+    # Not vacuous: the worker died holding checks, and those were run again on its replacement.
+    assert retried, "the killed worker had no checks in flight"
     verdicts = result["verdicts"]
     assert [v.passed for v in verdicts] == [i % 4 != 0 for i in range(40)]
     assert not any(v.status == "error" for v in verdicts)
