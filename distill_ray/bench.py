@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from distill_ray.markdown import table
+
 REPO = Path(__file__).resolve().parents[1]
 # stage -> script in benchmarks/ (the scripts are the implementation; this is only the harness)
 STAGES = {"teacher": "teacher_throughput", "verify": "verify_throughput", "vote": "vote_throughput",
@@ -172,15 +174,13 @@ def render_bench(report: dict) -> str:
              f"{env['cpu_count']} CPUs, {env['memory_gb']} GB, GPU: {env['gpu'] or 'none'}; Python {env['python']}; "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + f"; load average at start "
              f"{env['load_average_at_start']:.1f}. Medians of {report['repeats']} repetitions "
-             f"({'quick' if report['quick'] else 'full'} sizes), [min, max] beside them.", "",
-             "| stage | case | workers | ours | baseline | ratio |", "|---|---|---:|---:|---:|---:|"]
-    for stage, result in report["stages"].items():
-        for r in result["rows"]:
-            lines.append(f"| {stage} | {r['case']} | {r['workers'] or '-'} | {r['ours']:.1f} {r['unit']} "
-                         f"[{r['ours_spread'][0]:.1f}, {r['ours_spread'][1]:.1f}] | {r['baseline']:.1f} "
-                         f"({r['baseline_name']}) | {r['ratio']:.2f}x |")
-    lines += ["", "| stage | process kind | peak RSS (MiB) | mean CPU % |", "|---|---|---:|---:|"]
-    for stage, result in report["stages"].items():
-        for kind, usage in result["resources"].items():
-            lines.append(f"| {stage} | {kind} | {usage['peak_rss_mb']:.0f} | {usage['mean_cpu_percent']:.0f} |")
+             f"({'quick' if report['quick'] else 'full'} sizes), [min, max] beside them.", ""]
+    rows = [[stage, r["case"], r["workers"] or "-",
+             f"{r['ours']:.1f} {r['unit']} [{r['ours_spread'][0]:.1f}, {r['ours_spread'][1]:.1f}]",
+             f"{r['baseline']:.1f} ({r['baseline_name']})", f"{r['ratio']:.2f}x"]
+            for stage, result in report["stages"].items() for r in result["rows"]]
+    lines += table(["stage", "case", "workers", "ours", "baseline", "ratio"], rows, right=4) + [""]
+    usage_rows = [[stage, kind, f"{u['peak_rss_mb']:.0f}", f"{u['mean_cpu_percent']:.0f}"]
+                  for stage, result in report["stages"].items() for kind, u in result["resources"].items()]
+    lines += table(["stage", "process kind", "peak RSS (MiB)", "mean CPU %"], usage_rows, right=2)
     return "\n".join(lines) + "\n"

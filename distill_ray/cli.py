@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from distill_ray.config import ConfigError, RunConfig, load_config, reference
+from distill_ray.markdown import table
 
 # flag -> config field it overrides
 NAMED_FLAGS = {
@@ -99,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill-ray bench: report in {args.output}/bench.md")
         return 0
     if args.command == "config-reference":
-        print("| field | default | description |\n|---|---|---|")
-        for field, default, description in reference():
-            print(f"| `{field}` | `{default}` | {description} |")
+        rows = [[f"`{field}`", f"`{default}`", description] for field, default, description in reference()]
+        print("\n".join(table(["field", "default", "description"], rows)))
         return 0
     try:
         cfg = config_from_args(args)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from distill_ray.config import RunConfig
 from distill_ray.evaluate.report import plot_arms
+from distill_ray.markdown import interval, table
 from distill_ray.models import resolve_model
 from distill_ray.vote import normalize_program, weighted_distribution
 from distill_ray.workflow import (connect_ray, default_eval_models, evaluate, generate, load_task, log,
@@ -161,19 +162,17 @@ def write_experiment_report(report: dict, out: Path) -> dict[str, Path]:
 
 def render_table(report: dict) -> str:
     ks = report["k"]
+    rows = [[arm, report["trained_rows"].get(arm, 0), *(seeds_cell(s[f"pass@{k}"]) for k in ks)]
+            for arm, s in report["arms"].items()]
+    rows += [[f"{label} (few-shot)", "-", *(interval(t[f"pass@{k}"]) for k in ks)]
+             for label, t in report["teachers"].items()]
     lines = [f"# EKT experiment: {report['name']}", "",
              f"Same budget per trained arm: {report['budget']} rows; seeds {report['seeds']}. pass@k is the mean "
              "over seeds of the mean over held-out problems; ± is the spread (std) over seeds; the interval is "
-             "seed 0's 95% interval over problems.", "",
-             "| arm | rows trained | " + " | ".join(f"pass@{k}" for k in ks) + " |",
-             "|---|---:|" + "---:|" * len(ks)]
-    for arm, s in report["arms"].items():
-        cells = [f"{s[f'pass@{k}']['mean']:.3f} ± {s[f'pass@{k}']['std']:.3f} "
-                 f"[{s[f'pass@{k}']['ci95_per_seed'][0][0]:.2f}, {s[f'pass@{k}']['ci95_per_seed'][0][1]:.2f}]"
-                 for k in ks]
-        lines.append(f"| {arm} | {report['trained_rows'].get(arm, 0)} | " + " | ".join(cells) + " |")
-    for label, t in report["teachers"].items():
-        lines.append(f"| {label} (few-shot) | - | " + " | ".join(
-            f"{t[f'pass@{k}']['mean']:.3f} [{t[f'pass@{k}']['ci95'][0]:.2f}, {t[f'pass@{k}']['ci95'][1]:.2f}]"
-            for k in ks) + " |")
-    return "\n".join(lines) + "\n"
+             "seed 0's 95% interval over problems.", ""]
+    return "\n".join(lines + table(["arm", "rows trained", *(f"pass@{k}" for k in ks)], rows, right=1 + len(ks))) + "\n"
+
+
+def seeds_cell(s: dict) -> str:
+    low, high = s["ci95_per_seed"][0]
+    return f"{s['mean']:.3f} ± {s['std']:.3f} [{low:.2f}, {high:.2f}]"

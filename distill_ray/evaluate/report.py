@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
+from distill_ray.markdown import interval, table  # noqa: E402
+
 FUNNEL = ("problems", "candidates", "verified", "kept", "agreement_problems", "disagreement_problems",
           "trained_rows")
 
@@ -63,9 +65,8 @@ def render_markdown(report: dict) -> str:
     lines = [f"# distill-ray report: {report['name']}", ""]
     funnel = report.get("funnel", {})
     if funnel:
-        lines += ["## Data funnel", "", "| stage | count |", "|---|---:|"]
-        lines += [f"| {key} | {funnel[key]} |" for key in FUNNEL if key in funnel]
-        lines.append("")
+        lines += ["## Data funnel", ""] + table(["stage", "count"], [[k, funnel[k]] for k in FUNNEL if k in funnel],
+                                                 right=1) + [""]
     teacher = report.get("generation", {})
     if teacher:
         lines += ["## Teacher sampling (train prompts)", "",
@@ -89,14 +90,11 @@ def render_markdown(report: dict) -> str:
     evaluation = report.get("evaluation", {})
     if evaluation:
         ks = report["eval_k"]
-        lines += ["## Evaluation (held-out problems, by execution)", "",
-                  "| model | problems | samples | correct | " + " | ".join(f"pass@{k} (95% CI)" for k in ks) + " |",
-                  "|---|---:|---:|---:|" + "---:|" * len(ks)]
-        for model, s in evaluation.items():
-            cells = [f"{s[f'pass@{k}']['mean']:.3f} [{s[f'pass@{k}']['ci95'][0]:.2f}, {s[f'pass@{k}']['ci95'][1]:.2f}]"
-                     for k in ks]
-            lines.append(f"| {model} | {s['problems']} | {s['samples']} | {s['correct']} | " + " | ".join(cells) + " |")
-        lines.append("")
+        rows = [[model, s["problems"], s["samples"], s["correct"], *(interval(s[f"pass@{k}"]) for k in ks)]
+                for model, s in evaluation.items()]
+        lines += ["## Evaluation (held-out problems, by execution)", ""]
+        lines += table(["model", "problems", "samples", "correct", *(f"pass@{k} (95% CI)" for k in ks)], rows,
+                       right=3 + len(ks)) + [""]
     lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in report.get("outputs", {}).items()] + [""]
     return "\n".join(lines)
 
@@ -105,10 +103,9 @@ def per_teacher_table(per_teacher: dict) -> list[str]:
     """One row per teacher: what it wrote and how fast (tokens per second of its generation time)."""
     if not per_teacher:
         return []
-    lines = ["| teacher | candidates | verified | tokens | tokens/s while generating |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {t['candidates']} | {t['verified']} | {t['completion_tokens']} | {t['tokens_per_s']:.1f} |"
-              for name, t in per_teacher.items()]
-    return lines + [""]
+    rows = [[name, t["candidates"], t["verified"], t["completion_tokens"], f"{t['tokens_per_s']:.1f}"]
+            for name, t in per_teacher.items()]
+    return table(["teacher", "candidates", "verified", "tokens", "tokens/s while generating"], rows, right=4) + [""]
 
 
 def plot(report: dict, path: Path) -> None:
