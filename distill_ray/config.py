@@ -34,7 +34,8 @@ class TaskConfig(Section):
     num_train: int = Field(32, ge=1, description="Problems the teachers solve to build the training set.")
     num_eval: int = Field(16, ge=1, description="Held-out problems for evaluation (disjoint from train).")
     difficulty: int = Field(1, ge=1, le=3, description="Puzzle difficulty, 1 (trivial) to 3.")
-    families: list[str] | None = Field(None, description="Puzzle families to use (null: all).")
+    families: list[str] | None = Field(None, description="Puzzle families to use (null: all): ours for source "
+                                       "puzzles, P3's for source p3; other sources have none and ignore it.")
     max_question_chars: int = Field(16_000, ge=1, description="Longer questions in a jsonl source are "
                                     "quarantined instead of prompted.")
 

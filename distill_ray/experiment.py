@@ -164,6 +164,8 @@ def render_table(report: dict) -> str:
     ks = report["k"]
     rows = [[arm, report["trained_rows"].get(arm, 0), *(seeds_cell(s[f"pass@{k}"]) for k in ks)]
             for arm, s in report["arms"].items()]
+    rows += [[arm, 0, *(["nothing to train on: no verified samples"] + ["-"] * (len(ks) - 1))]
+             for arm in report["pools"] if arm not in report["arms"] and arm != "none"]
     rows += [[f"{label} (few-shot)", "-", *(interval(t[f"pass@{k}"]) for k in ks)]
              for label, t in report["teachers"].items()]
     lines = [f"# EKT experiment: {report['name']}", "",

@@ -61,9 +61,12 @@ def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
 
     t = cfg.task
     reserve = 0 if t.source in FIXED_EXEMPLARS else cfg.prompt.pool_size
+    families = t.families if t.source in ("puzzles", "p3") else None
+    if families != t.families:   # e.g. the demo's puzzle families, with --task-source gsm8k
+        log(f"task.families is ignored: task source {t.source!r} has no families")
     quarantine: list[dict] = []
     train, eval_ = load_problems(t.source, num_train=t.num_train + reserve, num_eval=t.num_eval, seed=cfg.seed,
-                                 path=t.path, difficulty=t.difficulty, families=t.families,
+                                 path=t.path, difficulty=t.difficulty, families=families,
                                  max_question_chars=t.max_question_chars, quarantine=quarantine)
     write_quarantine(Path(cfg.output_dir), quarantine)
     if t.source == "gsm8k":

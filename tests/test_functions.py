@@ -93,7 +93,7 @@ def test_the_teacher_is_evaluated_on_humaneval_and_generates_on_mbpp(ray_cluster
     from tests.test_end_to_end import small_config
 
     cfg = small_config(tmp_path / "he", **{"task.source": "humaneval", "task.path": str(shared_data / "humaneval"),
-                                          "task.families": "null", "eval.max_new_tokens": 32})
+                                          "eval.max_new_tokens": 32})
     result = workflow.evaluate(cfg, {"teacher": "smollm2"})["teacher"]
     assert result["problems"] == 3 and result["samples"] == 6
     rows = pq.read_table(tmp_path / "he" / "eval" / "teacher").to_pandas()
@@ -102,7 +102,7 @@ def test_the_teacher_is_evaluated_on_humaneval_and_generates_on_mbpp(ray_cluster
         assert row.program.startswith(row.question) and row.status in ("pass", "fail", "error", "timeout")
 
     cfg = small_config(tmp_path / "mbpp", **{"task.source": "mbpp", "task.path": str(shared_data / "mbpp"),
-                                            "task.families": "null", "task.num_train": 2, "teacher.samples": 2,
+                                            "task.num_train": 2, "teacher.samples": 2,
                                             "teacher.max_new_tokens": 48})
     stats = workflow.generate(cfg)
     rows = pq.read_table(stats["dataset"]).to_pandas()
