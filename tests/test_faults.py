@@ -20,12 +20,20 @@ pytestmark = pytest.mark.slow
 
 def kill_actor_process(stage_class: str) -> int:
     """SIGKILL the Ray Data pool actor running ``stage_class``, found by its process title (as an operator
-    would find it with ``ps``); returns its pid."""
-    victims = [p for p in psutil.process_iter(["pid", "cmdline"]) if is_pool_actor(" ".join(p.info["cmdline"] or []),
-                                                                                    stage_class)]
+    would find it with ``ps``) among this test session's processes (the local cluster's raylet is our child):
+    never another job's actor on the same machine; returns its pid."""
+    ours = psutil.Process().children(recursive=True)
+    victims = [p for p in ours if is_pool_actor(" ".join(_cmdline(p)), stage_class)]
     assert victims, f"no live process runs {stage_class}"
     os.kill(victims[0].pid, signal.SIGKILL)
     return victims[0].pid
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:   # exited meanwhile
+        return []
 
 
 def is_pool_actor(title: str, stage_class: str) -> bool:
