@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.n, args.heavy_n = 100, 8
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.2f}  python {platform.python_version()}")
+    with Verifier(workers=1) as v:   # which fork loop the workers use (C helper or pure Python, see native.py)
+        print(f"verifier fork loop: {v.protections.get('native_fork', 'pure Python')}")
     loops, heavy_s = calibrate_loops()
     rows = []
     for label, n, loops_ in (("trivial", args.n, 0), (f"heavy ({heavy_s * 1000:.0f} ms)", args.heavy_n, loops)):

@@ -16,7 +16,7 @@ enter it; type checks and comparisons run in the trusted worker; `sat` and test 
 process (another uid) where the candidate's patched builtins, trace hooks or lying objects do not exist — test
 code calls candidate functions through stubs that send plain arguments over a pipe and get plain results back.
 
-Processes: Verifier (caller) -> worker (exec'd with an empty environment; one per `workers`) -> a clean forker
+Processes: Verifier (caller) -> worker (exec'd with only LD_BIND_NOW=1; one per `workers`) -> a clean forker
 (forked at worker start-up, before any check, so candidates forked from it find no expected answer or test in
 memory) -> one candidate process per check. p3 and gsm8k checks reach the forker in batches; per batch it forks a
 zygote whose only job is to fork the candidates one at a time (`batch.py`: after a fork every page either side
@@ -25,14 +25,16 @@ writes is copied, so the process that forks must do almost nothing else), while 
 candidate's answer message, wait status, output tail). The worker does the type checks and comparisons. `sat`:
 when the check says `trusted_sat` (a curated sat: P3, our puzzle families) it runs in the worker's persistent
 judge process (`judge.py`: forked by the worker, its own uid, time limit per call, killed and replaced when a call
-runs out), so the check costs one fork; a model-written sat (the default) runs in a fresh judge process forked by
-the forker after the candidate. For asserts the worker forks the judge process (test code is secret from
-candidates) and talks to a candidate spawned by the forker.
+runs out), so the check costs one fork; a model-written sat (the default) runs in a fresh judge process that the
+zygote forks after the candidate (prepared before the zygote was forked, so from memory no candidate code ran
+in) and that gets the answer as plain data over a pipe. Where a C compiler is available, the zygote's fork loop
+and the sandbox entry run as C (`native.py`; pure Python otherwise, same steps). For asserts the worker forks
+the judge process (test code is secret from candidates) and talks to a candidate spawned by the forker.
 
 Per sandboxed process: own process group; fds 0-2 to /dev/null and a capped output pipe, fd 3 its report pipe,
 nothing else; a private cwd (the forker's scratch dir, entered by fd and emptied after every check, or replaced
 by a fresh one if a candidate moved or locked it; removed when the forker exits); RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core
-dumps; no_new_privs; parent-death signal; an empty environment. As root additionally: an unprivileged uid unique
+dumps; no_new_privs; parent-death signal; an empty os.environ. As root additionally: an unprivileged uid unique
 to the worker (so RLIMIT_NPROC applies, other users' files and /proc entries are out of reach, and `kill(-1)`
 under that uid ends every process it started), and per worker, when the kernel permits: an empty network
 namespace, a private IPC namespace, and a mount namespace with private tmpfs on /tmp, /var/tmp and /dev/shm

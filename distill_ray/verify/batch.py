@@ -1,29 +1,50 @@
 """The forker's batched path for p3/gsm8k: a zygote forks the candidates, the forker watches them.
 
-Where the time goes: on this kind of machine a check costs ~2 ms of CPU and most of it is copy-on-write page
-faults (~3 us each here). After a fork, *every* page either process writes is copied once more, so a parent that
-runs a lot of Python between two forks (waiting, decoding the answer, killing, cleaning up, replying) pays ~170
-faults per check on top of the child's own. So the forking is done by a zygote: a process forked from the forker
-once per batch whose loop between forks is a handful of syscalls (fork, report the pid, reap, report the status);
-the forker does all the watching, and since the forker itself no longer forks per check, its pages stay its own.
+Where the time goes (trusted-sat P3 checks, 2 workers, CPU per check summed over all processes, measured with a
+per-process-kind breakdown on this 2-core machine, which another job kept loaded): ~2.05 ms before this layout
+was tuned, ~1.2-1.5 ms now (benchmarks/verify_throughput.py, same run: 1.98 -> 1.30 ms; untrusted sat 3.94 ->
+2.42 ms). Most of it is the kernel's fork/exit and copy-on-write page faults (~2-3 us each): after a fork *every*
+page either process writes is copied once more, and an exiting child unmaps everything. (One thing got dearer:
+an untrusted sat's judge now gets the answer over a pipe, not in forked memory, so a 1.2 MB answer costs ~10%
+more CPU than before; trusted sats with such answers ~13% less.)
+
+| process | before | now |
+|---|---|---|
+| candidate (fork return, sandbox entry, program, answer, exit) | 0.92 ms, 224 faults | 0.69-0.75 ms, ~150 faults |
+| zygote (fork syscall + its loop between forks) | 0.42 ms, 82 faults | 0.22-0.25 ms, ~10 faults (C loop) |
+| forker (watching, killing, cleaning up, replies) | 0.30 ms | 0.25-0.29 ms |
+| persistent judge / worker / Verifier | 0.14 / 0.17 / 0.10 ms | 0.07 / 0.08 / 0.02 ms |
+
+Hence: the forking is done by a zygote, forked from the forker once per batch, whose loop between forks is a
+few syscalls (fork, report the pid, reap, report the status; in C where the helper could be built, native.py,
+else ~50 faults of Python per fork); the forker does all the watching and, no longer forking per check, keeps
+its pages its own. Everything the zygote and the candidates need is made before the zygote is forked: the
+compiled program (`children.precompile`: compile() is the costliest step of a fresh child), the sandbox plan
+(`sandbox.plan`: the child only runs syscalls), warmed-up interpreter caches (`children.warm_up`). Of the ~150
+faults a candidate still takes, ~40 map library code its parent has but a fork does not copy page tables for,
+~50 are the interpreter's own state any Python code touches, the rest the program and its answer. Replies go to
+the worker several per message (Outbox), which passes trusted sats to its judge several per write and verdicts to
+the Verifier several per message: each message wakes a process, which costs more than the message.
 
 Per check, strictly one candidate at a time (the candidate uid's RLIMIT_NPROC and the uid-wide kill rely on it):
 zygote forks -> forker waits for the answer (deadline) -> kills the uid -> "r": zygote reaps, sends the wait
-status -> forker empties the scratch dir and private tmp, runs an untrusted sat's fresh judge -> "n": next.
-Candidates of up to 64 KiB are compiled by the forker before the zygote forks (`children.precompile`): in a
-fresh child, compile() is the costliest step of a trivial check.
+status -> for an untrusted sat, "j": the zygote forks the sat's fresh judge (planned before the zygote was forked,
+so from memory no candidate code ran in), the forker sends it the plain answer, waits, kills the judge uid, "r"
+-> forker empties the scratch dir and private tmp -> "n": next.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import shutil
 import signal
 import struct
 import tempfile
 import time
 
-from distill_ray.verify import children, sandbox
+from distill_ray.verify import children, codec, native, sandbox
 
 _INT = struct.Struct("<i")
 
@@ -47,12 +68,17 @@ class Scratch:
         os.chmod(self.path, 0o700)
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self.ident = os.fstat(self.fd)
+        # On our private tmpfs a dir's st_size counts its entries (see sandbox.wipe_private_tmp): this size
+        # means empty, and reset() need not list it.
+        self.empty_size = self.ident.st_size if self.private_tmp else None
 
     def reset(self) -> bool:
         """Empty it for the next candidate; True if it had to be replaced by a new dir (a new fd)."""
         try:
             st = os.lstat(self.path)
             same = (st.st_ino, st.st_dev, st.st_mode) == (self.ident.st_ino, self.ident.st_dev, self.ident.st_mode)
+            if same and st.st_size == self.empty_size:
+                return False
             names = os.listdir(self.path) if same else None
         except OSError:
             same, names = False, None
@@ -92,11 +118,39 @@ def remove_all(d: str, names) -> None:
                 pass
 
 
+FLUSH_REPLIES = 16    # replies per message to the worker, at most
+FLUSH_S = 0.005       # a reply waits for others at most this long, plus the time of the check after it
+
+
+class Outbox:
+    """Replies go to the worker several per message: each message wakes the worker (and through it the judge and
+    the Verifier) once, which costs more than the reply itself. Slow checks still stream (FLUSH_S)."""
+
+    def __init__(self, send):
+        self.send, self.replies, self.since = send, [], 0.0
+
+    def add(self, reply: dict) -> None:
+        now = time.monotonic()
+        if not self.replies:
+            self.since = now
+        self.replies.append(reply)
+        if len(self.replies) >= FLUSH_REPLIES or now - self.since >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.replies:
+            self.send(self.replies)
+            self.replies = []
+
+
 def run_batch(jobs: list[dict], scratch: Scratch, send) -> None:
-    """Run p3/gsm8k jobs in order; send(reply) for each. A zygote serves until done or scratch is replaced."""
+    """Run p3/gsm8k jobs in order; send(replies) with their replies, in order, a few at a time. A zygote serves
+    until done or until scratch is replaced."""
+    out = Outbox(send)
     i = 0
     while i < len(jobs):
-        i = _with_zygote(jobs, i, scratch, send)
+        i = _with_zygote(jobs, i, scratch, out.add)
+    out.flush()
 
 
 def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
@@ -105,6 +159,12 @@ def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
         if "code" not in job:
             job["code"] = children.precompile(job["program"])   # before the fork: the zygote inherits it
     plans = [(job, *os.pipe(), *os.pipe()) for job in jobs[first:]]   # (job, rep_r, rep_w, out_r, out_w)
+    # All the zygote's loop will need, made here: between forks it then only runs syscalls (see the docstring)
+    runs = [(sandbox.plan(job["limits"], job["uid"], scratch.fd, {children.REPORT_FD: rep_w, 1: out_w, 2: out_w}),
+             functools.partial(children.run_candidate, job["kind"], job["program"], job["code"]), (rep_w, out_w))
+            for job, _, rep_w, _, out_w in plans]   # [plan, body, the fds the zygote closes once it is forked]
+    judges = [_judge_plan(job) if job.get("sat") else None for job in jobs[first:]]
+    helper = _helper_args(runs, judges)
     ctl_r, ctl_w = os.pipe()
     info_r, info_w = os.pipe()
     try:
@@ -112,16 +172,19 @@ def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
     except OSError as e:
         zpid, why = -1, e
     if zpid == 0:
-        _zygote(plans, ctl_r, ctl_w, info_r, info_w, scratch.fd)   # never returns
-    for fd in [ctl_r, info_w] + [fd for p in plans for fd in (p[2], p[4])]:
+        _zygote(plans, runs, judges, helper, ctl_r, ctl_w, info_r, info_w)   # never returns
+    # The zygote's children draw random's stream from where the zygote got it, each one a word further (up to two
+    # forks per job); skip those words here, so the next zygote's children do not repeat them.
+    random.getrandbits(64 * len(runs))
+    for fd in [ctl_r, info_w] + [fd for p in plans for fd in (p[2], p[4])] + [fd for j in judges if j for fd in j[2]]:
         os.close(fd)
     index = first
     try:
-        for job, rep_r, _, out_r, _ in plans:
+        for (job, rep_r, _, out_r, _), judge in zip(plans, judges):
             if zpid < 0:
                 reply, state = {"error": f"forker: {why}", "seconds": 0.0}, "next"
             else:
-                reply, state = _one(job, rep_r, out_r, ctl_w, info_r, scratch)
+                reply, state = _one(job, rep_r, out_r, judge, ctl_w, info_r, scratch)
             if state == "next" and not _tell(ctl_w, b"n"):   # it forks the next candidate while we reply
                 state = "dead"
             send(reply)
@@ -129,12 +192,12 @@ def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
             if state != "next":
                 break   # it died, or holds the old scratch fd: a fresh zygote for the rest
     finally:
-        for job, rep_r, _, out_r, _ in plans:
-            for fd in (rep_r, out_r):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        ours = [fd for _, rep_r, _, out_r, _ in plans for fd in (rep_r, out_r)]
+        for fd in ours + [fd for j in judges if j for fd in j[3]]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         os.close(ctl_w)   # EOF: the zygote exits
         os.close(info_r)
         if zpid > 0:
@@ -145,33 +208,92 @@ def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
     return index
 
 
-def _zygote(plans: list, ctl_r: int, ctl_w: int, info_r: int, info_w: int, cwd_fd: int) -> None:
+def _judge_plan(job: dict) -> list:
+    """An untrusted sat's fresh judge, prepared before the zygote is forked: on the forker's "j" (after the
+    candidate) the zygote forks it, from memory no candidate code ever ran in, and the answer reaches it through
+    a pipe. [plan, body, its pipe ends (request, report, output), ours (the other ends)]."""
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    out_r, out_w = os.pipe()
+    plan = sandbox.plan(job["limits"], job["judge_uid"], sandbox.root_fd(),
+                        {children.REPORT_FD: rep_w, children.REQUEST_FD: req_r, 1: out_w, 2: out_w}, judge=True)
+    body = functools.partial(children.judge_request, job["sat"], children.precompile_sat(job["sat"]))
+    return [plan, body, (req_r, rep_w, out_w), (req_w, rep_r, out_r)]
+
+
+def _helper_args(runs: list, judges: list):
+    """The C helper's arguments for these runs and judges, or None: the Python loop."""
+    if sandbox.NATIVE is None or not sandbox.INHERITED:
+        return None
+    flat = [native.flatten(plan) for plan, *_ in runs]
+    flat_judges = [j and native.flatten(j[0]) for j in judges]
+    if any(f is None for f in flat) or any(j and f is None for j, f in zip(judges, flat_judges)):
+        return None
+    closes = [fd for run in runs for fd in run[2]]
+    judge_closes = [fd for j in judges for fd in (j[2] if j else (-1, -1, -1))]
+    return native.arrays(flat, closes, flat_judges, judge_closes)
+
+
+def _zygote(plans: list, runs: list, judges: list, helper, ctl_r: int, ctl_w: int, info_r: int, info_w: int) -> None:
     """The zygote's loop: as little Python as possible between forks (see the module docstring)."""
     try:
         sandbox.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)   # the forker's death ends us, which ends the candidates
-        os.close(ctl_w)
-        os.close(info_r)
-        for p in plans:
-            os.close(p[1])
-            os.close(p[3])
-        for job, _, rep_w, _, out_w in plans:
-            kind, program, code = job["kind"], job["program"], job["code"]
-            try:
-                pid = sandbox.fork_sandboxed(lambda: children.run_candidate(kind, program, code), job["limits"],
-                                             job["uid"], cwd_fd, {children.REPORT_FD: rep_w, 1: out_w, 2: out_w})
-            except OSError:
-                pid = -1
-            os.close(rep_w)
-            os.close(out_w)
-            os.write(info_w, _INT.pack(pid))
-            if pid > 0:
-                if os.read(ctl_r, 1) != b"r":
+        theirs = [ctl_w, info_r] + [fd for p in plans for fd in (p[1], p[3])]   # the forker's ends
+        for fd in theirs + [fd for j in judges if j for fd in j[3]]:
+            os.close(fd)
+        if helper is not None:
+            _native_loop(runs, judges, helper, ctl_r, info_w)
+            return
+        read = os.read
+        for i in range(len(runs)):
+            if not _serve(runs[i], ctl_r, info_w):
+                break
+            cmd = read(ctl_r, 1)
+            if cmd == b"j" and judges[i] is not None:   # the forker wants sat judged: the fresh judge, then "n"
+                if not _serve(judges[i], ctl_r, info_w):
                     break
-                os.write(info_w, _INT.pack(os.waitpid(pid, 0)[1]))
-            if os.read(ctl_r, 1) != b"n":
+                cmd = read(ctl_r, 1)
+            if cmd != b"n":
                 break
     finally:
         os._exit(0)
+
+
+def _serve(what, ctl_r: int, info_w: int, fork=sandbox.fork_planned, close=os.close, read=os.read, write=os.write,
+           waitpid=os.waitpid, pack=_INT.pack) -> bool:
+    """Fork one planned process (what: a run or a judge: plan, body, fds to close then), report its pid, reap it on
+    "r" and report its wait status; False: stop. (Defaults bind the names: fewer objects touched per fork.)"""
+    try:
+        pid = fork(what[0], what[1])
+    except OSError:
+        pid = -1
+    for fd in what[2]:
+        close(fd)
+    write(info_w, pack(pid))
+    if pid > 0:
+        if read(ctl_r, 1) != b"r":
+            return False
+        write(info_w, pack(waitpid(pid, 0)[1]))
+    return True
+
+
+def _native_loop(runs: list, judges: list, helper, ctl_r: int, info_w: int) -> None:
+    """The same loop in C (native.py); it returns into Python only in a candidate or judge, already sandboxed."""
+    i = sandbox.NATIVE.zygote_loop(len(runs), *helper, ctl_r, info_w)
+    if i >= 0:
+        code = 70
+        try:
+            # what raw_fork's advance of random's state gives process i in the Python loop (its own stream)
+            random.getrandbits(32 * (i + 1))
+            if i < len(runs):
+                runs[i][1]()
+            else:
+                judges[i - len(runs)][1]()
+            code = 0
+        except BaseException:
+            pass
+        finally:
+            os._exit(code)
 
 
 def _tell(fd: int, what: bytes) -> bool:
@@ -186,7 +308,7 @@ def _read_int(fd: int) -> int | None:
     return _INT.unpack(data)[0] if len(data) == _INT.size else None
 
 
-def _one(job: dict, rep_r: int, out_r: int, ctl_w: int, info_r: int, scratch: Scratch) -> tuple[dict, str]:
+def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scratch: Scratch) -> tuple[dict, str]:
     """The forker's side of one check: (reply for the worker, "next" | "replaced" (scratch) | "dead" (zygote))."""
     start = time.monotonic()
     limits, uid = job["limits"], job["uid"]
@@ -194,26 +316,45 @@ def _one(job: dict, rep_r: int, out_r: int, ctl_w: int, info_r: int, scratch: Sc
     if pid is None or pid < 0:
         return ({"error": "forker: could not start the candidate", "seconds": time.monotonic() - start},
                 "dead" if pid is None else "next")
-    sink = sandbox.OutputSink(out_r, limits["max_output_bytes"])
-    try:
-        msg, why = sandbox.wait_message(rep_r, sink, start + limits["timeout_s"], limits["max_answer_bytes"])
-    finally:
-        sandbox.kill_group(pid)
-        sandbox.kill_uid(uid)
-    status = _read_int(info_r) if _tell(ctl_w, b"r") else None
-    reply = {"msg": msg, "why": why, "status": status, "tail": sink.tail()}
-    if job.get("sat") and type(msg) is dict and "ok" in msg and _worth_judging(msg["ok"], job.get("ans_type")):
-        sat, answer = job["sat"], msg["ok"]   # untrusted sat: a fresh judge process (forked here, uncommon)
-        try:
-            jmsg, jwhy = _fresh_judge(lambda: children.judge_sat(sat, answer), limits, job["judge_uid"])
-            reply["judge"] = [jmsg if type(jmsg) is dict else None, jwhy]
-        except OSError as e:
-            reply = {"error": f"forker: {e}"}
+    msg, why, status, tail = _watch(pid, uid, rep_r, out_r, start + limits["timeout_s"], limits, ctl_w, info_r)
+    reply = {"msg": msg, "why": why, "status": status, "tail": tail}
+    if judge is not None and status is not None and type(msg) is dict and "ok" in msg \
+            and _worth_judging(msg["ok"], job.get("ans_type")):
+        reply["judge"], status = _judge(judge, msg["ok"], limits, job["judge_uid"], ctl_w, info_r)
     replaced = scratch.reset()
     if scratch.private_tmp:
         sandbox.wipe_private_tmp(keep=scratch.path)
     reply["seconds"] = time.monotonic() - start
     return reply, "dead" if status is None else "replaced" if replaced else "next"
+
+
+def _watch(pid: int, uid, rep_r: int, out_r: int, deadline: float, limits: dict, ctl_w: int, info_r: int):
+    """Wait for a sandboxed process's message (or the deadline), kill its uid, have the zygote reap it:
+    (message, why, wait status or None if the zygote is gone, output tail)."""
+    sink = sandbox.OutputSink(out_r, limits["max_output_bytes"])
+    try:
+        msg, why = sandbox.wait_message(rep_r, sink, deadline, limits["max_answer_bytes"])
+    finally:
+        sandbox.kill_group(pid)
+        sandbox.kill_uid(uid)
+    status = _read_int(info_r) if _tell(ctl_w, b"r") else None
+    return msg, why, status, sink.tail()
+
+
+def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int) -> tuple[list, int | None]:
+    """An untrusted sat's fresh judge (forked by the zygote, see _judge_plan) on the plain answer:
+    ([report or None, why], the zygote's last wait status, None if it is gone)."""
+    pid = _read_int(info_r) if _tell(ctl_w, b"j") else None
+    if pid is None or pid < 0:
+        return [None, "could not start the judge"], pid
+    start = time.monotonic()
+    req_w, rep_r, out_r = judge[3]
+    try:
+        codec.write_msg(req_w, {"answer": answer})
+    except OSError:
+        pass   # it is gone: wait_message sees EOF
+    msg, why, status, _ = _watch(pid, uid, rep_r, out_r, start + limits["timeout_s"], limits, ctl_w, info_r)
+    return [msg if type(msg) is dict else None, why], status
 
 
 def _worth_judging(plain, typ) -> bool:
@@ -224,32 +365,3 @@ def _worth_judging(plain, typ) -> bool:
         return typ is None or type_ok(from_plain(plain), typ)
     except Exception:
         return True   # let the worker classify it
-
-
-def _fresh_judge(body, limits: dict, uid):
-    """Fork sat's judge in the sandbox (cwd /), wait for its one message or the deadline, kill its uid, reap."""
-    rep_r, rep_w = os.pipe()
-    out_r, out_w = os.pipe()
-    try:
-        pid = sandbox.fork_sandboxed(body, limits, uid, "/", {children.REPORT_FD: rep_w, 1: out_w, 2: out_w},
-                                     judge=True)
-    except BaseException:
-        for fd in (rep_r, out_r):
-            os.close(fd)
-        raise
-    finally:
-        os.close(rep_w)
-        os.close(out_w)
-    sink = sandbox.OutputSink(out_r, limits["max_output_bytes"])
-    try:
-        msg, why = sandbox.wait_message(rep_r, sink, time.monotonic() + limits["timeout_s"], limits["max_answer_bytes"])
-    finally:
-        sandbox.kill_group(pid)
-        sandbox.kill_uid(uid)
-        os.close(rep_r)
-        os.close(out_r)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    return msg, why

@@ -134,12 +134,13 @@ class CheckRunner:
         self.sat_judge = SatJudge(limits, base + 2 if root else None)
 
     def run_many(self, batch: list):
-        """Yield (index, verdict) for [index, check] pairs, not necessarily in order.
+        """Yield lists of (index, verdict) for [index, check] pairs, not necessarily in order.
 
         p3 and gsm8k checks go to the forker as one batch (it runs each candidate, and an untrusted p3 sat's
         fresh judge, start to finish without a round trip to us); we judge the plain results as they stream
-        back, passing well-typed answers of trusted-sat checks on to the persistent judge. Asserts checks,
-        whose judge must talk to the candidate, run one at a time as before.
+        back, passing well-typed answers of trusted-sat checks on to the persistent judge. Verdicts are yielded
+        a few at a time (whatever is ready when the next reply is not), so one message to the Verifier carries
+        several. Asserts checks, whose judge must talk to the candidate, run one at a time as before.
         """
         jobs, rest = [], []
         for index, check in batch:
@@ -151,17 +152,17 @@ class CheckRunner:
             try:
                 prep = self._prepare(check)
             except Invalid as e:
-                yield index, {**verdict("invalid", str(e)), "seconds": time.monotonic() - t0 or 1e-9}
+                yield [(index, {**verdict("invalid", str(e)), "seconds": time.monotonic() - t0 or 1e-9})]
                 continue
             except Exception as e:
-                yield index, {**verdict("error", f"verifier: {type(e).__name__}: {e}"),
-                              "seconds": time.monotonic() - t0 or 1e-9}
+                yield [(index, {**verdict("error", f"verifier: {type(e).__name__}: {e}"),
+                                "seconds": time.monotonic() - t0 or 1e-9})]
                 continue
             jobs.append((index, check, limits, prep))
         if jobs:
             yield from self._run_jobs(jobs)
         for index, check in rest:
-            yield index, self.run(check)
+            yield [(index, self.run(check))]
 
     def _run_jobs(self, jobs: list):
         alive = True
@@ -174,6 +175,7 @@ class CheckRunner:
                                     for _, c, lim, typ in jobs])
         except OSError:
             alive = False
+        ready = []
         for index, check, limits, prep in jobs:
             try:
                 reply = self.forker.next_reply() if alive else {"error": "forker died"}
@@ -191,21 +193,27 @@ class CheckRunner:
                 result = verdict("error", f"verifier: {type(e).__name__}: {e}")
             finally:
                 self.limits = base
-            sandbox.reap_orphans()
             if result is not None:
                 result["seconds"] = seconds
-                yield index, result
-            yield from self._sat_judged(block=False)
-        yield from self._sat_judged(block=True)
+                ready.append((index, result))
+            if alive and self.forker.has_reply():
+                continue   # more replies in hand: judge them first, then hand the judge and the Verifier theirs
+            sandbox.reap_orphans()
+            ready += self._sat_judged(block=False)
+            if ready:
+                yield ready
+                ready = []
+        ready += self._sat_judged(block=True)
+        if ready:
+            yield ready
 
-    def _sat_judged(self, block: bool):
+    def _sat_judged(self, block: bool) -> list:
         """Verdicts of trusted-sat checks whose report came back from the persistent judge."""
         try:
             done = self.sat_judge.collect(block)
-        except Exception as e:   # e.g. the judge cannot be forked: every call in flight is an error
-            done = [(key, None, f"judge: {type(e).__name__}: {e}") for key, *_ in self.sat_judge.in_flight]
-            self.sat_judge.in_flight.clear()
-            self.sat_judge.close()
+        except Exception as e:   # e.g. the judge cannot be forked: every call not answered is an error
+            done = [(key, None, f"judge: {type(e).__name__}: {e}") for key in self.sat_judge.abandon()]
+        out = []
         for (index, answer, limits, seconds, submitted), report, why in done:
             base, self.limits = self.limits, limits
             try:
@@ -213,7 +221,8 @@ class CheckRunner:
             finally:
                 self.limits = base
             result["seconds"] = seconds + (time.monotonic() - submitted)
-            yield index, result
+            out.append((index, result))
+        return out
 
     def _limits_for(self, check: dict) -> dict:
         timeout = check.get("timeout_s")
@@ -368,7 +377,7 @@ class CheckRunner:
         out_r, out_w = out if out else os.pipe()
         fds = {children.REPORT_FD: rep_w, 1: out_w, 2: out_w, **fds}
         try:
-            pid = sandbox.fork_sandboxed(body, self.limits, self.judge_uid, "/", fds, judge=True)
+            pid = sandbox.fork_sandboxed(body, self.limits, self.judge_uid, sandbox.root_fd(), fds, judge=True)
         finally:
             os.close(rep_w)
             os.close(out_w)

@@ -9,10 +9,11 @@ under a different uid, never share a process with candidate code, and see candid
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 import typing
 
-from distill_ray.verify.codec import NotPlainData, from_plain, read_msg, to_plain, write_msg
+from distill_ray.verify.codec import NotPlainData, frame, from_plain, loads_ours, read_msg, to_plain, write_msg
 
 REPORT_FD, REQUEST_FD, RESPONSE_FD = 3, 4, 5
 ENTRY = {"p3": "sol", "gsm8k": "solution"}
@@ -52,7 +53,11 @@ def precompile(program: str):
 
 def run_candidate(kind: str, program: str, code=None) -> None:
     """A for p3/gsm8k: run the program, call sol()/solution(), report {"ok": plain answer} or {"err": [...]}."""
-    sys.set_int_max_str_digits(0)
+    write_msg(REPORT_FD, candidate_report(kind, program, code))
+
+
+def candidate_report(kind: str, program: str, code=None) -> dict:
+    """run_candidate's message. (int_max_str_digits=0 is the worker's interpreter setting, inherited by forks.)"""
     try:
         ns = _fresh_namespace("__candidate__")
         exec(code if code is not None else compile(program, "<candidate>", "exec"), ns)
@@ -66,7 +71,20 @@ def run_candidate(kind: str, program: str, code=None) -> None:
         msg = {"err": ["NotPlainData", str(e)]}
     except BaseException as e:   # SystemExit, KeyboardInterrupt and MemoryError included: all end as no answer
         msg = {"err": _describe(e)}
-    write_msg(REPORT_FD, msg)
+    return msg
+
+
+def warm_up() -> None:
+    """Run the candidate's own code path (on a trusted sample, no candidate code) in the process that forks them.
+
+    Lookups the interpreter caches (the type attribute cache, specialised bytecode) are then already filled in
+    the memory candidates inherit, instead of being written, i.e. copied, in every candidate.
+    """
+    sample = "def sol():\n    return [1, 'a', 2.5, None, True, (1,), {1: [2]}]\nsolution = sol\n"
+    code = compile(sample, "<candidate>", "exec")
+    for _ in range(20):
+        frame(candidate_report("p3", sample, code))
+        frame(candidate_report("gsm8k", sample, code))
 
 
 def _export(name: str, value):
@@ -106,10 +124,29 @@ def serve_candidate(program: str) -> None:
         write_msg(REPORT_FD, reply)
 
 
-def judge_sat(sat: str, answer) -> None:
-    """B for p3: rebuild nothing from the candidate but plain data; report whether sat(answer) is True."""
-    sys.set_int_max_str_digits(0)
-    write_msg(REPORT_FD, sat_report(compile_sat(sat), answer))
+def judge_sat(sat: str, answer, code=None) -> None:
+    """B for p3: rebuild nothing from the candidate but plain data; report whether sat(answer) is True.
+
+    code: sat's code object compiled by the forker (precompile_sat), else compiled here."""
+    write_msg(REPORT_FD, sat_report(code if code is not None else compile_sat(sat), answer))
+
+
+def judge_request(sat: str, code=None) -> None:
+    """B for p3, forked (by the zygote) before the answer exists: read it from the forker, then judge_sat."""
+    req = read_msg(REQUEST_FD, loads=loads_ours)   # written by the forker
+    if type(req) is dict and "answer" in req:
+        judge_sat(sat, req["answer"], code)
+
+
+def precompile_sat(sat: str):
+    """sat's code object (or compile_sat's {"invalid": ...} report), compiled in the forker; None for big sources,
+    which the judge compiles within its own limits (as precompile does for candidates)."""
+    if len(sat) > PRECOMPILE_MAX_CHARS:
+        return None
+    try:
+        return compile_sat(sat)
+    except Exception:   # RecursionError, MemoryError: the judge reports it
+        return None
 
 
 def compile_sat(sat: str):
@@ -149,14 +186,28 @@ def serve_sat(cpu_budget_s: int) -> None:
     import resource
     sys.set_int_max_str_digits(0)
     codes: dict = {}
-    while (req := read_msg(REQUEST_FD)) is not None:
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    for req in _requests(REQUEST_FD):
         used = resource.getrusage(resource.RUSAGE_SELF)
-        soft = int(used.ru_utime + used.ru_stime) + cpu_budget_s + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        resource.setrlimit(resource.RLIMIT_CPU, (int(used.ru_utime + used.ru_stime) + cpu_budget_s + 1, hard))
         if len(codes) > 256:
             codes.clear()
         code = codes.get(req["sat"]) or codes.setdefault(req["sat"], compile_sat(req["sat"]))
-        write_msg(REPORT_FD, sat_report(code, req["answer"]))
+        write_msg(REPORT_FD, sat_report(code, req["answer"]))   # each report at once: the worker times each call
+
+
+def _requests(fd: int):
+    """The persistent judge's requests, framed as codec.frame: several arrive per write, so read them in bulk."""
+    buf = bytearray()
+    while True:
+        while len(buf) >= 4 and len(buf) >= 4 + (n := int.from_bytes(buf[:4], "big")):
+            body = bytes(buf[4:4 + n])
+            del buf[:4 + n]
+            yield loads_ours(body)   # written by the worker
+        data = os.read(fd, 1 << 16)
+        if not data:
+            return
+        buf += data
 
 
 class CandidateGone(BaseException):

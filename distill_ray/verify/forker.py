@@ -6,8 +6,8 @@ forks this process at start-up, before any check arrives, and afterwards sends i
 see: its own program. Pipe ends travel with the request as SCM_RIGHTS file descriptors.
 
 Ops: "spawn"/"reap" (asserts: the worker talks to the candidate and runs the judge) and "batch" (p3, gsm8k: the
-forker runs each candidate start to finish, and an untrusted p3 sat's judge, see batch.py, and streams back one
-reply per job).
+forker runs each candidate start to finish, and an untrusted p3 sat's judge, see batch.py, and streams back the
+replies, a few per message).
 Batching saves the worker <-> forker round trips per check, which cost as much as the fork on a loaded machine.
 The forker parses candidate messages only as JSON and forwards them; it never decides a verdict.
 """
@@ -52,6 +52,7 @@ def _recv(sock: socket.socket):
 
 def serve(sock: socket.socket) -> None:
     """Forker main loop: "spawn" forks a sandboxed candidate, "reap" returns its wait status."""
+    children.warm_up()
     gc.freeze()   # children then leave these objects alone in their collections: fewer copy-on-write faults
     scratch = None   # made on the first batch, which says the candidate uid
     while True:
@@ -79,7 +80,7 @@ def serve(sock: socket.socket) -> None:
         elif req["op"] == "batch":
             if scratch is None and req["jobs"]:
                 scratch = batch.Scratch(req["jobs"][0]["uid"], req["jobs"][0]["private_tmp"])
-            batch.run_batch(req["jobs"], scratch, lambda reply: _send(sock, reply))
+            batch.run_batch(req["jobs"], scratch, lambda replies: _send(sock, replies))
         elif req["op"] == "reap":
             try:
                 _, status = os.waitpid(req["pid"], 0)
@@ -103,6 +104,7 @@ class ForkerClient:
                 os._exit(0)
         theirs.close()
         self.sock, self.pid = mine, pid
+        self.replies: list = []   # replies of the current batch received and not yet taken, in reverse order
 
     def spawn(self, kind: str, program: str, limits: dict, uid: int | None, cwd: str, fds: list[int]) -> int:
         _send(self.sock, {"op": "spawn", "kind": kind, "program": program, "limits": limits, "uid": uid,
@@ -120,13 +122,20 @@ class ForkerClient:
 
     def send_batch(self, jobs: list[dict]) -> None:
         """Start a batch of run_job jobs; read their replies, in order, with next_reply()."""
+        self.replies = []
         _send(self.sock, {"op": "batch", "jobs": jobs})
 
     def next_reply(self) -> dict:
-        reply, _ = _recv(self.sock)
-        if type(reply) is not dict:
-            raise OSError("forker died")
-        return reply
+        if not self.replies:
+            replies, _ = _recv(self.sock)   # the forker sends them a few at a time (batch.Outbox)
+            if type(replies) is not list or not replies or not all(type(r) is dict for r in replies):
+                raise OSError("forker died")
+            self.replies = replies[::-1]
+        return self.replies.pop()
+
+    def has_reply(self) -> bool:
+        """Is a reply already here (next_reply() will not wait)?"""
+        return bool(self.replies)
 
     def reap(self, pid: int) -> int | None:
         _send(self.sock, {"op": "reap", "pid": pid})

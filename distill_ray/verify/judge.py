@@ -11,8 +11,9 @@ need not run in a fresh process per check; the candidate's answer still is. The 
 - gets a wall-clock limit per call (and a CPU limit it re-arms itself per call); when a call runs out, or the
   process dies or answers garbage, it is SIGKILLed and a fresh one serves the next call.
 
-Requests are pipelined: the worker submits answers as the forker streams them back and collects the reports
-later, so one pipe round trip does not wait for the next candidate.
+Requests are pipelined and batched: the worker queues answers as the forker streams them back, sends what is
+queued in one write (flush) and collects the reports later, so the judge wakes up once for several calls and
+one pipe round trip does not wait for the next candidate.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from distill_ray.verify.codec import FrameBuffer, frame
 CPU_UNLIMITED = 1 << 30   # the judge's hard RLIMIT_CPU; it sets its soft limit per call (see children.serve_sat)
 MAX_CALLS = 20_000        # recycle the process now and then: no state grows without bound, whatever sat does
 MAX_IN_FLIGHT = 32        # bounded pipelining: replies (<= ~300 bytes) never fill the 64 KiB reply pipe
-PIPELINE_BYTES = 16 << 10  # larger requests wait until the judge is idle (see submit)
+PIPE_BUDGET = 32 << 10    # request bytes sent and unanswered, at most (the pipe holds 64 KiB; see flush)
 
 
 class SatJudge:
@@ -37,34 +38,59 @@ class SatJudge:
         self.limits, self.uid = limits, uid
         self.pid: int | None = None
         self.calls = 0
-        self.in_flight: list[list] = []   # [key, request frame, timeout_s, started_at or None]
+        self.unsent: list[list] = []      # queued by submit, sent by flush: [key, request frame, timeout_s, None]
+        self.in_flight: list[list] = []   # sent, unanswered: [key, request frame, timeout_s, started_at or None]
         self.done: list[tuple] = []       # (key, report | None, why)
 
     # -- public
 
     def submit(self, key, sat: str, plain_answer, timeout_s: float) -> None:
-        """Queue sat(answer); its (key, report, why) comes back from collect()."""
-        data = frame({"sat": sat, "answer": plain_answer})
-        # A big request is only written to an idle judge: a blocking write must never wait on a sat that loops.
-        while self.in_flight and (len(self.in_flight) >= MAX_IN_FLIGHT or len(data) > PIPELINE_BYTES):
-            self._wait_one()
-        item = [key, data, float(timeout_s), None]
-        self.in_flight.append(item)
-        try:
-            if self.pid is None or self.calls >= MAX_CALLS or not self._send(item):
-                self._restart()      # (re)sends everything in flight, this item included
-        except BaseException:
-            self.in_flight.remove(item)   # the caller reports this one; collect() the others
-            raise
-        self._read_ready()
+        """Queue sat(answer); flush() sends it, its (key, report, why) comes back from collect()."""
+        self.unsent.append([key, frame({"sat": sat, "answer": plain_answer}), float(timeout_s), None])
+
+    def flush(self) -> None:
+        """Send the queued calls, as many per write as fit.
+
+        A blocking write must never wait on a sat that loops (nothing would stop it), so the bytes sent and not yet
+        answered stay within PIPE_BUDGET (a bigger call is only sent to an idle judge, which reads it all).
+        """
+        while self.unsent:
+            n = self._fits()
+            if n == 0:
+                self._wait_one()      # a report (or a timeout) makes room
+                continue
+            items, self.unsent = self.unsent[:n], self.unsent[n:]
+            self.in_flight += items
+            if self.pid is None or self.calls >= MAX_CALLS or not self._send(items):
+                self._restart()       # (re)sends everything in flight, these items included
+            self._read_ready()
+
+    def _fits(self) -> int:
+        used = sum(len(item[1]) for item in self.in_flight)
+        n = 0
+        for item in self.unsent:
+            busy = self.in_flight or n   # an idle judge takes any one call
+            if len(self.in_flight) + n >= MAX_IN_FLIGHT or (busy and used + len(item[1]) > PIPE_BUDGET):
+                break
+            used += len(item[1])
+            n += 1
+        return n
 
     def collect(self, block: bool) -> list[tuple]:
-        """Reports that are in; with block, wait until every submitted call has one."""
+        """Reports that are in (queued calls are sent first); with block, wait until every call has one."""
+        self.flush()
         self._read_ready()
         while block and self.in_flight:
             self._wait_one()
         out, self.done = self.done, []
         return out
+
+    def abandon(self) -> list:
+        """Give up every call not yet answered (the judge cannot be run): their keys."""
+        keys = [item[0] for item in self.in_flight + self.unsent]
+        self.in_flight, self.unsent = [], []
+        self.close()
+        return keys
 
     def close(self) -> None:
         self._kill()
@@ -79,7 +105,7 @@ class SatJudge:
         limits = {**self.limits, "cpu_limit": CPU_UNLIMITED}
         budget = int(self.limits["cpu_limit"])
         try:
-            self.pid = sandbox.fork_sandboxed(lambda: children.serve_sat(budget), limits, self.uid, "/",
+            self.pid = sandbox.fork_sandboxed(lambda: children.serve_sat(budget), limits, self.uid, sandbox.root_fd(),
                                               {children.REPORT_FD: rep_w, children.REQUEST_FD: req_r,
                                                1: null, 2: null}, judge=True)
         except BaseException:
@@ -95,8 +121,7 @@ class SatJudge:
         self.calls = 0
         for item in self.in_flight:    # calls the dead judge never answered go to the fresh one
             item[3] = None
-            if not self._send(item):
-                break                  # it died at once: noticed (EOF) by _wait_one
+        self._send(self.in_flight)     # if it died at once: noticed (EOF) by _wait_one
 
     def _kill(self) -> None:
         if self.pid is None:
@@ -111,14 +136,14 @@ class SatJudge:
         os.close(self.rep)
         self.pid = None
 
-    def _send(self, item: list) -> bool:
+    def _send(self, items: list) -> bool:
         try:
-            view = memoryview(item[1])
+            view = memoryview(b"".join(item[1] for item in items))
             while view:
                 view = view[os.write(self.req, view):]
         except OSError:                # BrokenPipeError: the judge is gone
             return False
-        self.calls += 1
+        self.calls += len(items)
         return True
 
     # -- replies

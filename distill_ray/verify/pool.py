@@ -1,7 +1,7 @@
 """The Verifier: the caller-side handle on a pool of pre-started worker processes.
 
-Each worker is a separate interpreter exec'd with an empty environment; its forker forks one sandboxed process per
-candidate (plus one per judge), which costs a fork of a small process instead of a fresh interpreter.
+Each worker is a separate interpreter exec'd with a fixed environment (WORKER_ENV); its forker forks one sandboxed
+process per candidate (plus one per judge), which costs a fork of a small process instead of a fresh interpreter.
 Checks are dispatched in small chunks to whichever worker is free; a worker that dies or stops answering is
 killed and replaced, and its unfinished checks are retried once on another worker (then get status "error").
 """
@@ -24,6 +24,21 @@ from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits
 _ROOT = str(Path(__file__).resolve().parents[2])
 _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from distill_ray.verify.worker import main; main()"
 _HEADER = struct.Struct(">I")
+# The worker's whole environment. LD_BIND_NOW: the dynamic linker resolves every symbol at start-up, instead of
+# each forked candidate resolving (and writing, i.e. copying, the pages of) the ones it is the first to call.
+WORKER_ENV = {"LD_BIND_NOW": "1"}
+CHUNK = 32   # checks per message to a worker, at most (64 measured no better)
+
+
+_NATIVE: list = []
+
+
+def _native_path() -> str | None:
+    """The C fork-loop helper for workers (built once per process; None: they use the Python loop)."""
+    if not _NATIVE:
+        from distill_ray.verify import native
+        _NATIVE.append(native.build())
+    return _NATIVE[0]
 
 
 def _frame(obj) -> bytes:
@@ -33,14 +48,14 @@ def _frame(obj) -> bytes:
 
 class _Worker:
     def __init__(self, limits: dict):
-        # -I: ignore PYTHON* variables, user site and cwd; env={}: nothing of ours reaches /proc/<pid>/environ.
+        # -I: ignore PYTHON* variables, user site and cwd; env: nothing of ours reaches /proc/<pid>/environ.
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-X", "int_max_str_digits=0", "-c", _BOOT, _ROOT],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={}, close_fds=True, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=WORKER_ENV, close_fds=True, start_new_session=True)
         self.buf = bytearray()
         self.pending: list[int] = []       # indices of checks sent and not yet answered
         self.last_progress = time.monotonic()
-        self.send({"limits": limits})
+        self.send({"limits": limits, "native": _native_path()})
         hello = self.read_blocking()
         self.protections = hello["hello"]
 
@@ -56,7 +71,7 @@ class _Worker:
 
     def feed(self) -> list | None:
         """Read available bytes; return complete messages, or None at EOF."""
-        data = os.read(self.proc.stdout.fileno(), 1 << 20)
+        data = os.read(self.proc.stdout.fileno(), 1 << 16)   # (below malloc's mmap threshold)
         if not data:
             return None
         self.buf += data
@@ -147,8 +162,8 @@ class Verifier:
     def _dispatch(self, w: _Worker, checks, queue: list[int]) -> None:
         if w.proc.poll() is not None:   # died between batches: replace it before handing it work
             w = self._replace(w, self._sel, [], "")
-        # up to 32 per chunk: per-chunk costs (a zygote fork in the forker, messages) are spread thin
-        size = max(1, min(32, math.ceil(len(queue) / (4 * len(self._workers)))))
+        # up to CHUNK per chunk: per-chunk costs (a zygote fork in the forker, messages) are spread thin
+        size = max(1, min(CHUNK, math.ceil(len(queue) / (4 * len(self._workers)))))
         chunk = [queue.pop() for _ in range(min(size, len(queue)))]
         w.pending = chunk
         w.last_progress = time.monotonic()
@@ -162,9 +177,10 @@ class Verifier:
         if msgs is None:
             self._replace(w, sel, results, "verifier worker died")
             return
-        for index, v in msgs:
-            results[index] = Verdict(v["passed"], v["status"], v["answer"], v["detail"], v["seconds"])
-            w.pending.remove(index)
+        for ready in msgs:   # each message: the verdicts the worker had ready, [[index, verdict], ...]
+            for index, v in ready:
+                results[index] = Verdict(v["passed"], v["status"], v["answer"], v["detail"], v["seconds"])
+                w.pending.remove(index)
             w.last_progress = time.monotonic()
 
     def _replace(self, w: _Worker, sel, results, why: str) -> _Worker:

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 
+from distill_ray.verify import native
 from distill_ray.verify.codec import FrameBuffer
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -45,7 +46,7 @@ _prctl = _libc.prctl
 def setup_worker_isolation(limits) -> dict:
     """Enter private namespaces where permitted; return {protection: "on ..." | "off: reason"}."""
     prot = {"process_group": "on", "rlimits": "on (cpu, address space, file size, open files, core)",
-            "fresh_env": "on (worker exec'd with an empty environment)", "subreaper": "on"}
+            "fresh_env": "on (worker exec'd with only LD_BIND_NOW=1)", "subreaper": "on"}
     try:
         prctl(PR_SET_CHILD_SUBREAPER, 1)     # orphans of candidates come back to us to be reaped
     except OSError as e:
@@ -135,19 +136,32 @@ def _expose_python() -> str:
     return "; " + ", ".join(hidden) + " hidden except the Python install"
 
 
+_CLEAN_SIZE: dict = {}   # private tmp dir -> its st_size when wipe_private_tmp last found it clean
+
+
 def wipe_private_tmp(keep: str = "") -> None:
     """Empty the worker's private tmpfs dirs between checks (all but `keep`, the forker's own scratch dir, which
-    it empties itself), so nothing carries over to the next candidate."""
+    it empties itself), so nothing carries over to the next candidate.
+
+    On tmpfs (which these dirs are: private_tmp is on only when all were mounted) a dir's st_size counts its
+    entries, 20 bytes each, whatever their names or kinds. A dir whose size is the one it had when last found
+    clean therefore holds as many entries as then: none, or only `keep`, which the caller has just checked is
+    still there (batch: Scratch.reset, before this). So one lstat per dir instead of listing it.
+    """
     import shutil
     for d in PRIVATE_TMP_DIRS:
         try:
+            size = os.lstat(d).st_size
+            if _CLEAN_SIZE.get(d) == size:
+                continue
             names = os.listdir(d)
         except OSError:
             continue
-        for name in names:
+        dirty = [name for name in names if os.path.join(d, name) != keep]
+        if not dirty:
+            _CLEAN_SIZE[d] = size
+        for name in dirty:
             path = os.path.join(d, name)
-            if path == keep:
-                continue
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -163,16 +177,16 @@ def drop_for_children() -> None:
     Each step a child does not have to repeat saves its copy-on-write page faults (see fork_sandboxed).
     The worker never execs anything and needs no supplementary groups (it is root or the caller's user).
     """
-    global _INHERITED
+    global INHERITED
     prctl(PR_SET_NO_NEW_PRIVS, 1)          # exec of a setuid binary gains nothing; survives fork, never unset
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if os.geteuid() == 0:
         os.setgroups([])
     _devnull()
-    _INHERITED = True
+    INHERITED = True
 
 
-_INHERITED = False
+INHERITED = False   # drop_for_children ran: every fork from here on has its settings already
 _PLANS: dict = {}
 _DEVNULL: list = []
 
@@ -182,6 +196,25 @@ def _devnull() -> int:
     if not _DEVNULL:
         _DEVNULL.append(os.open(os.devnull, os.O_RDONLY))
     return _DEVNULL[0]
+
+
+_ROOT: list = []
+
+
+def root_fd() -> int:
+    """An fd on "/" (opened once per process, numbered above any child's fds so they never inherit it): the cwd of
+    judges, as an fd because the C sandbox entry (native.py) takes fds only."""
+    if not _ROOT:
+        import fcntl
+        fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD, 64)
+            os.close(fd)
+            fd = high
+        except OSError:   # an RLIMIT_NOFILE of 64 or less: keep it where it is
+            pass
+        _ROOT.append(fd)
+    return _ROOT[0]
 
 
 def _rlimits(limits: dict, top: int) -> tuple:
@@ -199,38 +232,60 @@ def _rlimits(limits: dict, top: int) -> tuple:
     return plan
 
 
-def enter_sandbox(limits: dict, uid: int | None, cwd: str | int, fds: dict[int, int], judge: bool = False) -> None:
-    """In a freshly forked child: new process group, only the given fds, rlimits, unprivileged uid.
+def plan(limits: dict, uid: int | None, cwd: str | int, fds: dict[int, int], judge: bool = False) -> tuple:
+    """What enter() does in a child, worked out in the parent before the fork.
 
-    fds maps the fd number the child will see to an fd inherited from the parent (0 is /dev/null if absent).
-    cwd is a path, or an open directory fd (the forker's scratch dir, checked by inode: no path games).
+    In a freshly forked child every page it writes is copied (~3 us each), and Python work writes pages (reference
+    counts, allocations); so the child is left with the syscalls only. fds maps the fd number the child will see
+    to an fd inherited from the parent (0 is /dev/null if absent). cwd is a path, or an open directory fd (the
+    forker's scratch dir, checked by inode: no path games).
     """
+    if 0 not in fds:
+        fds = {**fds, 0: _devnull()}
+    order = _dup_order(fds)
+    simple = order is not None              # the usual case: dup2 in this order, no juggling
+    top = max(fds) + 1
+    rlimits = tuple(rv for rv in _rlimits(limits, top) if rv[0] != resource.RLIMIT_CORE or not INHERITED)
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]   # the child inherits this soft limit
+    p = (cwd, tuple(order if simple else fds.items()), simple, top, fd_limit, rlimits, uid, judge)
+    flat = native.flatten(p) if NATIVE is not None and INHERITED else None
+    return p + (None if flat is None else native.plan_array(flat),)   # for the C entry, built here (see fork_planned)
+
+
+def _dup_order(fds: dict[int, int]) -> list | None:
+    """(target, source) pairs in an order where no dup2 overwrites a source still to be read (e.g. /dev/null on
+    fd 3 goes to 0 before the report pipe goes to 3); None when there is none (a cycle: dup first)."""
+    left, order = dict(fds), []
+    while left:
+        free = [t for t in left if not any(src == t and other != t for other, src in left.items())]
+        if not free:
+            return None
+        for t in free:
+            order.append((t, left.pop(t)))
+    return order
+
+
+def enter(p: tuple) -> None:
+    """In a freshly forked child: new process group, only the planned fds, rlimits, unprivileged uid."""
+    cwd, fds, simple, top, fd_limit, rlimits, uid, judge, _ = p
     os.setpgid(0, 0)
     if type(cwd) is int:
         os.fchdir(cwd)                     # before the dup2s below, which may reuse its number
     else:
         os.chdir(cwd)
-    if 0 not in fds:
-        fds = {**fds, 0: _devnull()}
-    if min(fds.values()) > max(fds):   # the usual case: no source is also a target, so no juggling
-        for target, src in fds.items():
-            os.dup2(src, target)
-    else:
-        high = {target: os.dup(src) for target, src in fds.items()}   # dup first: sources collide with targets
-        for target, src in high.items():
-            os.dup2(src, target)
-        fds = high
-    top = max(fds) + 1
-    os.closerange(top, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    for res, val in _rlimits(limits, top):
-        if res != resource.RLIMIT_CORE or not _INHERITED:
-            resource.setrlimit(res, val)
+    if not simple:
+        fds = [(target, os.dup(src)) for target, src in fds]   # dup first: sources collide with targets
+    for target, src in fds:
+        os.dup2(src, target)
+    os.closerange(top, fd_limit)           # close_range(2) where the kernel has it: one syscall
+    for res, val in rlimits:
+        resource.setrlimit(res, val)
     if uid is not None:
-        if not _INHERITED:
+        if not INHERITED:
             os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    if not _INHERITED:
+    if not INHERITED:
         prctl(PR_SET_NO_NEW_PRIVS, 1)      # exec of a setuid binary gains nothing
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # set after setuid, which clears it
     if judge:
@@ -259,11 +314,27 @@ def raw_fork() -> int:
 def fork_sandboxed(body, limits: dict, uid: int | None, cwd: str | int, fds: dict[int, int],
                    judge: bool = False) -> int:
     """Fork a child that enters the sandbox and runs body(); the child never returns into the caller."""
-    pid = raw_fork()
+    return fork_planned(plan(limits, uid, cwd, fds, judge), body)
+
+
+NATIVE = None   # native.Helper where the worker could load the C helper (see native.py), else None
+
+
+def fork_planned(p: tuple, body) -> int:
+    """fork_sandboxed with the sandbox planned beforehand (see plan(): the zygote plans before it is forked)."""
+    c_plan = p[-1]
+    if c_plan is not None:   # fork and enter in C: the child returns into Python already sandboxed
+        random.getrandbits(32)   # as raw_fork does
+        pid = NATIVE.fork_enter(c_plan)
+        if pid < 0:
+            raise OSError(ctypes.get_errno(), "fork failed")
+    else:
+        pid = raw_fork()
     if pid == 0:
         code = 70
         try:
-            enter_sandbox(limits, uid, cwd, fds, judge)
+            if c_plan is None:
+                enter(p)
             body()
             code = 0
         except BaseException:
@@ -338,9 +409,8 @@ def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: i
 
     Returns (message, why): message is None with why "timeout", "eof" or "too large: ..." when none arrived.
     """
-    os.set_blocking(fd, False)
-    if sink is not None:
-        os.set_blocking(sink.fd, False)
+    # Both fds stay blocking (two syscalls fewer per check): they are read only when select says they are readable,
+    # and nobody else holds their read ends, so a read never waits.
     reader = FrameBuffer(max_bytes)
     watch = [fd] + ([sink.fd] if sink is not None else [])
     while True:
@@ -352,7 +422,7 @@ def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: i
             watch.remove(sink.fd)
         if fd in ready:
             try:
-                data = os.read(fd, 1 << 20)
+                data = os.read(fd, 1 << 16)   # (a 1 MiB read costs an mmap, mremap and munmap per call)
             except BlockingIOError:
                 continue
             if not data:

@@ -1,4 +1,4 @@
-"""A verifier worker process: started by the Verifier with an empty environment, serves checks over stdin/stdout.
+"""A verifier worker process: started by the Verifier with only LD_BIND_NOW=1, serves checks over stdin/stdout.
 
 Start-up order matters: namespaces first (inherited by everything forked later), then the clean forker (before
 any check, so its memory never holds one), then the hello with the active protections.
@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from distill_ray.verify import sandbox
+from distill_ray.verify import native, sandbox
 from distill_ray.verify.checks import CheckRunner
 from distill_ray.verify.codec import read_msg, write_msg
 from distill_ray.verify.forker import ForkerClient
@@ -22,17 +22,20 @@ import collections, functools, heapq, itertools, math, random, re, string, typin
 def main() -> None:
     sys.set_int_max_str_digits(0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # inherited by every sandboxed child (SIGPIPE stays ignored)
-    os.environ.clear()                             # exec'd with env={}; drop what Python itself added
+    os.environ.clear()                             # candidates see an empty os.environ
     sandbox.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)   # die with the Verifier
     setup = read_msg(0)
     limits = setup["limits"]
+    sandbox.NATIVE = native.load(setup.get("native"))   # before the mount namespace may hide its path
     protections = sandbox.setup_worker_isolation(limits)
+    protections["native_fork"] = ("on (C fork loop and sandbox entry)" if sandbox.NATIVE
+                                  else "off: pure-Python fork loop and sandbox entry")
     forker = ForkerClient()
     runner = CheckRunner(limits, forker, protections)
     write_msg(1, {"hello": protections, "pid": os.getpid()})
-    while (batch := read_msg(0)) is not None:
-        for index, result in runner.run_many(batch):
-            write_msg(1, [index, result])
+    while (chunk := read_msg(0)) is not None:
+        for ready in runner.run_many(chunk):   # lists of (index, verdict): one message for several
+            write_msg(1, ready)
         if not forker.alive():
             os._exit(3)   # the Verifier sees EOF and starts a fresh worker (with a fresh forker)
 
