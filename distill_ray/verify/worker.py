@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 from distill_ray.verify import native, sandbox
 from distill_ray.verify.checks import CheckRunner
@@ -21,6 +22,8 @@ import collections, functools, heapq, itertools, math, random, re, string, typin
 
 def main() -> None:
     sys.set_int_max_str_digits(0)
+    # The forker and judges compile untrusted sources: their SyntaxWarnings must not reach the host's stderr.
+    warnings.simplefilter("ignore")
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # inherited by every sandboxed child (SIGPIPE stays ignored)
     os.environ.clear()                             # candidates see an empty os.environ
     sandbox.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)   # die with the Verifier
