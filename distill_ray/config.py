@@ -66,6 +66,10 @@ class TeacherConfig(SamplingConfig):
         "chat", description="chat: the model's chat template (instruct models); plain: few-shot text without "
         "a template (base models).")
     weight: float = Field(1.0, gt=0, description="This teacher's weight in the cross-teacher soft label.")
+    top_k_logprobs: int = Field(0, ge=0, le=20, description="Store the k most likely tokens' logprobs per "
+                                "generated token (`logprobs` column); the kd/swing objectives then read them "
+                                "for rows of a teacher that shares the student's vocabulary instead of running "
+                                "the teacher in the trainer (0: not stored).")
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
     actors: int = Field(1, ge=1, description="Engine replicas (Ray actors) in the teacher pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per teacher actor.")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 
@@ -26,11 +25,11 @@ from distill_ray.prompts import (Exemplar, build_messages, choose_exemplars, def
                                  response_prefix)
 from distill_ray.stages import ActorStage, BatchStage, GroupStage, Stage, check_flow
 from distill_ray.teachers import SamplingSettings, make_engine
+from distill_ray.teachers.provenance import CANDIDATE_COLUMNS, candidate_columns
 from distill_ray.vote import VOTE_COLUMNS, VOTE_READS, vote_group
 
 CHECK_COLUMNS = ("kind", "sat", "ans_type", "expected", "tests", "entry_point")
-TEACHER_COLUMNS = ("teacher", "prompt", "sample_index", "completion", "finished", "prompt_tokens",
-                   "completion_tokens", "gen_seconds", "gen_error")
+TEACHER_COLUMNS = ("teacher", *CANDIDATE_COLUMNS)
 VERDICT_COLUMNS = ("passed", "status", "answer", "detail", "verify_seconds")
 
 
@@ -71,23 +70,11 @@ class TeacherActor:
         # Seed per batch from its content: reruns are reproducible and batches differ from each other.
         seed = self.sampling.seed + zlib.crc32("".join(batch["task_id"]).encode())
         sampling = SamplingSettings(**{**asdict(self.sampling), "seed": seed})
-        start = time.perf_counter()
         generations = self.engine.generate(prompts, sampling)
-        # The engine's own timing of the call where it reports one (BatchStats), else ours around it.
-        stats = getattr(generations, "stats", None)
-        elapsed = stats.seconds if stats is not None else time.perf_counter() - start
-        n = sampling.n
-        rows = batch.loc[batch.index.repeat(n)].reset_index(drop=True)
-        flat = [g for per_prompt in generations for g in per_prompt]
+        rows = batch.loc[batch.index.repeat(sampling.n)].reset_index(drop=True)
         rows["teacher"] = self.name
-        rows["prompt"] = [p for p in prompts for _ in range(n)]
-        rows["sample_index"] = [i for _ in prompts for i in range(n)]
-        rows["completion"] = [g.text for g in flat]
-        rows["finished"] = [g.finished for g in flat]
-        rows["prompt_tokens"] = [g.prompt_tokens for g in flat]
-        rows["completion_tokens"] = [g.completion_tokens for g in flat]
-        rows["gen_seconds"] = elapsed / max(len(flat), 1)  # summed per teacher: its generation time
-        rows["gen_error"] = [getattr(g, "error", None) for g in flat]  # a request that failed after retries
+        for column, values in candidate_columns(prompts, generations, sampling, self.engine.provenance()).items():
+            rows[column] = values
         return rows
 
 
@@ -158,7 +145,8 @@ COLUMN_TYPES = {
     **{c: pa.string() for c in ("task_id", "split", "source", "family", "kind", "question", "sat", "ans_type",
                                 "tests", "entry_point", "reference", "messages", "response_prefix", "teacher",
                                 "prompt", "completion", "program", "status", "answer", "detail", "vote_answer",
-                                "gen_error", "label_type", "label_distribution", "teacher_counts")},
+                                "gen_error", "label_type", "label_distribution", "teacher_counts", "logprobs",
+                                "engine", "engine_model", "engine_version", "sampling")},
     **{c: pa.int64() for c in ("difficulty", "sample_index", "prompt_tokens", "completion_tokens")},
     **{c: pa.float64() for c in ("expected", "gen_seconds", "verify_seconds", "vote_share", "answer_share",
                                  "label_weight")},

@@ -93,10 +93,11 @@ def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
 
 def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, name: str | None = None,
                  model: str | None = None, samples: int | None = None, temperature: float | None = None,
-                 max_new_tokens: int | None = None) -> TeacherSpec:
+                 max_new_tokens: int | None = None, top_k_logprobs: int = 0) -> TeacherSpec:
     sampling = SamplingSettings(n=samples or cfg.samples, temperature=cfg.temperature if temperature is None
                                 else temperature, top_p=cfg.top_p,
-                                max_new_tokens=max_new_tokens or cfg.max_new_tokens, seed=seed)
+                                max_new_tokens=max_new_tokens or cfg.max_new_tokens, seed=seed,
+                                top_k_logprobs=top_k_logprobs)
     options = dict(cfg.engine_options)
     if cfg.torch_threads and cfg.engine == "hf":
         options["torch_threads"] = cfg.torch_threads
@@ -109,7 +110,8 @@ def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, n
 
 def teacher_specs(cfg: RunConfig, seed: int) -> list[TeacherSpec]:
     """One spec per teacher of the job (``teachers``, or the single ``teacher``)."""
-    return [teacher_spec(t, cfg.prompt.num_shots, cfg.prompt.exemplars, seed) for t in cfg.teacher_list()]
+    return [teacher_spec(t, cfg.prompt.num_shots, cfg.prompt.exemplars, seed, top_k_logprobs=t.top_k_logprobs)
+            for t in cfg.teacher_list()]
 
 
 def verify_spec(cfg: RunConfig) -> VerifySpec:
@@ -229,8 +231,12 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
-    """Training view of kept candidates: the zero-shot prompt the student will see, and what it must write."""
+def student_rows(batch: pd.DataFrame, tokenizer_dir: str, same_vocab: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Training view of kept candidates: the zero-shot prompt the student will see, and what it must write.
+    Rows of the teachers in ``same_vocab`` (the student's own vocabulary) that stored logprobs get
+    ``teacher_topk`` for the target's tokens, where they line up (see ``aligned_topk``)."""
+    from distill_ray.train.data import aligned_topk
+
     tokenizer = _tokenizer(tokenizer_dir)
     prompts, targets = [], []
     for kind, question, program in zip(batch["kind"], batch["question"], batch["program"]):
@@ -239,9 +245,14 @@ def student_rows(batch: pd.DataFrame, tokenizer_dir: str) -> pd.DataFrame:
         prompts.append(render(tokenizer, messages, prefix))
         targets.append(program[len(prefix):] if program.startswith(prefix) else program)
     rows = pd.DataFrame({"task_id": batch["task_id"], "prompt_text": prompts, "target_text": targets})
-    for column in ("label_weight", "teacher_topk"):  # soft labels / stored top-k, when the stages provide them
-        if column in batch:
-            rows[column] = batch[column].values
+    if "label_weight" in batch:   # soft labels
+        rows["label_weight"] = batch["label_weight"].values
+    if "teacher_topk" in batch:   # a dataset that brings its own top-k
+        rows["teacher_topk"] = batch["teacher_topk"].values
+    elif "logprobs" in batch and batch["logprobs"].notna().any():
+        rows["teacher_topk"] = [aligned_topk(tokenizer, completion, target, lp) if teacher in same_vocab else None
+                                for teacher, completion, target, lp in
+                                zip(batch["teacher"], batch["completion"], targets, batch["logprobs"])]
     return rows
 
 
@@ -258,7 +269,10 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     teacher_dir = resolve_model(cfg.teacher.model)
     init_dir = build_student(teacher_dir, out / "student_init", num_layers=cfg.train.student_layers)
     kept = ray.data.read_parquet(dataset_dir).filter(expr=col("keep") == True)  # noqa: E712 (an expression)
-    data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir)}, batch_format="pandas")
+    # Stored top-k ids are the teacher's vocabulary: only teachers of the student's own model can lend them.
+    same_vocab = tuple(t.name for t in cfg.teacher_list() if t.model == cfg.teacher.model)
+    data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir), "same_vocab": same_vocab},
+                            batch_format="pandas")
     t = cfg.train
     settings = TrainSettings(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
                              zero_stage=t.zero_stage, epochs=t.epochs, batch_size=t.batch_size,

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 DATASET_COLUMNS = {"task_id", "teacher", "sample_index", "prompt", "completion", "program", "kind", "sat",
                    "ans_type", "expected", "tests", "entry_point", "passed", "status", "answer", "keep",
                    "vote_answer", "answer_share", "agreement", "gen_seconds", "verify_seconds", "label_type",
-                   "label_distribution", "teacher_counts", "label_weight"}
+                   "label_distribution", "teacher_counts", "label_weight", "engine", "engine_model",
+                   "engine_version", "sampling", "logprobs", "gen_error"}
 
 
 def small_config(output_dir, **extra):

@@ -36,7 +36,8 @@ def test_teacher_actor_samples_n_candidates_per_prompt_with_the_real_model():
                                           "def sat(s: str) -> bool:\n    return s == 'ab' * 2"]})
     shots = [Exemplar("def sat(x: int) -> bool:\n    return x - 1 == 4", "def sol():\n    return 4 + 1")]
     batch = build_prompts(problems, shots, num_shots=1, strategy="fixed", seed=0)
-    actor = TeacherActor("smollm2", "hf", "smollm2", {"n": 3, "max_new_tokens": 8, "temperature": 0.8})
+    actor = TeacherActor("smollm2", "hf", "smollm2", {"n": 3, "max_new_tokens": 8, "temperature": 0.8,
+                                                      "top_k_logprobs": 2})
     rows = actor(batch)
     assert len(rows) == 6
     assert list(rows["task_id"]) == ["a"] * 3 + ["b"] * 3
@@ -46,6 +47,10 @@ def test_teacher_actor_samples_n_candidates_per_prompt_with_the_real_model():
     assert "<|im_start|>system" in rows["prompt"].iloc[0]  # rendered with the model's chat template
     assert (rows["completion_tokens"].between(1, 8)).all() and (rows["prompt_tokens"] > 20).all()
     assert json.loads(rows["messages"].iloc[0])[-1]["content"] == problems["question"][0]
+    # Provenance, and the top-k logprobs of every generated token (what kd can train on without the teacher).
+    assert (rows["engine"] == "hf").all() and json.loads(rows["sampling"].iloc[0])["top_k_logprobs"] == 2
+    for tokens, stored in zip(rows["completion_tokens"], rows["logprobs"]):
+        assert len(json.loads(stored)) == tokens and all(len(top) == 2 for top in json.loads(stored))
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), pd.NA])

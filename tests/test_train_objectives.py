@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -254,3 +255,39 @@ def test_parquet_training_data_keeps_the_optional_columns_it_has(ray_cluster, tm
     pd.DataFrame({"prompt_text": ["p"]}).to_parquet(tmp_path / "part-0.parquet")
     with pytest.raises(ValueError, match="target_text"):
         as_dataset(tmp_path)
+
+
+def test_stored_logprobs_line_up_with_the_target_only_when_the_tokens_do(tokenizer):
+    from distill_ray.train.data import aligned_topk
+
+    def entries(text, extra=0):
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + extra
+        return json.dumps([[[i, -0.5], [i + 1, -1.5]] for i in range(n)])
+
+    completion = "19 - 7\n\nprint(sol())"
+    stored = aligned_topk(tokenizer, completion, "19 - 7\n", entries(completion))
+    assert stored == json.loads(entries(completion))[:len(tokenizer("19 - 7\n", add_special_tokens=False)["input_ids"])]
+    # The teacher stopped right after the expression: extraction's closing newline gets no entry.
+    short = aligned_topk(tokenizer, "19 - 7", "19 - 7\n", entries("19 - 7", extra=1))
+    assert len(short) == len(tokenizer("19 - 7", add_special_tokens=False)["input_ids"])
+    assert aligned_topk(tokenizer, "apples = 3\nreturn apples", "    apples = 3\n    return apples\n",
+                        entries("apples = 3\nreturn apples")) is None        # re-indented: not the teacher's text
+    assert aligned_topk(tokenizer, completion, "19 - 7\n", entries(completion, extra=5)) is None  # other vocab
+    assert aligned_topk(tokenizer, completion, "19 - 7\n", None) is None
+
+
+def test_student_rows_take_topk_only_from_teachers_of_the_students_vocabulary(tokenizer):
+    import pandas as pd
+
+    from distill_ray.models import resolve_model
+    from distill_ray.workflow import student_rows
+
+    n = len(tokenizer("5", add_special_tokens=False)["input_ids"])
+    logprobs = json.dumps([[[1, -0.1]]] * n)
+    batch = pd.DataFrame({"task_id": ["a", "a"], "kind": ["p3", "p3"], "question": ["def sat(x: int):\n    return x == 5"] * 2,
+                          "program": ["def sol():\n    return 5\n"] * 2, "completion": ["5", "5"],
+                          "teacher": ["smollm2", "gemma3"], "logprobs": [logprobs, logprobs]})
+    rows = student_rows(batch, resolve_model("smollm2"), same_vocab=("smollm2",))
+    assert rows["target_text"].tolist() == ["5\n", "5\n"]
+    assert rows["teacher_topk"].iloc[0] == [[[1, -0.1]]] * n and rows["teacher_topk"].iloc[1] is None
+    assert "teacher_topk" not in student_rows(batch.drop(columns="logprobs"), resolve_model("smollm2"))

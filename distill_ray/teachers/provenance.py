@@ -16,7 +16,7 @@ from distill_ray.teachers.base import Batch, SamplingSettings
 # Columns that ``candidate_columns`` adds to each candidate row (besides the teacher's name, which the
 # pipeline owns).
 CANDIDATE_COLUMNS = ("prompt", "sample_index", "completion", "finished", "prompt_tokens", "completion_tokens",
-                     "gen_seconds", "error", "logprobs", "engine", "engine_model", "engine_version", "sampling")
+                     "gen_seconds", "gen_error", "logprobs", "engine", "engine_model", "engine_version", "sampling")
 
 
 def package_version(package: str) -> str:
@@ -54,7 +54,7 @@ def candidate_columns(prompts: list[str], batch: Batch, sampling: SamplingSettin
         "prompt_tokens": [g.prompt_tokens for _, _, g in flat],
         "completion_tokens": [g.completion_tokens for _, _, g in flat],
         "gen_seconds": [per_row] * len(flat),
-        "error": [g.error for _, _, g in flat],
+        "gen_error": [g.error for _, _, g in flat],   # a request that failed after its retries
         "logprobs": [logprobs_json(g.logprobs) for _, _, g in flat],
         "sampling": [json.dumps(asdict(sampling), sort_keys=True)] * len(flat),
     }

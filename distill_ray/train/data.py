@@ -9,6 +9,7 @@ after the padding, as in generation.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -97,3 +98,24 @@ def as_dataset(data, columns: Sequence[str] = (PROMPT_COLUMN, TARGET_COLUMN),
     if missing:
         raise ValueError(f"training data lacks column(s) {sorted(missing)}")
     return data.select_columns([*columns, *(c for c in optional if c in schema.names)])
+
+
+def aligned_topk(tokenizer, completion: str, target: str, logprobs: str | None) -> list | None:
+    """The teacher's stored top-k logprobs (``logprobs`` column, JSON) for the target's tokens, or None where
+    they cannot be trusted to line up. The target must be the completion's beginning (extraction cuts what
+    follows the program and ends it with a newline the teacher may not have written: then only the tokens
+    before that newline get entries), and the student's tokenizer must split the completion into as many
+    tokens as the teacher generated (same vocabulary, canonical tokenization). None rows fall back to the
+    teacher model loaded in the workers (kd/swing)."""
+    if not logprobs:
+        return None
+    stem = target if completion.startswith(target) else target.rstrip()
+    if not stem or not completion.startswith(stem):
+        return None
+    entries = json.loads(logprobs)
+    completion_ids, stem_ids, target_ids = (tokenizer(text, add_special_tokens=False)["input_ids"]
+                                            for text in (completion, stem, target))
+    # The teacher may also have an entry for its stop token, after the completion's text.
+    lined_up = (len(entries) in (len(completion_ids), len(completion_ids) + 1)
+                and completion_ids[:len(stem_ids)] == stem_ids == target_ids[:len(stem_ids)])
+    return entries[:len(stem_ids)] if lined_up else None
