@@ -112,3 +112,24 @@ def test_zygote_death_mid_batch_is_recovered():
     assert killed
     assert all(x.status in ("pass", "error") for x in out) and sum(x.status == "error" for x in out) <= 1, out
     assert sum(x.passed for x in out) >= 29 and all(x.passed for x in again)
+
+
+def test_worker_stays_small_and_candidates_keep_site_packages():
+    """Every candidate fork copies the worker's memory (see batch.py): no `site`, no tempfile/shutil (zlib, bz2,
+    lzma) in it; candidates still import installed packages and may call exit() as with `site`."""
+    import json
+    import subprocess
+    import sys
+    from distill_ray.verify import pool
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path += sys.argv[2:]; "
+             "import distill_ray.verify.worker; import json; print(json.dumps(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", probe, pool._ROOT, *pool._site_dirs()],
+                          capture_output=True, text=True, env={}, timeout=60)
+    loaded = set(json.loads(done.stdout))
+    assert not loaded & {"site", "tempfile", "shutil", "zlib", "bz2", "lzma", "ast"}, loaded
+    installed = "import pytest\ndef solution():\n    return len(pytest.__name__)\n"
+    quitting = "def solution():\n    exit(3)\n"
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        out = v.verify([Check("gsm8k", installed, expected=6), Check("gsm8k", quitting, expected=3)])
+    assert out[0].passed, out[0]
+    assert out[1].status == "error" and "SystemExit" in out[1].detail, out[1]

@@ -34,6 +34,8 @@ def mode(request, monkeypatch):
         monkeypatch.setenv("DISTILL_RAY_VERIFY_NATIVE", "0")
     elif not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler: only the pure-Python path exists here")
+    else:
+        monkeypatch.delenv("DISTILL_RAY_VERIFY_NATIVE", raising=False)   # a run of the suite with it set to 0
     monkeypatch.setattr(pool, "_NATIVE", [])   # build (or not) again under this setting
     return request.param
 

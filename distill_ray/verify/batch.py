@@ -10,19 +10,31 @@ more CPU than before; trusted sats with such answers ~13% less.)
 
 | process | before | now |
 |---|---|---|
-| candidate (fork return, sandbox entry, program, answer, exit) | 0.92 ms, 224 faults | 0.69-0.75 ms, ~150 faults |
-| zygote (fork syscall + its loop between forks) | 0.42 ms, 82 faults | 0.22-0.25 ms, ~10 faults (C loop) |
+| candidate (fork return, sandbox entry, program, answer, exit) | 0.92 ms, 224 faults | 0.64-0.75 ms, ~140 faults |
+| zygote (fork syscall + its loop between forks) | 0.42 ms, 82 faults | 0.19-0.25 ms, ~9 faults (C loop) |
 | forker (watching, killing, cleaning up, replies) | 0.30 ms | 0.25-0.29 ms |
 | persistent judge / worker / Verifier | 0.14 / 0.17 / 0.10 ms | 0.07 / 0.08 / 0.02 ms |
+
+What a fork copies and an exit unmaps is the forker's memory, i.e. the worker's as it was at start-up: its page
+table entries (~6 MB of anonymous memory) and its ~110 memory mappings (~5 per loaded C module or library). So
+the worker runs without `site` (-S, see pool.py: the .pth files of a big environment import pathlib, urllib, ...)
+and imports nothing candidates do not need (no tempfile or shutil, which load zlib, bz2 and lzma; no ast): 7.6 ->
+6.1 MB, 147 -> ~110 mappings, and per trusted check zygote 0.22 -> 0.19 ms, candidate 0.68 -> 0.64 ms, whole
+check 1.34 -> 1.27 ms (same loaded machine, A/B interleaved; untrusted 2.65 -> 2.43 ms). (Tried, no better:
+giving the library code mappings an anonymous page so that fork copies their page table entries too, which would
+save a candidate its ~40 faults on library code: copying and unmapping them all costs more, 1.24 -> 1.33 ms;
+malloc_trim in the forker: frees nothing.)
 
 Hence: the forking is done by a zygote, forked from the forker once per batch, whose loop between forks is a
 few syscalls (fork, report the pid, reap, report the status; in C where the helper could be built, native.py,
 else ~50 faults of Python per fork); the forker does all the watching and, no longer forking per check, keeps
 its pages its own. Everything the zygote and the candidates need is made before the zygote is forked: the
 compiled program (`children.precompile`: compile() is the costliest step of a fresh child), the sandbox plan
-(`sandbox.plan`: the child only runs syscalls), warmed-up interpreter caches (`children.warm_up`). Of the ~150
-faults a candidate still takes, ~40 map library code its parent has but a fork does not copy page tables for,
-~50 are the interpreter's own state any Python code touches, the rest the program and its answer. Replies go to
+(`sandbox.plan`: the child only runs syscalls), warmed-up interpreter caches (`children.warm_up`). Of the ~140
+faults a candidate still takes, ~40 map library code its parent has but a fork does not copy page tables for
+(~610 pages, by fault-around), the rest copy or allocate the ~110 pages it writes (read from its pagemap: ~80 of
+pymalloc's arenas, ~23 of libpython's static data, a few of the heap and stack): the interpreter's own state any
+Python code touches, the program and its answer. Replies go to
 the worker several per message (Outbox), which passes trusted sats to its judge several per write and verdicts to
 the Verifier several per message: each message wakes a process, which costs more than the message.
 
@@ -38,10 +50,8 @@ from __future__ import annotations
 import functools
 import os
 import random
-import shutil
 import signal
 import struct
-import tempfile
 import time
 
 from distill_ray.verify import children, codec, native, sandbox
@@ -62,7 +72,7 @@ class Scratch:
         self._create()
 
     def _create(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="cand-", dir="/tmp" if self.private_tmp else None)
+        self.path = sandbox.make_private_dir()
         if self.uid is not None:
             os.chown(self.path, self.uid, self.uid)
         os.chmod(self.path, 0o700)
@@ -100,7 +110,7 @@ class Scratch:
         try:
             st = os.lstat(self.path)
             if (st.st_ino, st.st_dev) == (self.ident.st_ino, self.ident.st_dev):
-                shutil.rmtree(self.path, ignore_errors=True)
+                sandbox.rmtree(self.path)
         except OSError:
             pass
 
@@ -110,7 +120,7 @@ def remove_all(d: str, names) -> None:
     for name in names:
         path = os.path.join(d, name)
         if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+            sandbox.rmtree(path)
         else:
             try:
                 os.unlink(path)

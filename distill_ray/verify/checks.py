@@ -6,13 +6,10 @@ type checks and comparisons itself on values rebuilt from plain data. No candida
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 
 from distill_ray.verify import children, sandbox
@@ -53,6 +50,7 @@ def type_ok(value, typ) -> bool:
 
 def ans_type_of(sat: str) -> str:
     """The annotation of sat's first argument, as P3 writes it."""
+    import ast   # here, not at the top: see sandbox.make_private_dir on what each import costs every candidate
     try:
         tree = ast.parse(sat)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
@@ -293,7 +291,7 @@ class CheckRunner:
 
     def _run(self, check: dict) -> dict:
         start = time.monotonic()
-        scratch = tempfile.mkdtemp(prefix="cand-", dir="/tmp" if self.private_tmp else None)
+        scratch = sandbox.make_private_dir()
         try:
             if self.cand_uid is not None:
                 os.chown(scratch, self.cand_uid, self.cand_uid)
@@ -304,7 +302,7 @@ class CheckRunner:
         except Exception as e:   # a harness problem, never a pass
             result = verdict("error", f"verifier: {type(e).__name__}: {e}")
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            sandbox.rmtree(scratch)
             if self.private_tmp:
                 sandbox.wipe_private_tmp()
             sandbox.reap_orphans()

@@ -22,7 +22,12 @@ from pathlib import Path
 from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict
 
 _ROOT = str(Path(__file__).resolve().parents[2])
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from distill_ray.verify.worker import main; main()"
+# -S: no `site`. What it imports, mostly for the .pth files of a big environment (pathlib, urllib, ipaddress,
+# import hooks: ~0.75 MB of heap), the worker would hold and every candidate fork copy page table entries for.
+# The directories it would add to sys.path (site-packages) come as arguments, so candidates import the same
+# installed packages (except ones that only a .pth file makes importable).
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path += sys.argv[2:]; "
+         "from distill_ray.verify.worker import main; main()")
 _HEADER = struct.Struct(">I")
 # The worker's whole environment. LD_BIND_NOW: the dynamic linker resolves every symbol at start-up, instead of
 # each forked candidate resolving (and writing, i.e. copying, the pages of) the ones it is the first to call.
@@ -41,6 +46,12 @@ def _native_path() -> str | None:
     return _NATIVE[0]
 
 
+def _site_dirs() -> list[str]:
+    """The site-packages dirs `site` gives this interpreter (what -I without -S put on the worker's sys.path)."""
+    import site
+    return [d for d in site.getsitepackages() if os.path.isdir(d)]
+
+
 def _frame(obj) -> bytes:
     data = json.dumps(obj).encode()
     return _HEADER.pack(len(data)) + data
@@ -50,7 +61,7 @@ class _Worker:
     def __init__(self, limits: dict):
         # -I: ignore PYTHON* variables, user site and cwd; env: nothing of ours reaches /proc/<pid>/environ.
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-X", "int_max_str_digits=0", "-c", _BOOT, _ROOT],
+            [sys.executable, "-I", "-S", "-X", "int_max_str_digits=0", "-c", _BOOT, _ROOT, *_site_dirs()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=WORKER_ENV, close_fds=True, start_new_session=True)
         self.buf = bytearray()
         self.pending: list[int] = []       # indices of checks sent and not yet answered

@@ -148,7 +148,6 @@ def wipe_private_tmp(keep: str = "") -> None:
     clean therefore holds as many entries as then: none, or only `keep`, which the caller has just checked is
     still there (batch: Scratch.reset, before this). So one lstat per dir instead of listing it.
     """
-    import shutil
     for d in PRIVATE_TMP_DIRS:
         try:
             size = os.lstat(d).st_size
@@ -163,12 +162,36 @@ def wipe_private_tmp(keep: str = "") -> None:
         for name in dirty:
             path = os.path.join(d, name)
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
+                rmtree(path)
             else:
                 try:
                     os.unlink(path)
                 except OSError:
                     pass
+
+
+def make_private_dir(parent: str = "/tmp", prefix: str = "cand-") -> str:
+    """tempfile.mkdtemp(prefix, parent) (mode 0700, a random name, never an existing dir), without its imports.
+
+    What the worker imports, the forker holds, and every candidate fork copies its page table entries and memory
+    mappings and unmaps them again at exit. tempfile imports shutil, which loads zlib, bz2 and lzma: three C
+    modules and three libraries, ~30 of the worker's ~140 mappings. So the worker imports neither (rmtree below
+    imports shutil when a candidate left a dir behind: rare, and then in that process only).
+    """
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(8).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no fresh name for a scratch dir in {parent}")
+
+
+def rmtree(path: str) -> None:
+    """shutil.rmtree(path, ignore_errors=True), shutil imported only when needed (see make_private_dir)."""
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def drop_for_children() -> None:

@@ -20,7 +20,16 @@ from distill_ray.verify.forker import ForkerClient
 import collections, functools, heapq, itertools, math, random, re, string, typing  # noqa: E401,F401,E402
 
 
+def _site_builtins() -> None:
+    """exit() and quit(), which `site` defines and -S (see pool._BOOT) leaves out: model-written code calls them."""
+    import builtins
+    import _sitebuiltins
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
+
+
 def main() -> None:
+    _site_builtins()
     sys.set_int_max_str_digits(0)
     # The forker and judges compile untrusted sources: their SyntaxWarnings must not reach the host's stderr.
     warnings.simplefilter("ignore")
