@@ -65,6 +65,10 @@ def build_messages(kind: str, question: str, exemplars: list[Exemplar]) -> list[
     return messages
 
 
+# A plain-text answer ends where the model starts the next problem (base models never stop by themselves there).
+PLAIN_STOP = ("\nProblem:",)
+
+
 def render_plain(messages: list[dict], prefix: str = "") -> str:
     """Few-shot text for base models (no chat template): the instruction, then ``Problem:``/``Solution:``
     pairs, ending where the model writes the solution; ``prompt_style: plain`` in a teacher's config."""

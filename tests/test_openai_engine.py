@@ -173,6 +173,15 @@ def test_greedy_logprobs_are_sorted_top_k_and_spell_the_completion(server, closi
         assert engine.tokenizer.decode(greedy_ids) == g.text
 
 
+def test_a_stop_string_ends_the_completion_before_it(server, closing):
+    engine = closing(engine_for(f"{server}/v1"))
+    greedy = dict(n=1, temperature=0.0, max_new_tokens=12)
+    [[free], _] = engine.generate(prompts(engine), SamplingSettings(**greedy))
+    stop = next(c for c in reversed(free.text) if not c.isspace())   # a character the completion does write
+    [[stopped], _] = engine.generate(prompts(engine), SamplingSettings(**greedy, stop=(stop,)))
+    assert stopped.text == free.text[:free.text.index(stop)] and stopped.finished
+
+
 def test_without_a_tokenizer_the_chat_api_is_used(server, closing):
     engine = closing(make_engine("openai", "smollm2", base_url=f"{server}/v1"))
     [[g]] = engine.generate([engine.render(build_messages("p3", QUESTIONS[0], [SHOT]), PREFIX)],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from distill_ray.prompts import Exemplar, build_messages
+from distill_ray.prompts import PLAIN_STOP, Exemplar, build_messages, render_plain
 from distill_ray.teachers import HFEngine, SamplingSettings
 
 pytestmark = pytest.mark.slow
@@ -79,10 +79,27 @@ def test_asking_for_logprobs_does_not_change_the_samples(engine):
     assert plain[0][0].logprobs is None and len(with_logprobs[0][0].logprobs) == with_logprobs[0][0].completion_tokens
 
 
-def test_gemma3_loads_and_answers_in_its_own_chat_template():
-    gemma = HFEngine("gemma3", torch_threads=2)
+@pytest.fixture(scope="module")
+def gemma():
+    return HFEngine("gemma3", torch_threads=2)
+
+
+def test_gemma3_loads_and_answers_in_its_own_chat_template(gemma):
     prompt = gemma.render(build_messages("p3", QUESTIONS[0], [SHOT]), "def sol():\n    return ")
     assert prompt.count("<start_of_turn>user") == 2 and "<|im_start|>" not in prompt
     [[sample]] = gemma.generate([prompt], SamplingSettings(n=1, temperature=0.0, max_new_tokens=24))
     assert sample.completion_tokens >= 1 and sample.text.strip() and "<end_of_turn>" not in sample.text
     assert gemma.provenance()["engine_model"] == "gemma3"
+
+
+def test_a_plain_prompt_answer_stops_where_the_model_starts_the_next_problem(gemma):
+    """A base model in few-shot text never emits its end token there: without the stop string it writes the next
+    'Problem:' and runs to the token budget; with it, generation stops, and the text and counts end before it."""
+    prompt = "<bos>" + render_plain(build_messages("p3", QUESTIONS[0], [SHOT] * 2), "def sol():\n    return ")
+    greedy = dict(n=2, temperature=0.0, max_new_tokens=48, top_k_logprobs=2)
+    [[free, _]] = gemma.generate([prompt], SamplingSettings(**greedy))
+    [[stopped, again]] = gemma.generate([prompt], SamplingSettings(**greedy, stop=PLAIN_STOP))
+    assert "\nProblem:" in free.text and free.completion_tokens == 48 and not free.finished
+    assert stopped.finished and "Problem:" not in stopped.text and stopped.completion_tokens < 48
+    assert free.text.startswith(stopped.text) and stopped == again
+    assert len(stopped.logprobs) == stopped.completion_tokens

@@ -63,9 +63,11 @@ def test_vllm_outputs_become_generations_in_sample_order():
 def test_sampling_settings_map_to_vllm_sampling_params():
     params = sampling_params(SamplingSettings(n=8, temperature=0.7, top_p=0.9, max_new_tokens=32, seed=3,
                                               top_k_logprobs=5), stop_token_ids=[2])
-    assert params == dict(n=8, temperature=0.7, top_p=0.9, max_tokens=32, seed=3, logprobs=5, stop_token_ids=[2])
-    greedy = sampling_params(SamplingSettings(n=1, temperature=0.0))
-    assert (greedy["temperature"], greedy["top_p"], greedy["logprobs"]) == (0.0, 1.0, None)
+    assert params == dict(n=8, temperature=0.7, top_p=0.9, max_tokens=32, seed=3, logprobs=5, stop_token_ids=[2],
+                          stop=None)
+    greedy = sampling_params(SamplingSettings(n=1, temperature=0.0, stop=("\nProblem:",)))
+    assert (greedy["temperature"], greedy["top_p"], greedy["logprobs"], greedy["stop"]) == (0.0, 1.0, None,
+                                                                                         ["\nProblem:"])
 
 
 def test_unknown_engine_names_the_available_ones():

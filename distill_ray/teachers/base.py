@@ -18,6 +18,7 @@ class SamplingSettings:
     max_new_tokens: int = 64
     seed: int = 0
     top_k_logprobs: int = 0       # per generated token, the k most likely tokens' logprobs (0 = none)
+    stop: tuple[str, ...] = ()    # stop strings: the completion ends before the first one (not included)
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ class HFEngine:
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
+            **({"stop_strings": list(sampling.stop), "tokenizer": self.tokenizer} if sampling.stop else {}),
         )
         prompt_len = ids.shape[1]
         prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
@@ -108,7 +109,7 @@ class HFEngine:
         results: list[list[Generation]] = []
         for i, prompt_tokens_i in enumerate(prompt_tokens):
             rows = new_tokens[i * sampling.n : (i + 1) * sampling.n]
-            results.append([self._decode(row, prompt_tokens_i, recorder, i * sampling.n + j)
+            results.append([self._decode(row, prompt_tokens_i, recorder, i * sampling.n + j, sampling.stop)
                             for j, row in enumerate(rows)])
         return results
 
@@ -125,7 +126,7 @@ class HFEngine:
         return cache
 
     def _decode(self, tokens: torch.Tensor, prompt_tokens: int, recorder: TopKRecorder | None,
-                index: int) -> Generation:
+                index: int, stop: tuple[str, ...] = ()) -> Generation:
         ids = tokens.tolist()
         length = len(ids)
         finished = False
@@ -133,7 +134,24 @@ class HFEngine:
             if token in self.stop_ids:
                 length, finished = pos, True
                 break
+        if stop:   # generate stopped this row on the token that completed a stop string; padding follows
+            length, finished = self._stop_string_length(ids, length, stop) or (length, finished)
         text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+        if stop:
+            text = _cut_at_stop(text, stop)
         logprobs = recorder.row(index, length) if recorder else None
         return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=length, finished=finished,
                           logprobs=logprobs)
+
+    def _stop_string_length(self, ids: list[int], limit: int, stop: tuple[str, ...]) -> tuple[int, bool] | None:
+        """(tokens up to and including the one that completed a stop string, True), or None if none did."""
+        for pos in range(limit):
+            text = self.tokenizer.decode(ids[:pos + 1], skip_special_tokens=True)
+            if any(s in text for s in stop):
+                return pos + 1, True
+        return None
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cuts = [text.index(s) for s in stop if s in text]
+    return text[:min(cuts)] if cuts else text

@@ -138,8 +138,9 @@ class OpenAIEngine:
     async def _call(self, prompt: str, s: SamplingSettings, n: int, seed: int) -> list[Generation]:
         common = dict(model=self.name, n=n, temperature=s.temperature, top_p=s.top_p, seed=seed,
                       max_tokens=s.max_new_tokens, extra_body=self.extra_body or None)
-        if self.stop:
-            common["stop"] = self.stop  # only when set: some servers reject an explicit null
+        stop = list(self.stop or []) + [x for x in s.stop if x not in (self.stop or [])]
+        if stop:
+            common["stop"] = stop  # only when set: some servers reject an explicit null
         if self.tokenizer is not None:
             logprobs = {"logprobs": s.top_k_logprobs} if s.top_k_logprobs else {}
             response = await self._client.completions.create(prompt=prompt, **common, **logprobs)

@@ -34,7 +34,7 @@ def sampling_params(s: SamplingSettings, stop_token_ids: list[int] | None = None
     """Our settings as ``vllm.SamplingParams`` keyword arguments (temperature 0 is greedy in vLLM too)."""
     return dict(n=s.n, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
                 max_tokens=s.max_new_tokens, seed=s.seed, logprobs=s.top_k_logprobs or None,
-                stop_token_ids=stop_token_ids or None)
+                stop_token_ids=stop_token_ids or None, stop=list(s.stop) or None)
 
 
 def generations_from_output(output, top_k_logprobs: int) -> list[Generation]:
