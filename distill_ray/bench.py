@@ -14,7 +14,6 @@ while each stage runs, and writes ``bench.json``, ``bench.md`` and ``bench.png``
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -158,14 +157,9 @@ def run_bench(stages: list[str], output: Path, quick: bool = False, repeats: int
 
 
 def write_bench_report(report: dict, output: Path) -> dict[str, Path]:
-    from distill_ray.evaluate.report import plot_bench
+    from distill_ray.evaluate.report import plot_bench, write_outputs
 
-    output.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output / "bench.json", "md": output / "bench.md", "png": output / "bench.png"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=str))
-    paths["md"].write_text(render_bench(report))
-    plot_bench(report, paths["png"])
-    return paths
+    return write_outputs(report, output, "bench", render_bench, plot_bench)
 
 
 def render_bench(report: dict) -> str:

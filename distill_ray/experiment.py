@@ -20,7 +20,6 @@ the table says how many it had. Each arm is evaluated with the same sampling on 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill_ray.config import RunConfig
-from distill_ray.evaluate.report import plot_arms
+from distill_ray.evaluate.report import plot_arms, write_outputs
 from distill_ray.markdown import interval, table
 from distill_ray.models import resolve_model
 from distill_ray.vote import normalize_program, weighted_distribution
@@ -153,11 +152,7 @@ def summarize_arm(runs: list[dict], ks: list[int]) -> dict:
 
 
 def write_experiment_report(report: dict, out: Path) -> dict[str, Path]:
-    paths = {"json": out / "experiment.json", "md": out / "experiment.md", "png": out / "experiment.png"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=str))
-    paths["md"].write_text(render_table(report))
-    plot_arms(report, paths["png"])
-    return paths
+    return write_outputs(report, out, "experiment", render_table, plot_arms)
 
 
 def render_table(report: dict) -> str:

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from distill_ray.extract import extract_program
-from distill_ray.prompts import (Exemplar, build_messages, choose_exemplars, default_bos, render_plain,
+from distill_ray.prompts import (PLAIN_STOP, Exemplar, build_messages, choose_exemplars, default_bos, render_plain,
                                  response_prefix)
 from distill_ray.stages import ActorStage, BatchStage, GroupStage, Stage, check_flow
 from distill_ray.teachers import SamplingSettings, make_engine
@@ -58,6 +58,8 @@ class TeacherActor:
         self.engine = make_engine(engine, model, **(engine_options or {}))
         self.sampling = SamplingSettings(**sampling)
         self.prompt_style = prompt_style
+        if prompt_style == "plain":   # a plain answer ends where the model starts the next problem
+            self.sampling = replace(self.sampling, stop=tuple(dict.fromkeys(self.sampling.stop + PLAIN_STOP)))
 
     def render(self, messages: str, prefix: str) -> str:
         """chat: the model's own template (instruct models); plain: few-shot text (base models)."""

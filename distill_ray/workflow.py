@@ -22,7 +22,7 @@ from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
 from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, teacher_weights, vote_stage
-from distill_ray.prompts import PLAIN_STOP, Exemplar, build_messages, exemplar_pool, render, response_prefix
+from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
 from distill_ray.resumable import row_params, run_in_shards
 from distill_ray.shards import Manifest
 from distill_ray.stages import apply_stages
@@ -97,7 +97,7 @@ def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, n
     sampling = SamplingSettings(n=samples or cfg.samples, temperature=cfg.temperature if temperature is None
                                 else temperature, top_p=cfg.top_p,
                                 max_new_tokens=max_new_tokens or cfg.max_new_tokens, seed=seed,
-                                top_k_logprobs=top_k_logprobs, stop=PLAIN_STOP if cfg.prompt_style == "plain" else ())
+                                top_k_logprobs=top_k_logprobs)
     options = dict(cfg.engine_options)
     if cfg.torch_threads and cfg.engine == "hf":
         options["torch_threads"] = cfg.torch_threads

@@ -65,10 +65,11 @@ def test_two_teachers_on_gsm8k_vote_into_agreement_and_disagreement_sets(ray_clu
     for row in rows.itertuples(index=False):
         assert row.question in row.prompt and row.prompt.endswith(row.response_prefix)
         if row.teacher == "smollm2":  # its chat template; gemma3 gets plain few-shot text after its BOS
-            assert "<|im_start|>assistant" in row.prompt
+            assert "<|im_start|>assistant" in row.prompt and json.loads(row.sampling)["stop"] == []
         else:
             assert row.prompt.startswith("<bos>You solve grade-school math") and "Solution:\n" in row.prompt
             assert "<|im_start|>" not in row.prompt
+            assert json.loads(row.sampling)["stop"] == ["\nProblem:"]   # it stops at the next problem
 
     # unlabelled problems (those not drawn into the exemplar pool): an answer is recorded, never a verdict
     unlabelled = rows[rows["expected"].isna()]

@@ -16,13 +16,19 @@ FUNNEL = ("problems", "candidates", "verified", "kept", "agreement_problems", "d
           "trained_rows")
 
 
-def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+def write_outputs(report: dict, out_dir: Path, stem: str, render, draw) -> dict[str, Path]:
+    """``<stem>.json`` (everything measured), ``<stem>.md`` (``render(report)``) and ``<stem>.png``
+    (``draw(report, path)``): the three files every report of the project writes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(report, indent=2, default=str))
-    paths["md"].write_text(render_markdown(report))
-    plot(report, paths["png"])
+    paths["md"].write_text(render(report))
+    draw(report, paths["png"])
     return paths
+
+
+def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    return write_outputs(report, out_dir, "report", render_markdown, plot)
 
 
 def write_model_card(student_dir: Path, report: dict) -> Path:
