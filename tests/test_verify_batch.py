@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from distill_ray.verify import Check, SandboxLimits, Verifier
 
 LOOP = "def solution():\n    while True:\n        pass\n"
@@ -133,3 +135,58 @@ def test_worker_stays_small_and_candidates_keep_site_packages():
         out = v.verify([Check("gsm8k", installed, expected=6), Check("gsm8k", quitting, expected=3)])
     assert out[0].passed, out[0]
     assert out[1].status == "error" and "SystemExit" in out[1].detail, out[1]
+
+
+def test_leftover_processes_are_gone_before_the_next_candidate():
+    """A candidate's detached processes are killed and reaped before the next candidate starts: they would
+    otherwise count against its RLIMIT_NPROC (4 tasks per sandbox uid) and make its own fork fail."""
+    leave = Check("gsm8k", "import subprocess\ndef solution():\n    for _ in range(3):\n"
+                           "        subprocess.Popen(['sleep', '1000'], start_new_session=True)\n    return 3\n",
+                  expected=3)
+    fork = Check("gsm8k", "import os\ndef solution():\n    pids = [os.fork() for _ in range(2)]\n"
+                          "    if 0 in pids:\n        os._exit(0)\n    for p in pids:\n        os.waitpid(p, 0)\n"
+                          "    return 2\n", expected=2)
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        if not v.protections["uid_drop"].startswith("on"):
+            pytest.skip("RLIMIT_NPROC per sandbox uid needs root")
+        out = v.verify([leave, fork] * 6)
+    assert [x.status for x in out] == ["pass"] * 12, out
+
+
+def test_shared_log_is_not_mapped_in_candidates():
+    """The log a watching zygote shares with the forker (64 MiB, MAP_SHARED) is never mapped in a candidate, so no
+    candidate can write a record for another check."""
+    from distill_ray.verify.watching_zygote import Log
+    maps = ("def solution():\n    n = 0\n    for line in open('/proc/self/maps'):\n"
+            "        lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
+            f"        n += hi - lo == {Log.SIZE}\n    return n\n")
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        if not v.protections["native_fork"].startswith("on"):
+            pytest.skip("no C helper: no watching zygote")
+        out = v.verify([Check("gsm8k", maps, expected=0)] * 3)
+    assert all(x.passed for x in out), out
+
+
+def test_answers_beyond_the_log_room_start_a_fresh_zygote():
+    """Four 12 MB answers do not fit one watching zygote's 64 MiB log together: it stops when the next answer might
+    not fit, and a fresh zygote runs the rest; every answer arrives whole."""
+    size = 12_000_000
+    sat = f"def sat(s: str):\n    return len(s) == {size} and s[-1] == 'y'\n"
+    big = Check("p3", f"def sol():\n    return 'x' * {size - 1} + 'y'\n", sat=sat, trusted_sat=True)
+    with Verifier(SandboxLimits(timeout_s=20, max_answer_bytes=30 << 20), workers=1) as v:
+        out = v.verify([big] * 4)
+    assert all(x.passed for x in out), out
+
+
+def test_records_decode_like_the_forker_replies():
+    from distill_ray.verify import records
+    ok = records.RECORD.pack(0, records.OK, 0, 14, 99, 0.5, 10, 3) + b'{"ok": [1]}'[:10] + b"out"
+    assert records.replies(ok)[0]["why"].startswith("bad message")   # a frame body that is not JSON
+    good = b'{"ok":[1]}'
+    two = (records.RECORD.pack(0, records.OK, 0, len(good), 99, 0.5, len(good), 4) + good + b"tail"
+           + records.RECORD.pack(1, records.TOO_LARGE, 9, 500, 99, 0.1, 0, 0))
+    first, second = records.replies(two)
+    assert first == {"msg": {"ok": [1]}, "why": "ok", "status": 0, "tail": "tail", "seconds": 0.5}
+    assert second["msg"] is None and "500 bytes exceeds the 99-byte cap" in second["why"]
+    assert records.count(two) == 2 and records.count(two[:-1]) == 1
+    assert records.replies(records.error(3, "zygote died")) == [{"error": "zygote died", "seconds": 0.0}]

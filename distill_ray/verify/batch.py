@@ -1,5 +1,8 @@
 """The forker's batched path for p3/gsm8k: a zygote forks the candidates, the forker watches them.
 
+(Where the C helper is loaded and no check of the batch needs a fresh judge, watching_zygote.py runs it instead:
+there the zygote watches too. This module is the path for untrusted sats, and without the helper.)
+
 Where the time goes (trusted-sat P3 checks, 2 workers, CPU per check summed over all processes, measured with a
 per-process-kind breakdown on this 2-core machine, which another job kept loaded): ~2.05 ms before this layout
 was tuned, ~1.2-1.5 ms now (benchmarks/verify_throughput.py, same run: 1.98 -> 1.30 ms; untrusted sat 3.94 ->
@@ -54,7 +57,7 @@ import signal
 import struct
 import time
 
-from distill_ray.verify import children, codec, native, sandbox
+from distill_ray.verify import children, codec, native, sandbox, watching_zygote
 
 _INT = struct.Struct("<i")
 
@@ -153,13 +156,15 @@ class Outbox:
             self.replies = []
 
 
-def run_batch(jobs: list[dict], scratch: Scratch, send) -> None:
-    """Run p3/gsm8k jobs in order; send(replies) with their replies, in order, a few at a time. A zygote serves
-    until done or until scratch is replaced."""
+def run_batch(jobs: list[dict], scratch: Scratch, send, send_records) -> None:
+    """Run p3/gsm8k jobs in order; their replies go out in order, a few at a time: send(replies) from a zygote of
+    this module, send_records(bytes) from a watching zygote (watching_zygote.py: where it can, it runs them)."""
     out = Outbox(send)
     i = 0
     while i < len(jobs):
-        i = _with_zygote(jobs, i, scratch, out.add)
+        out.flush()
+        watched = watching_zygote.run(jobs, i, scratch, send_records)
+        i = _with_zygote(jobs, i, scratch, out.add) if watched is None else watched
     out.flush()
 
 
@@ -248,6 +253,7 @@ def _zygote(plans: list, runs: list, judges: list, helper, ctl_r: int, ctl_w: in
     """The zygote's loop: as little Python as possible between forks (see the module docstring)."""
     try:
         sandbox.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)   # the forker's death ends us, which ends the candidates
+        sandbox.prctl(sandbox.PR_SET_CHILD_SUBREAPER, 1)   # what candidates start comes back to us (_reap_rest)
         theirs = [ctl_w, info_r] + [fd for p in plans for fd in (p[1], p[3])]   # the forker's ends
         for fd in theirs + [fd for j in judges if j for fd in j[3]]:
             os.close(fd)
@@ -283,8 +289,25 @@ def _serve(what, ctl_r: int, info_w: int, fork=sandbox.fork_planned, close=os.cl
     if pid > 0:
         if read(ctl_r, 1) != b"r":
             return False
-        write(info_w, pack(waitpid(pid, 0)[1]))
+        status = waitpid(pid, 0)[1]
+        _reap_rest(what[0][6])
+        write(info_w, pack(status))
     return True
+
+
+def _reap_rest(uid) -> None:
+    """zygote.c's reap_rest: reap what the reaped candidate started; with a sandbox uid, wait (up to ~50 ms,
+    killing again) until it is all gone, as it would count against the next candidate's RLIMIT_NPROC."""
+    for _ in range(50):
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0]:
+                continue
+        except ChildProcessError:
+            return
+        if uid is None:
+            return
+        sandbox.kill_uid(uid)
+        time.sleep(0.001)
 
 
 def _native_loop(runs: list, judges: list, helper, ctl_r: int, info_w: int) -> None:

@@ -166,10 +166,14 @@ class FrameBuffer:
             return False, None
         (n,) = _HEADER.unpack_from(self.buf)
         if n > self.max_bytes:
-            raise ValueError(f"answer of {n} bytes exceeds the {self.max_bytes}-byte cap")
+            raise ValueError(too_large(n, self.max_bytes))
         if len(self.buf) < _HEADER.size + n:
             return False, None
         return True, loads_untrusted(bytes(self.buf[_HEADER.size:_HEADER.size + n]))
+
+
+def too_large(n: int, max_bytes: int) -> str:
+    return f"answer of {n} bytes exceeds the {max_bytes}-byte cap"
 
 
 def _parse_int(text: str) -> int:

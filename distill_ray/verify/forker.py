@@ -20,9 +20,10 @@ import os
 import socket
 import struct
 
-from distill_ray.verify import batch, children, sandbox
+from distill_ray.verify import batch, children, records, sandbox
 
 _LEN = struct.Struct(">I")
+_RAW = 1 << 31   # set in a message's length: raw bytes, not JSON
 
 
 def _send(sock: socket.socket, obj, fds: list[int] = ()) -> None:
@@ -34,20 +35,27 @@ def _send(sock: socket.socket, obj, fds: list[int] = ()) -> None:
         sock.sendall(_LEN.pack(len(data)) + data)   # one syscall
 
 
+def _send_records(sock: socket.socket, data: bytes) -> None:
+    """Records of the watching zygote (records.py), passed on unread: a message of raw bytes, flagged as such."""
+    sock.sendall(_LEN.pack(len(data) | _RAW) + data)
+
+
 def _recv(sock: socket.socket):
+    """(message, fds): a JSON message, or the bytes of a raw one; (None, fds) at EOF."""
     head, fds, _, _ = socket.recv_fds(sock, _LEN.size, 8)
     if not head:
         return None, []
     while len(head) < _LEN.size:
         head += sock.recv(_LEN.size - len(head))
     (n,) = _LEN.unpack(head)
+    raw, n = n & _RAW, n & ~_RAW
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
             return None, fds
         buf += chunk
-    return json.loads(buf), fds
+    return (bytes(buf) if raw else json.loads(buf)), fds
 
 
 def serve(sock: socket.socket) -> None:
@@ -80,7 +88,8 @@ def serve(sock: socket.socket) -> None:
         elif req["op"] == "batch":
             if scratch is None and req["jobs"]:
                 scratch = batch.Scratch(req["jobs"][0]["uid"], req["jobs"][0]["private_tmp"])
-            batch.run_batch(req["jobs"], scratch, lambda replies: _send(sock, replies))
+            batch.run_batch(req["jobs"], scratch, lambda replies: _send(sock, replies),
+                            lambda data: _send_records(sock, data))
         elif req["op"] == "reap":
             try:
                 _, status = os.waitpid(req["pid"], 0)
@@ -127,7 +136,9 @@ class ForkerClient:
 
     def next_reply(self) -> dict:
         if not self.replies:
-            replies, _ = _recv(self.sock)   # the forker sends them a few at a time (batch.Outbox)
+            replies, _ = _recv(self.sock)   # a few at a time (batch.Outbox), or records (watching_zygote.py)
+            if type(replies) is bytes:
+                replies = records.replies(replies)
             if type(replies) is not list or not replies or not all(type(r) is dict for r in replies):
                 raise OSError("forker died")
             self.replies = replies[::-1]

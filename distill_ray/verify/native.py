@@ -1,115 +1,32 @@
-"""Optional C helper for the zygote's fork loop (batch.py) and sandbox entry; without a C compiler, pure Python.
+"""Optional C helper (zygote.c) for the zygotes' fork loops and sandbox entry; without a C compiler, pure Python.
 
-Why: after each fork every page either process writes is copied. The zygote's Python loop writes ~50 pages per
-fork (frames, reference counts, ctypes' call machinery); as C it writes ~10, and the zygote's CPU per trivial
-check fell from ~0.30-0.36 to ~0.22-0.25 ms (whole check: 1.44-1.50 -> 1.24-1.41 ms, measured A/B interleaved).
-The candidate enters its sandbox in C too and returns to Python only to run its program (that saves it little:
-the pages Python's sandbox entry writes are mostly ones the program's run writes anyway).
+Why: after each fork every page either process writes is copied (~4 us each here, freeing included). The
+zygote's Python loop writes ~50 pages per fork (frames, reference counts, ctypes' call machinery); as C it
+writes ~10, and the zygote's CPU per trivial check fell from ~0.30-0.36 to ~0.22-0.25 ms (whole check: 1.44-1.50
+-> 1.24-1.41 ms, measured A/B interleaved).
 
-What it does is `batch._zygote` + `sandbox.enter` step for step (same syscalls, same order, same wire format); a
-candidate whose sandbox entry fails exits with status 70 before any Python runs, as in `sandbox.fork_planned`.
-`fork_enter` is fork + `sandbox.enter` alone, for the other sandboxed forks (judges) where the plan allows it.
+- `zygote_loop` is `batch._zygote` + `sandbox.enter` step for step (same syscalls, same order, same wire format);
+  a candidate whose sandbox entry fails exits with status 70 before any Python runs, as in `sandbox.fork_planned`.
+- `start_watching_zygote` forks the zygote of watching_zygote.py, which never runs Python, watches its candidates
+  itself and calls each candidate's Python body from C (`PyObject_CallNoArgs`, looked up at run time).
+- `fork_enter` is fork + `sandbox.enter` alone, for the other sandboxed forks (judges) where the plan allows it.
+- A candidate's small allocations go to memory its zygote reserved untouched (a wrapper around CPython's
+  allocator, see zygote.c): -0.05 ms per trusted check (A/B interleaved, 1.08 -> 1.03 ms).
 Set DISTILL_RAY_VERIFY_NATIVE=0 to use the pure-Python path.
 
 The shared object is built once per source version into a private cache dir (mode 0700, owned by us: nobody
 else can plant a library there that a root worker would load).
 """
-
 from __future__ import annotations
 
 import ctypes
 import os
 
-SOURCE = r"""
-#define _GNU_SOURCE
-#include <errno.h>
-#include <signal.h>
-#include <stdint.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-/* Sandbox entry of one candidate, from its plan (see zygote_loop). Returns 0, or -1 if a step failed. */
-static int enter(const long long *p) {
-    int cwd = (int)p[0], ndup = (int)p[1];
-    const long long *d = p + 2;
-    if (setpgid(0, 0) != 0 || fchdir(cwd) != 0) return -1;
-    for (int k = 0; k < ndup; k++)                     /* (target, source) pairs; no source is a target */
-        if (dup2((int)d[2 * k + 1], (int)d[2 * k]) < 0) return -1;
-    const long long *r = d + 2 * ndup;
-    int top = (int)r[0], fd_limit = (int)r[1], nrl = (int)r[2];
-    if (top < fd_limit && syscall(SYS_close_range, (unsigned)top, (unsigned)(fd_limit - 1), 0) != 0) {
-        for (int fd = top; fd < fd_limit; fd++) close(fd);   /* kernels before 5.9 */
-    }
-    const long long *l = r + 3;
-    for (int k = 0; k < nrl; k++) {
-        struct rlimit rl = {(rlim_t)l[3 * k + 1], (rlim_t)l[3 * k + 2]};
-        if (setrlimit((int)l[3 * k], &rl) != 0) return -1;
-    }
-    long long uid = l[3 * nrl], judge = l[3 * nrl + 1];
-    if (uid >= 0) {
-        if (setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) != 0) return -1;
-        if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) return -1;
-    }
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return -1;   /* after setuid, which clears it */
-    if (judge && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return -1;
-    return 0;
-}
-
-/* fork + enter: 0 in the child (sandboxed; a failed step exits it with status 70), the pid in the parent, or -1. */
-int fork_enter(const long long *plan) {
-    pid_t pid = fork();
-    if (pid == 0 && enter(plan) != 0) _exit(70);
-    return pid;
-}
-
-static int put(int fd, int32_t v) { return write(fd, &v, 4) == 4 ? 0 : -1; }   /* batch._INT: "<i" */
-
-static int expect(int fd, char want) { char c; return read(fd, &c, 1) == 1 && c == want ? 0 : -1; }
-
-/* Fork the process planned at plan; report its pid; on "r" reap it and report its wait status.
-   Returns 0 in the child (sandboxed), 1 in the zygote to go on, -1 to stop. */
-static int serve(const long long *plan, const int *closes, int nclose, int ctl_r, int info_w) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (enter(plan) != 0) _exit(70);
-        return 0;
-    }
-    for (int k = 0; k < nclose; k++) close(closes[k]);
-    if (put(info_w, pid > 0 ? pid : -1) != 0) return -1;
-    if (pid > 0) {
-        int status = 0;
-        if (expect(ctl_r, 'r') != 0) return -1;
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        if (put(info_w, status) != 0) return -1;
-    }
-    return 1;
-}
-
-/* The zygote's loop over n candidates (batch._zygote): plans[offsets[i]...] is candidate i's plan, closes[2i],
-   closes[2i+1] the pipe ends the zygote gives up once it is forked; where judge_offsets[i] >= 0, candidate i has
-   an untrusted sat whose fresh judge (plan at judge_offsets[i], pipe ends judge_closes[3i..3i+2]) is forked on
-   the forker's "j". Returns i in candidate i's process, n + i in its judge's (both sandboxed), -1 in the
-   zygote when done or when the forker stopped the loop. */
-int zygote_loop(int n, const long long *plans, const int *offsets, const int *closes, const int *judge_offsets,
-                const int *judge_closes, int ctl_r, int info_w) {
-    for (int i = 0; i < n; i++) {
-        int r = serve(plans + offsets[i], closes + 2 * i, 2, ctl_r, info_w);
-        if (r <= 0) return r == 0 ? i : -1;
-        char c;
-        if (read(ctl_r, &c, 1) != 1) return -1;
-        if (c == 'j' && judge_offsets[i] >= 0) {
-            r = serve(plans + judge_offsets[i], judge_closes + 3 * i, 3, ctl_r, info_w);
-            if (r <= 0) return r == 0 ? n + i : -1;
-            if (read(ctl_r, &c, 1) != 1) return -1;
-        }
-        if (c != 'n') return -1;
-    }
-    return -1;
-}
-"""
+def source() -> str:
+    """The helper's C source (zygote.c, beside this file)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.c")) as f:
+        return f.read()
 
 
 def build() -> str | None:
@@ -126,7 +43,8 @@ def build() -> str | None:
     cache = _private_dir()
     if cache is None:
         return None
-    path = os.path.join(cache, f"zygote-{hashlib.sha256(SOURCE.encode()).hexdigest()[:16]}.so")
+    code = source()
+    path = os.path.join(cache, f"zygote-{hashlib.sha256(code.encode()).hexdigest()[:16]}.so")
     if os.path.exists(path):
         return path if _owned_and_private(path) else None
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -136,7 +54,7 @@ def build() -> str | None:
     try:
         src, out = os.path.join(work, "zygote.c"), os.path.join(work, "zygote.so")
         with open(src, "w") as f:
-            f.write(SOURCE)
+            f.write(code)
         done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, src], capture_output=True, timeout=60)
         if done.returncode != 0:
             return None
@@ -168,11 +86,18 @@ def _owned_and_private(path: str) -> bool:
 
 
 class Helper:
-    """The loaded helper: zygote_loop and fork_enter (ctypes, called with the GIL held, like os.fork)."""
+    """The loaded helper (ctypes, called with the GIL held, like os.fork): zygote_loop and fork_enter (batch.py,
+    sandbox.py), start_watching_zygote where candidates can be called from C (watching_zygote.py)."""
 
     def __init__(self, lib):
         self.zygote_loop, self.fork_enter = lib.zygote_loop, lib.fork_enter
-        self.zygote_loop.restype = self.fork_enter.restype = ctypes.c_int
+        self.start_watching_zygote = lib.start_watching_zygote if lib.direct_calls() else None
+        for fn in (self.zygote_loop, self.fork_enter, lib.start_watching_zygote):
+            fn.restype = ctypes.c_int
+        ints, llongs = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_longlong)
+        lib.start_watching_zygote.argtypes = [   # (a log address and size do not fit ctypes' default int)
+            ctypes.c_int, llongs, ints, ints, ints, llongs, ctypes.c_char_p, llongs, ctypes.c_int,
+            ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.py_object)]
 
 
 def load(path: str | None) -> Helper | None:
@@ -200,6 +125,19 @@ def arrays(plans: list[list[int]], closes: list[int], judges: list, judge_closes
     ints_t, n_t = ctypes.c_longlong * len(ints), ctypes.c_int * len(offsets)
     return (ints_t(*ints), n_t(*offsets), (ctypes.c_int * len(closes))(*closes), n_t(*judge_offsets),
             (ctypes.c_int * len(judge_closes))(*judge_closes))
+
+
+def watch_arrays(plans: list[list[int]], closes: list[int], fds: list[int], limits: list[int], paths: list[str],
+                 ids: list[int]) -> tuple:
+    """start_watching_zygote's first arguments, from flatten()ed plans (see watching_zygote.py)."""
+    offsets, ints = [], []
+    for p in plans:
+        offsets.append(len(ints))
+        ints += p
+    ints_t, n_t = ctypes.c_longlong * len(ints), ctypes.c_int * len(offsets)
+    return (ints_t(*ints), n_t(*offsets), (ctypes.c_int * len(closes))(*closes), (ctypes.c_int * len(fds))(*fds),
+            (ctypes.c_longlong * len(limits))(*limits), b"\0".join(p.encode() for p in paths) + b"\0",
+            (ctypes.c_longlong * len(ids))(*ids), len(paths))
 
 
 def flatten(plan: tuple) -> list[int] | None:

@@ -170,6 +170,14 @@ def wipe_private_tmp(keep: str = "") -> None:
                     pass
 
 
+def clean_size(d: str, keep: str = "") -> int | None:
+    """A private tmp dir's st_size when clean (see wipe_private_tmp), wiping it first if that is not known yet;
+    None if it cannot be known."""
+    if d not in _CLEAN_SIZE:
+        wipe_private_tmp(keep)
+    return _CLEAN_SIZE.get(d)
+
+
 def make_private_dir(parent: str = "/tmp", prefix: str = "cand-") -> str:
     """tempfile.mkdtemp(prefix, parent) (mode 0700, a random name, never an existing dir), without its imports.
 

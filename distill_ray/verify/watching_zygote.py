@@ -1,0 +1,183 @@
+"""The batched path for checks without a fresh judge (p3 with a trusted sat, gsm8k): a zygote that watches too.
+
+In batch.py's layout the forker (Python) watches every candidate the zygote forks: it reads the pid, waits for
+the answer, kills the uid, has the zygote reap, checks the scratch dir, tells the zygote to go on, decodes and
+re-encodes the reply. That is five wake-ups per check, Python between them, and every page the forker writes
+while a zygote shares its memory is copied once more. Here the C helper (zygote.c: start_watching_zygote) forks
+a zygote that never runs Python: it does all of that itself, step for step as batch._one, and appends one
+record per check (records.py) to a log it shares with the forker. Candidates call their Python body straight
+from C. The forker only passes the log's new bytes on to the worker, as they are, a few records per message.
+
+The log is MAP_SHARED and the zygote marks it MADV_DONTFORK before its first fork, so no candidate ever maps it
+(none can write a record); the zygote's own buffers are DONTFORK too, so no fork copies them. As records are in
+the log before the forker is woken, a zygote that dies (killed, say, by a candidate of the same uid) loses
+none: the first check without a record is the one that was running, and it alone gets an error. A dir the
+candidate left dirty ends the zygote after that check's record: the forker cleans up (Scratch.reset, as
+batch._one does) and starts a fresh zygote for the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import random
+
+from distill_ray.verify import children, native, records, sandbox
+
+STOP_NONE, STOP_DONE, STOP_DIRTY, STOP_FULL, STOP_UNAVAILABLE = range(5)   # zygote.c
+LOG_HEAD = 64
+RECORD_ROOM = records.RECORD.size + 120 + 4   # a record's fixed part, output tail and frame header (zygote.c)
+
+
+def run(jobs: list[dict], first: int, scratch, send_records) -> int | None:
+    """Run jobs[first:] up to the first one with an untrusted sat; send_records(bytes) with their records, in order.
+    Returns the index of the first job not run, or None where this path does not apply (batch.py's runs them)."""
+    if sandbox.NATIVE is None or sandbox.NATIVE.start_watching_zygote is None or not sandbox.INHERITED \
+            or jobs[first].get("sat"):
+        return None
+    end = next((k for k in range(first, len(jobs)) if jobs[k].get("sat")), len(jobs))
+    todo = jobs[first:end]
+    state = _clean_state(scratch)
+    if state is None or max(j["limits"]["max_answer_bytes"] for j in todo) + RECORD_ROOM > Log.SIZE - LOG_HEAD:
+        return None
+    log = Log.open()
+    if log is None:
+        return None
+    try:
+        done, stop, last = _with_zygote(todo, scratch, state, log, send_records)
+    finally:
+        log.close()
+    if stop == STOP_UNAVAILABLE and done == 0:
+        return None
+    if stop == STOP_DIRTY:   # cleaned up before the last records go: the worker may make dirs once it has them
+        scratch.reset()
+        if scratch.private_tmp:
+            sandbox.wipe_private_tmp(keep=scratch.path)
+    elif stop not in (STOP_DONE, STOP_FULL) and done < len(todo):   # it died while this check ran
+        last += records.error(done, "forker: the candidate's zygote died")
+        done += 1
+    if last:
+        send_records(last)
+    return first + done
+
+
+def _with_zygote(todo: list[dict], scratch, state, log: "Log", send_records) -> tuple[int, int, bytes]:
+    """Start a watching zygote for todo and pass its records on as it wakes us: (records, why it stopped, the
+    records it wrote last, not passed on yet)."""
+    pipes = [(*os.pipe(), *os.pipe()) for _ in todo]   # (rep_r, rep_w, out_r, out_w)
+    try:
+        args = _loop_args(todo, pipes, scratch, state)
+        if args is None:
+            return 0, STOP_UNAVAILABLE, b""
+        for job in todo:
+            if "code" not in job:
+                job["code"] = children.precompile(job["program"])   # before the fork: the zygote inherits it
+        bodies = (ctypes.py_object * len(todo))(*[functools.partial(_candidate, i, job) for i, job in enumerate(todo)])
+        wake_r, wake_w = os.pipe()
+        zpid = sandbox.NATIVE.start_watching_zygote(len(todo), *args, log.addr, log.size, wake_w, wake_r, bodies)
+        os.close(wake_w)
+        if zpid < 0:
+            os.close(wake_r)
+            return 0, STOP_UNAVAILABLE, b""
+        random.getrandbits(64 * len(todo))   # its children's random streams (see batch._with_zygote)
+    finally:
+        for fd in (fd for p in pipes for fd in p):
+            os.close(fd)
+    try:
+        done, last = _relay(log, wake_r, send_records)
+    finally:
+        os.close(wake_r)
+        os.waitpid(zpid, 0)
+    return done, log.stop(), last
+
+
+def _candidate(i: int, job: dict) -> None:
+    """Candidate i's body, called from C in its sandboxed process."""
+    random.getrandbits(32 * (i + 1))   # its own random stream (see batch._native_loop)
+    children.run_candidate(job["kind"], job["program"], job["code"])
+
+
+def _relay(log: "Log", wake_r: int, send_records) -> tuple[int, bytes]:
+    """Pass the log's records on as the zygote wakes us, until it exits: (how many records, the last ones, written
+    after its last wake-up and not passed on yet)."""
+    consumed = done = 0
+    while True:
+        more = os.read(wake_r, 64)
+        written = log.written()
+        data = log.read(consumed, written) if written > consumed else b""
+        done += records.count(data)
+        consumed = written
+        if not more:
+            return done, data
+        if data:
+            send_records(data)
+
+
+def _clean_state(scratch) -> tuple[list[str], list[int]] | None:
+    """The paths the zygote checks after each candidate, and what they must look like then ((ino, dev, mode, size)
+    each, -1: not compared; a size of -1: no entries); None when a private tmp dir's clean size is not known."""
+    ident = scratch.ident
+    paths = [scratch.path]
+    ids = [ident.st_ino, ident.st_dev, ident.st_mode, -1 if scratch.empty_size is None else scratch.empty_size]
+    if scratch.private_tmp:
+        for d in sandbox.PRIVATE_TMP_DIRS:
+            size = sandbox.clean_size(d, keep=scratch.path)
+            if size is None:
+                return None
+            paths.append(d)
+            ids += [-1, -1, -1, size]
+    return paths, ids
+
+
+def _loop_args(todo: list[dict], pipes: list, scratch, state) -> tuple | None:
+    flat = []
+    for job, (_, rep_w, _, out_w) in zip(todo, pipes):
+        plan = sandbox.plan(job["limits"], job["uid"], scratch.fd, {children.REPORT_FD: rep_w, 1: out_w, 2: out_w})
+        flat.append(native.flatten(plan))
+        if flat[-1] is None:
+            return None
+    limits = [v for job in todo for v in (int(job["limits"]["timeout_s"] * 1e6), job["limits"]["max_output_bytes"],
+                                          job["limits"]["max_answer_bytes"], -1 if job["uid"] is None else job["uid"])]
+    closes = [fd for p in pipes for fd in (p[1], p[3])]   # the zygote gives up each candidate's write ends
+    watched = [fd for p in pipes for fd in (p[0], p[2])]
+    return native.watch_arrays(flat, closes, watched, limits, *state)
+
+
+class Log:
+    """The log a watching zygote shares with the forker: a header (bytes written, why the zygote stopped), then
+    records. Mapped per zygote and unmapped after it, so nothing else the forker forks (asserts candidates, judges)
+    ever maps it; MAP_NORESERVE: only the pages records reach are allocated."""
+
+    SIZE = 64 << 20
+    _libc = None
+
+    @classmethod
+    def open(cls) -> "Log | None":
+        if cls._libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_long]
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            cls._libc = libc
+        prot, flags = 0x1 | 0x2, 0x01 | 0x20 | 0x4000   # PROT_READ|WRITE, MAP_SHARED|ANONYMOUS|NORESERVE
+        addr = cls._libc.mmap(None, cls.SIZE, prot, flags, -1, 0)
+        return None if addr in (None, ctypes.c_void_p(-1).value) else cls(addr)
+
+    def __init__(self, addr: int):
+        self.addr, self.size, self.room = addr, self.SIZE, self.SIZE - LOG_HEAD
+        self._written = ctypes.c_longlong.from_address(addr)   # a new mapping is zeroed: 0 written, STOP_NONE
+        self._stop = ctypes.c_int.from_address(addr + 8)
+
+    def close(self) -> None:
+        self._libc.munmap(self.addr, self.size)
+
+    def written(self) -> int:
+        return self._written.value
+
+    def stop(self) -> int:
+        return self._stop.value
+
+    def read(self, start: int, end: int) -> bytes:
+        return ctypes.string_at(self.addr + LOG_HEAD + start, end - start)

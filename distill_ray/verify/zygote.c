@@ -1,0 +1,430 @@
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Sandbox entry of one candidate, from its plan (see zygote_loop). Returns 0, or -1 if a step failed. */
+static int enter(const long long *p) {
+    int cwd = (int)p[0], ndup = (int)p[1];
+    const long long *d = p + 2;
+    if (setpgid(0, 0) != 0 || fchdir(cwd) != 0) return -1;
+    for (int k = 0; k < ndup; k++)                     /* (target, source) pairs; no source is a target */
+        if (dup2((int)d[2 * k + 1], (int)d[2 * k]) < 0) return -1;
+    const long long *r = d + 2 * ndup;
+    int top = (int)r[0], fd_limit = (int)r[1], nrl = (int)r[2];
+    if (top < fd_limit && syscall(SYS_close_range, (unsigned)top, (unsigned)(fd_limit - 1), 0) != 0) {
+        for (int fd = top; fd < fd_limit; fd++) close(fd);   /* kernels before 5.9 */
+    }
+    const long long *l = r + 3;
+    for (int k = 0; k < nrl; k++) {
+        struct rlimit rl = {(rlim_t)l[3 * k + 1], (rlim_t)l[3 * k + 2]};
+        if (setrlimit((int)l[3 * k], &rl) != 0) return -1;
+    }
+    long long uid = l[3 * nrl], judge = l[3 * nrl + 1];
+    if (uid >= 0) {
+        if (setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) != 0) return -1;
+        if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) return -1;
+    }
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return -1;   /* after setuid, which clears it */
+    if (judge && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return -1;
+    return 0;
+}
+
+/* ---- A fresh candidate's small allocations go to fresh memory ----
+   After a fork every page either process writes is copied (~4 us each here, with freeing it at exit). CPython's
+   allocator puts each new object into the current pool of its size class, pages the child shares with its
+   parent: a dozen size classes, a dozen copied pool pages (and their headers). A candidate instead allocates
+   blocks of up to BUMP_MAX bytes one after the other from a region its zygote reserved but never touched (zeroed
+   pages, no copies), and never reuses them: its process ends soon. Once BUMP_SIZE is used up, or for bigger
+   blocks, CPython's own allocator serves (it also frees what was allocated before the fork). This wraps the
+   allocator, as PyMem_SetAllocator's contract requires after start-up; the functions are looked up at run time, so
+   the helper needs no Python headers. */
+typedef struct { void *ctx; void *(*malloc)(void *, size_t); void *(*calloc)(void *, size_t, size_t);
+                 void *(*realloc)(void *, void *, size_t); void (*free)(void *, void *); } PyMemAllocatorEx;
+enum { PYMEM_DOMAIN_MEM = 1, PYMEM_DOMAIN_OBJ = 2 };
+#define BUMP_SIZE (2 << 20)
+#define BUMP_MAX 4096
+static char *bump_base, *bump_next, *bump_end;
+static PyMemAllocatorEx old_mem, old_obj;
+static void (*get_allocator)(int, PyMemAllocatorEx *), (*set_allocator)(int, PyMemAllocatorEx *);
+
+static void *bump_take(size_t n) {
+    size_t total = (n + 16 + 15) & ~(size_t)15;      /* a 16-byte header holds the size; blocks stay 16-aligned */
+    if (n > BUMP_MAX || (size_t)(bump_end - bump_next) < total) return NULL;
+    char *p = bump_next;
+    bump_next += total;
+    *(size_t *)p = n;
+    return p + 16;
+}
+static int in_bump(const void *p) { return (const char *)p >= bump_base && (const char *)p < bump_end; }
+static void *b_malloc(void *ctx, size_t n) {
+    void *p = bump_take(n ? n : 1);
+    return p ? p : ((PyMemAllocatorEx *)ctx)->malloc(((PyMemAllocatorEx *)ctx)->ctx, n);
+}
+static void *b_calloc(void *ctx, size_t k, size_t n) {
+    void *p = n && k > BUMP_MAX / n ? NULL : bump_take(k * n != 0 ? k * n : 1);   /* never-used pages are zero */
+    return p ? p : ((PyMemAllocatorEx *)ctx)->calloc(((PyMemAllocatorEx *)ctx)->ctx, k, n);
+}
+static void *b_realloc(void *ctx, void *p, size_t n) {
+    if (p == NULL) return b_malloc(ctx, n);
+    if (!in_bump(p)) return ((PyMemAllocatorEx *)ctx)->realloc(((PyMemAllocatorEx *)ctx)->ctx, p, n);
+    size_t had = *(size_t *)((char *)p - 16);
+    if (n <= had) return p;
+    void *q = b_malloc(ctx, n);
+    if (q) memcpy(q, p, had);
+    return q;
+}
+static void b_free(void *ctx, void *p) {
+    if (p && !in_bump(p)) ((PyMemAllocatorEx *)ctx)->free(((PyMemAllocatorEx *)ctx)->ctx, p);
+}
+
+/* In a zygote, before its first fork: reserve the region (untouched: forks copy nothing of it). */
+static void bump_reserve(void) {
+    get_allocator = (void (*)(int, PyMemAllocatorEx *))dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
+    set_allocator = (void (*)(int, PyMemAllocatorEx *))dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
+    void *p = mmap(NULL, BUMP_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    bump_base = bump_next = p == MAP_FAILED ? NULL : (char *)p;
+    bump_end = bump_base ? bump_base + BUMP_SIZE : NULL;
+}
+
+/* In a candidate, once sandboxed. */
+static void bump_install(void) {
+    if (!bump_base || !get_allocator || !set_allocator) return;
+    get_allocator(PYMEM_DOMAIN_MEM, &old_mem);
+    get_allocator(PYMEM_DOMAIN_OBJ, &old_obj);
+    PyMemAllocatorEx mem = {&old_mem, b_malloc, b_calloc, b_realloc, b_free}, obj = mem;
+    obj.ctx = &old_obj;
+    set_allocator(PYMEM_DOMAIN_MEM, &mem);
+    set_allocator(PYMEM_DOMAIN_OBJ, &obj);
+}
+
+/* fork + enter: 0 in the child (sandboxed; a failed step exits it with status 70), the pid in the parent, or -1. */
+int fork_enter(const long long *plan) {
+    pid_t pid = fork();
+    if (pid == 0 && enter(plan) != 0) _exit(70);
+    return pid;
+}
+
+static int put(int fd, int32_t v) { return write(fd, &v, 4) == 4 ? 0 : -1; }   /* batch._INT: "<i" */
+
+static int expect(int fd, char want) { char c; return read(fd, &c, 1) == 1 && c == want ? 0 : -1; }
+
+/* Fork the process planned at plan; report its pid; on "r" reap it and report its wait status.
+   Returns 0 in the child (sandboxed), 1 in the zygote to go on, -1 to stop. */
+/* sandbox.kill_uid: SIGKILL every process of the sandbox uid. -1: the zygote could not take back its own uid. */
+static int kill_uid(long long uid) {
+    if (setresuid((uid_t)uid, (uid_t)uid, 0) == 0) kill(-1, SIGKILL);
+    if (setresuid(0, 0, 0) != 0) return -1;
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);   /* a change of euid clears it */
+    return 0;
+}
+
+/* Once a candidate is reaped, reap what it started (a zygote is their subreaper). With a sandbox uid (whose
+   processes have just been killed) the next candidate starts only once they are all gone, since they count
+   against its RLIMIT_NPROC: kill again while any is left (it may have forked meanwhile), for up to ~50 ms.
+   Without one, reap those already dead (the others outlive the check, as batch.py's path lets them). */
+static int reap_rest(long long uid) {
+    for (int waits = 0; waits < 50;) {
+        int st;
+        pid_t r = waitpid(-1, &st, WNOHANG);
+        if (r > 0) continue;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return 0;                                   /* ECHILD: none left */
+        }
+        if (uid < 0) return 0;
+        if (kill_uid(uid) != 0) return -1;
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+        waits++;
+    }
+    return 0;
+}
+
+/* The uid a plan (see enter) gives its process, -1 for none. */
+static long long plan_uid(const long long *p) {
+    const long long *r = p + 2 + 2 * p[1];
+    return r[3 + 3 * r[2]];
+}
+
+static int serve(const long long *plan, const int *closes, int nclose, int ctl_r, int info_w, int candidate) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (enter(plan) != 0) _exit(70);
+        if (candidate) bump_install();
+        return 0;
+    }
+    for (int k = 0; k < nclose; k++) close(closes[k]);
+    if (put(info_w, pid > 0 ? pid : -1) != 0) return -1;
+    if (pid > 0) {
+        int status = 0;
+        if (expect(ctl_r, 'r') != 0) return -1;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        if (reap_rest(plan_uid(plan)) != 0) return -1;
+        if (put(info_w, status) != 0) return -1;
+    }
+    return 1;
+}
+
+/* The zygote's loop over n candidates (batch._zygote): plans[offsets[i]...] is candidate i's plan, closes[2i],
+   closes[2i+1] the pipe ends the zygote gives up once it is forked; where judge_offsets[i] >= 0, candidate i has
+   an untrusted sat whose fresh judge (plan at judge_offsets[i], pipe ends judge_closes[3i..3i+2]) is forked on
+   the forker's "j". Returns i in candidate i's process, n + i in its judge's (both sandboxed), -1 in the
+   zygote when done or when the forker stopped the loop. */
+int zygote_loop(int n, const long long *plans, const int *offsets, const int *closes, const int *judge_offsets,
+                const int *judge_closes, int ctl_r, int info_w) {
+    bump_reserve();
+    for (int i = 0; i < n; i++) {
+        int r = serve(plans + offsets[i], closes + 2 * i, 2, ctl_r, info_w, 1);
+        if (r <= 0) return r == 0 ? i : -1;
+        char c;
+        if (read(ctl_r, &c, 1) != 1) return -1;
+        if (c == 'j' && judge_offsets[i] >= 0) {
+            r = serve(plans + judge_offsets[i], judge_closes + 3 * i, 3, ctl_r, info_w, 0);
+            if (r <= 0) return r == 0 ? n + i : -1;
+            if (read(ctl_r, &c, 1) != 1) return -1;
+        }
+        if (c != 'n') return -1;
+    }
+    return -1;
+}
+
+/* ---- The watching zygote (watching_zygote.py): checks without a fresh judge ----
+   Started from C (start_watching_zygote), it never runs Python: for each check it forks the candidate, watches
+   it as batch._watch does, kills and reaps it, checks the dirs are still clean, and appends a record to a log it
+   shares with the forker (MAP_SHARED, and MADV_DONTFORK here, so no candidate ever maps it). A candidate calls
+   its Python body directly from C and exits without returning through ctypes (whose return path alone writes a
+   dozen pages). */
+
+enum { WHY_OK, WHY_EOF, WHY_TIMEOUT, WHY_TOO_LARGE, WHY_NO_FORK };   /* records.py */
+enum { STOP_NONE, STOP_DONE, STOP_DIRTY, STOP_FULL, STOP_UNAVAILABLE };
+#define TAIL 120            /* output bytes a reply carries: sandbox.OutputSink.tail */
+#define CHUNK 65536         /* bytes per read, as sandbox.wait_message */
+#define RECORD 44           /* records.RECORD: "<iiiqqdii" */
+#define LOG_HEAD 64         /* the log's header: written (int64), stop (int32) */
+#define WAKE_RECORDS 16     /* batch.FLUSH_REPLIES */
+#define WAKE_S 0.005        /* batch.FLUSH_S */
+
+static double now(void) {   /* time.monotonic() */
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Memory the zygote writes between forks, left out of every fork (MADV_DONTFORK): no page of it is copied. */
+static char *private_pages(size_t n) {
+    char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    if (madvise(p, n, MADV_DONTFORK) != 0) { munmap(p, n); return NULL; }
+    return p;
+}
+
+struct seen {               /* what a candidate sent: its report frame and the tail of its kept output */
+    char *frame;
+    long long cap, have, claimed, kept;
+    char tail[TAIL];
+    int tail_len;
+};
+
+/* Keep the last TAIL bytes of the first max_out bytes of output (the rest is read and discarded). */
+static void keep_output(struct seen *s, const char *data, long long n, long long max_out) {
+    long long room = max_out - s->kept;
+    if (room <= 0) return;
+    if (n > room) n = room;
+    s->kept += n;
+    if (n >= TAIL) {
+        memcpy(s->tail, data + n - TAIL, TAIL);
+        s->tail_len = TAIL;
+        return;
+    }
+    int old = s->tail_len + n > TAIL ? TAIL - (int)n : s->tail_len;
+    memmove(s->tail, s->tail + s->tail_len - old, old);
+    memcpy(s->tail + old, data, n);
+    s->tail_len = old + (int)n;
+}
+
+/* sandbox.wait_message: one frame on rep, draining out meanwhile, until it is complete, EOF or the deadline. */
+static int watch(int rep, int out, double deadline, long long max_out, long long max_ans, struct seen *s,
+                 char *chunk) {
+    struct pollfd p[2] = {{rep, POLLIN, 0}, {out, POLLIN, 0}};
+    int nfds = 2;
+    for (;;) {
+        double left = deadline - now();
+        if (left <= 0) return WHY_TIMEOUT;
+        struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+        if (ppoll(p, nfds, &ts, NULL) < 0) {
+            if (errno == EINTR) continue;
+            return WHY_EOF;
+        }
+        if (nfds == 2 && p[1].revents) {
+            ssize_t n = read(out, chunk, CHUNK);
+            if (n > 0) keep_output(s, chunk, n, max_out);
+            else if (n == 0 || (errno != EINTR && errno != EAGAIN)) nfds = 1;   /* EOF: stop watching it */
+        }
+        if (p[0].revents) {
+            long long room = s->cap - s->have;
+            ssize_t n = read(rep, s->frame + s->have, room < CHUNK ? room : CHUNK);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            if (n <= 0) return WHY_EOF;
+            s->have += n;
+            if (s->have >= 4) {
+                const unsigned char *h = (const unsigned char *)s->frame;   /* codec._HEADER: ">I" */
+                s->claimed = ((long long)h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3];
+                if (s->claimed > max_ans) return WHY_TOO_LARGE;
+                if (s->have >= 4 + s->claimed) return WHY_OK;
+            }
+        }
+    }
+}
+
+/* batch._watch's end: kill the candidate's group and every process of its uid, then reap it and what it started.
+   -1: see kill_uid. */
+static int kill_and_reap(pid_t pid, long long uid, int *status) {
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+    if (uid >= 0 && kill_uid(uid) != 0) return -1;
+    while (waitpid(pid, status, 0) < 0 && errno == EINTR) {}
+    return reap_rest(uid);
+}
+
+struct dirent64_raw { unsigned long long d_ino; long long d_off; unsigned short d_reclen; unsigned char d_type;
+                      char d_name[]; };
+
+static int empty_dir(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buf[2048];
+    long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+    int empty = n >= 0;
+    for (long off = 0; off < n && empty; off += ((struct dirent64_raw *)(buf + off))->d_reclen) {
+        const char *name = ((struct dirent64_raw *)(buf + off))->d_name;
+        empty = strcmp(name, ".") == 0 || strcmp(name, "..") == 0;
+    }
+    close(fd);
+    return empty;
+}
+
+/* Are the scratch dir and the private tmp dirs as the forker left them? paths: NUL-separated; ids: per path
+   (ino, dev, mode, size), -1 where not compared; a size of -1 means: no entries at all. */
+static int still_clean(const char *paths, const long long *ids, int npaths) {
+    for (int k = 0; k < npaths; k++, paths += strlen(paths) + 1) {
+        const long long *e = ids + 4 * k;
+        struct stat st;
+        if (lstat(paths, &st) != 0) return 0;
+        if ((e[0] >= 0 && (long long)st.st_ino != e[0]) || (e[1] >= 0 && (long long)st.st_dev != e[1])
+                || (e[2] >= 0 && (long long)st.st_mode != e[2])) return 0;
+        if (e[3] >= 0 ? (long long)st.st_size != e[3] : !empty_dir(paths)) return 0;
+    }
+    return 1;
+}
+
+static void put_record(char *b, int index, int why, int status, long long claimed, long long cap, double seconds,
+                       int body_len, int tail_len) {
+    int32_t head[3] = {index, why, status}, lens[2] = {body_len, tail_len};
+    memcpy(b, head, 12);
+    memcpy(b + 12, &claimed, 8);
+    memcpy(b + 20, &cap, 8);
+    memcpy(b + 28, &seconds, 8);
+    memcpy(b + 36, lens, 8);
+}
+
+struct log_head { long long written; int stop; };
+
+/* The zygote's loop over n checks. limits[4i..]: timeout in microseconds, max output bytes, max answer bytes, uid
+   (-1: none); fds[2i], fds[2i+1]: candidate i's report and output pipes (read ends; closes[2i..] the write ends it
+   gets). Returns i in candidate i (sandboxed), -1 in the zygote when it stops (the log's header says why). */
+static int watch_loop(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
+                      const long long *limits, const char *paths, const long long *ids, int npaths,
+                      char *log, long long log_size, int wake_fd) {
+    struct log_head *head = (struct log_head *)log;
+    long long max_ans = 0, written = 0;
+    for (int i = 0; i < n; i++) if (limits[4 * i + 2] > max_ans) max_ans = limits[4 * i + 2];
+    char *chunk = private_pages(CHUNK);
+    struct seen s = {private_pages((size_t)max_ans + 4), max_ans + 4, 0, 0, 0, {0}, 0};
+    if (!chunk || !s.frame) { head->stop = STOP_UNAVAILABLE; return -1; }
+    bump_reserve();
+    int stop = STOP_DONE, pending = 0;
+    double since = 0;
+    for (int i = 0; i < n; i++) {
+        const long long *lim = limits + 4 * i;
+        if (log_size - LOG_HEAD - written < RECORD + TAIL + 4 + lim[2]) { stop = STOP_FULL; break; }
+        double start = now();
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (enter(plans + offsets[i]) != 0) _exit(70);
+            bump_install();
+            return i;
+        }
+        close(closes[2 * i]);
+        close(closes[2 * i + 1]);
+        int why = WHY_NO_FORK, status = 0;
+        s.have = s.claimed = s.kept = 0;
+        s.tail_len = 0;
+        if (pid > 0) {
+            why = watch(fds[2 * i], fds[2 * i + 1], start + (double)lim[0] * 1e-6, lim[1], lim[2], &s, chunk);
+            if (kill_and_reap(pid, lim[3], &status) != 0) { stop = STOP_NONE; break; }
+        }
+        close(fds[2 * i]);
+        close(fds[2 * i + 1]);
+        int dirty = !still_clean(paths, ids, npaths);
+        int body = why == WHY_OK ? (int)s.claimed : 0;
+        char *rec = log + LOG_HEAD + written;
+        put_record(rec, i, why, status, s.claimed, lim[2], now() - start, body, s.tail_len);
+        memcpy(rec + RECORD, s.frame + 4, body);
+        memcpy(rec + RECORD + body, s.tail, s.tail_len);
+        written += RECORD + body + s.tail_len;
+        __atomic_store_n(&head->written, written, __ATOMIC_RELEASE);   /* the forker may read it from here on */
+        if (dirty) { stop = STOP_DIRTY; break; }
+        if (pending++ == 0) since = now();
+        if (pending >= WAKE_RECORDS || now() - since >= WAKE_S) {
+            if (write(wake_fd, "w", 1) != 1) { stop = STOP_NONE; break; }   /* the forker is gone */
+            pending = 0;
+        }
+    }
+    __atomic_store_n(&head->stop, stop, __ATOMIC_RELEASE);
+    return -1;   /* the zygote exits: the forker sees EOF on the wake pipe */
+}
+
+typedef void *(*call_t)(void *);
+static call_t call_noargs;
+
+/* 1 where candidates can be called from C (the interpreter exports PyObject_CallNoArgs), else 0. */
+int direct_calls(void) {
+    call_noargs = (call_t)dlsym(RTLD_DEFAULT, "PyObject_CallNoArgs");
+    return call_noargs != NULL;
+}
+
+/* Fork a watching zygote. In it: watch_loop, then _exit. In candidate i: bodies[i]() (Python; the forker's
+   ctypes call holds the GIL, which the fork copies) and _exit. Returns the zygote's pid to the forker, or -1. */
+int start_watching_zygote(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
+                          const long long *limits, const char *paths, const long long *ids, int npaths,
+                          char *log, long long log_size, int wake_fd, int forker_end, void **bodies) {
+    if (!call_noargs) return -1;
+    pid_t forker = getpid(), z = fork();
+    if (z != 0) return z;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != forker) _exit(0);
+    close(forker_end);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {   /* orphans of candidates come back to us */
+        ((struct log_head *)log)->stop = STOP_UNAVAILABLE;
+        _exit(0);
+    }
+    if (madvise(log, log_size, MADV_DONTFORK) != 0) {   /* no candidate may write records */
+        ((struct log_head *)log)->stop = STOP_UNAVAILABLE;
+        _exit(0);
+    }
+    int i = watch_loop(n, plans, offsets, closes, fds, limits, paths, ids, npaths, log, log_size, wake_fd);
+    if (i < 0) _exit(0);
+    _exit(call_noargs(bodies[i]) ? 0 : 70);
+}
