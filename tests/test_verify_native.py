@@ -56,3 +56,59 @@ def test_dup_order_never_overwrites_a_source_still_to_be_read():
         for target, src in order:
             assert src not in done or src == target   # sources are read before anything is written over them
             done.add(target)
+
+
+def test_c_report_encoding_is_byte_for_byte_codecs():
+    """Where the helper encodes candidates' answers itself (zygote.c: put_plain), its frame is exactly
+    codec.frame({"ok": codec.to_plain(value)}); what it leaves to Python (collections' dicts, types, subclasses,
+    objects, nesting at the depth limit) comes back as None."""
+    import collections
+    import ctypes
+    from distill_ray.verify import codec, native
+    path = native.build()
+    if path is None:
+        pytest.skip("no C compiler")
+    lib = ctypes.PyDLL(path)
+    if not lib.encodes_reports():
+        pytest.skip("built without Python's headers: Python encodes every answer")
+    lib.report_frame.restype, lib.report_frame.argtypes = ctypes.py_object, [ctypes.py_object]
+    nested = deep = []
+    for _ in range(99):
+        deep.append([])
+        deep = deep[0]
+    plain = [None, True, False, 0, -7, 10 ** 60, -(10 ** 40), 1.5, 0.1, -0.0, 1e300, 5e-324, float("nan"),
+             float("inf"), -float("inf"), "", "plain", "q\"b\\s\n\t\r\b\f\x00\x1f\x7f", "é", "日本", "\U0001F600",
+             "\ud800", [1, [2, [3]]], (1, 2), (), set(), {3, 1, 2}, frozenset({"a"}), {}, {1: "a", "b": [1, 2]},
+             {(1, 2): {3: 4}}, b"", b"\x00\xffab", 1 + 2j, complex(float("nan"), -0.0), list(range(500)), "x" * 70000,
+             nested]
+    for value in plain:
+        assert lib.report_frame(value) == codec.frame({"ok": codec.to_plain(value)}), repr(value)[:80]
+
+    class Sub(int):
+        pass
+
+    too_deep = []
+    for _ in range(100):
+        too_deep = [too_deep]
+    for value in (collections.Counter("aab"), collections.OrderedDict(a=1), int, bool, object(), [object()], Sub(3),
+                  [1, Sub(1)], too_deep):
+        assert lib.report_frame(value) is None, repr(value)[:80]
+
+
+def test_plan_made_once_per_batch_is_each_candidates_plan():
+    """watching_zygote makes a candidate's sandbox plan once per batch and puts each candidate's pipe ends in:
+    the result is the plan sandbox.plan gives for those ends (also when an end is a low fd: then it is the full
+    plan)."""
+    import os
+    from distill_ray.verify import native, sandbox
+    from distill_ray.verify.watching_zygote import _flat_plan
+    limits = {"cpu_limit": 5, "memory_mb": 512, "file_size_mb": 1, "max_open_files": 64, "max_processes": 4}
+    cwd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for uid in (None, sandbox.UID_BASE + 3):
+            plans = {}
+            for rep_w, out_w in ((10, 11), (57, 12), (3, 9), (4, 2)):
+                want = native.flatten(sandbox.plan(limits, uid, cwd, {3: rep_w, 1: out_w, 2: out_w}))
+                assert _flat_plan({"limits": limits, "uid": uid}, rep_w, out_w, cwd, plans) == want
+    finally:
+        os.close(cwd)

@@ -58,20 +58,36 @@ def run_candidate(kind: str, program: str, code=None) -> None:
 
 def candidate_report(kind: str, program: str, code=None) -> dict:
     """run_candidate's message. (int_max_str_digits=0 is the worker's interpreter setting, inherited by forks.)"""
+    value, err = candidate_value(kind, program, code)
+    return err if value is None else plain_report(value[0])
+
+
+def candidate_value(kind: str, program: str, code=None) -> tuple[list | None, dict | None]:
+    """Run the program and call sol()/solution(): ([its value], None), or (None, the {"err": [...]} message)."""
     try:
         ns = _fresh_namespace("__candidate__")
         exec(code if code is not None else compile(program, "<candidate>", "exec"), ns)
         fn = ns.get(ENTRY[kind])
         if not callable(fn):
-            msg = {"err": ["NameError", f"the program defines no {ENTRY[kind]}()"]}
-        else:
-            value = fn()
-            msg = {"ok": to_plain(value)}
-    except NotPlainData as e:
-        msg = {"err": ["NotPlainData", str(e)]}
+            return None, {"err": ["NameError", f"the program defines no {ENTRY[kind]}()"]}
+        return [fn()], None
     except BaseException as e:   # SystemExit, KeyboardInterrupt and MemoryError included: all end as no answer
-        msg = {"err": _describe(e)}
-    return msg
+        return None, {"err": _describe(e)}
+
+
+def plain_report(value) -> dict:
+    """{"ok": the value as plain data}, or the {"err": [...]} saying why it is not."""
+    try:
+        return {"ok": to_plain(value)}
+    except NotPlainData as e:
+        return {"err": ["NotPlainData", str(e)]}
+    except BaseException as e:
+        return {"err": _describe(e)}
+
+
+def report_value(value) -> None:
+    """plain_report written to the report channel (where the C helper leaves a value to Python)."""
+    write_msg(REPORT_FD, plain_report(value))
 
 
 def warm_up() -> None:

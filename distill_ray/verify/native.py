@@ -43,8 +43,11 @@ def build() -> str | None:
     cache = _private_dir()
     if cache is None:
         return None
+    import sysconfig
     code = source()
-    path = os.path.join(cache, f"zygote-{hashlib.sha256(code.encode()).hexdigest()[:16]}.so")
+    include = sysconfig.get_paths().get("include") or ""
+    key = "\0".join([code, include, sysconfig.get_config_var("SOABI") or ""])   # it uses this Python's C API
+    path = os.path.join(cache, f"zygote-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so")
     if os.path.exists(path):
         return path if _owned_and_private(path) else None
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -55,8 +58,13 @@ def build() -> str | None:
         src, out = os.path.join(work, "zygote.c"), os.path.join(work, "zygote.so")
         with open(src, "w") as f:
             f.write(code)
-        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, src], capture_output=True, timeout=60)
-        if done.returncode != 0:
+        base = [cc, "-O2", "-shared", "-fPIC", "-o", out, src]
+        # with Python's headers it also encodes answers (zygote.c: put_plain); without, everything else
+        for flags in (["-DWITH_PYTHON_H", f"-I{include}"], []):
+            done = subprocess.run(base + flags, capture_output=True, timeout=60)
+            if done.returncode == 0:
+                break
+        else:
             return None
         os.chmod(out, 0o755)   # readable by the sandbox uids, which map it (inherited) but never load it
         os.replace(out, path)  # atomic: concurrent builders each install a complete file
@@ -92,12 +100,14 @@ class Helper:
     def __init__(self, lib):
         self.zygote_loop, self.fork_enter = lib.zygote_loop, lib.fork_enter
         self.start_watching_zygote = lib.start_watching_zygote if lib.direct_calls() else None
+        self.encodes_reports = bool(lib.encodes_reports())
         for fn in (self.zygote_loop, self.fork_enter, lib.start_watching_zygote):
             fn.restype = ctypes.c_int
         ints, llongs = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_longlong)
         lib.start_watching_zygote.argtypes = [   # (a log address and size do not fit ctypes' default int)
             ctypes.c_int, llongs, ints, ints, ints, llongs, ctypes.c_char_p, llongs, ctypes.c_int,
-            ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.py_object)]
+            ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.py_object),
+            ctypes.py_object]
 
 
 def load(path: str | None) -> Helper | None:

@@ -1,4 +1,12 @@
+/* The verifier's C helper (native.py builds and loads it). Built with -DWITH_PYTHON_H where Python's headers
+   are there: then candidates' answers are also encoded here (see put_plain); without, everything else works. */
+#ifdef WITH_PYTHON_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#endif
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
@@ -51,9 +59,11 @@ static int enter(const long long *p) {
    blocks, CPython's own allocator serves (it also frees what was allocated before the fork). This wraps the
    allocator, as PyMem_SetAllocator's contract requires after start-up; the functions are looked up at run time, so
    the helper needs no Python headers. */
+#ifndef WITH_PYTHON_H
 typedef struct { void *ctx; void *(*malloc)(void *, size_t); void *(*calloc)(void *, size_t, size_t);
                  void *(*realloc)(void *, void *, size_t); void (*free)(void *, void *); } PyMemAllocatorEx;
 enum { PYMEM_DOMAIN_MEM = 1, PYMEM_DOMAIN_OBJ = 2 };
+#endif
 #define BUMP_SIZE (2 << 20)
 #define BUMP_MAX 4096
 static char *bump_base, *bump_next, *bump_end;
@@ -406,11 +416,236 @@ int direct_calls(void) {
     return call_noargs != NULL;
 }
 
+#ifdef WITH_PYTHON_H
+/* ---- A candidate's answer, encoded here: codec.frame({"ok": codec.to_plain(value)}), byte for byte ----
+   In Python, to_plain, the JSON encoder, the framing and os.write touch ~20 objects that exist before the fork
+   (functions, modules, type objects, the encoder's state): each reference count written is a page copied. Here
+   every object is read through borrowed references, so only the answer's own (fresh) objects and the output
+   buffer are written. Anything but the common plain types (collections' dicts, types) or nesting at the depth
+   limit goes back to Python (ENC_PYTHON), which also says why something is not plain data. */
+
+enum { ENC_OK = 0, ENC_PYTHON = 1, ENC_FAILED = -1 };
+#define MAX_DEPTH 100       /* codec.MAX_DEPTH */
+
+struct out { char *buf; size_t len, cap; };
+
+static int reserve(struct out *o, size_t n) {
+    if (o->len + n <= o->cap) return 0;
+    size_t cap = o->cap ? o->cap : 256;
+    while (cap < o->len + n) cap *= 2;
+    char *b = PyMem_Realloc(o->buf, cap);
+    if (!b) return ENC_FAILED;
+    o->buf = b;
+    o->cap = cap;
+    return 0;
+}
+
+static int out_put(struct out *o, const char *s, size_t n) {
+    if (reserve(o, n)) return ENC_FAILED;
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+#define PUT(o, lit) out_put(o, lit, sizeof(lit) - 1)
+
+static int put_hex4(struct out *o, unsigned v) {   /* json's \uXXXX, lowercase */
+    static const char hex[] = "0123456789abcdef";
+    char e[6] = {'\\', 'u', hex[(v >> 12) & 15], hex[(v >> 8) & 15], hex[(v >> 4) & 15], hex[v & 15]};
+    return out_put(o, e, 6);
+}
+
+/* json.encoder.encode_basestring_ascii */
+static int put_str(struct out *o, PyObject *s) {
+    if (PyUnicode_READY(s) < 0) return ENC_FAILED;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    if (reserve(o, (size_t)n + 2)) return ENC_FAILED;
+    o->buf[o->len++] = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        int r;
+        if (c >= ' ' && c <= '~' && c != '\\' && c != '"') {
+            if (reserve(o, 1)) return ENC_FAILED;
+            o->buf[o->len++] = (char)c;
+            continue;
+        }
+        switch (c) {
+            case '\\': r = PUT(o, "\\\\"); break;
+            case '"': r = PUT(o, "\\\""); break;
+            case '\b': r = PUT(o, "\\b"); break;
+            case '\f': r = PUT(o, "\\f"); break;
+            case '\n': r = PUT(o, "\\n"); break;
+            case '\r': r = PUT(o, "\\r"); break;
+            case '\t': r = PUT(o, "\\t"); break;
+            default:
+                if (c >= 0x10000) {
+                    c -= 0x10000;
+                    r = put_hex4(o, 0xd800 | (c >> 10)) || put_hex4(o, 0xdc00 | (c & 0x3ff));
+                } else {
+                    r = put_hex4(o, c);
+                }
+        }
+        if (r) return ENC_FAILED;
+    }
+    return PUT(o, "\"");
+}
+
+static int put_text(struct out *o, PyObject *text) {   /* a new str (a repr), consumed */
+    if (!text) return ENC_FAILED;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    int r = s ? out_put(o, s, (size_t)n) : ENC_FAILED;
+    Py_DECREF(text);
+    return r;
+}
+
+static int put_double(struct out *o, double d) {   /* float.__repr__, and json's NaN/Infinity */
+    if (isnan(d)) return PUT(o, "NaN");
+    if (isinf(d)) return d > 0 ? PUT(o, "Infinity") : PUT(o, "-Infinity");
+    char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!s) return ENC_FAILED;
+    int r = out_put(o, s, strlen(s));
+    PyMem_Free(s);
+    return r;
+}
+
+static int put_plain(struct out *o, PyObject *x, int depth);
+
+static int put_tagged_start(struct out *o, const char *tag) {   /* {"t":"<tag>","v": */
+    return PUT(o, "{\"t\":\"") || out_put(o, tag, strlen(tag)) || PUT(o, "\",\"v\":");
+}
+
+static int put_iterable(struct out *o, PyObject *x, int depth) {   /* [to_plain(v) for v in x] */
+    PyObject *it = PyObject_GetIter(x), *item;
+    if (!it) return ENC_FAILED;
+    int r = PUT(o, "["), first = 1;
+    while (!r && (item = PyIter_Next(it))) {
+        r = (first ? 0 : PUT(o, ",")) || 0;
+        if (!r) r = put_plain(o, item, depth + 1);
+        first = 0;
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    if (!r && PyErr_Occurred()) r = ENC_FAILED;
+    return r ? r : PUT(o, "]");
+}
+
+/* codec.to_plain(x, depth), encoded as json.dumps(..., separators=(",", ":")) encodes it. */
+static int put_plain(struct out *o, PyObject *x, int depth) {
+    PyTypeObject *t = Py_TYPE(x);
+    if (x == Py_None) return PUT(o, "null");
+    if (t == &PyBool_Type) return x == Py_True ? PUT(o, "true") : PUT(o, "false");
+    if (t == &PyLong_Type) return put_text(o, PyLong_Type.tp_repr(x));
+    if (t == &PyFloat_Type) return put_double(o, PyFloat_AS_DOUBLE(x));
+    if (t == &PyUnicode_Type) return put_str(o, x);
+    if (depth >= MAX_DEPTH) return ENC_PYTHON;
+    if (t == &PyList_Type) {
+        int r = PUT(o, "[");
+        for (Py_ssize_t i = 0; !r && i < PyList_GET_SIZE(x); i++) {
+            if (i) r = PUT(o, ",");
+            if (!r) r = put_plain(o, PyList_GET_ITEM(x, i), depth + 1);
+        }
+        return r ? r : PUT(o, "]");
+    }
+    if (t == &PyTuple_Type || t == &PySet_Type || t == &PyFrozenSet_Type) {
+        const char *tag = t == &PyTuple_Type ? "tuple" : t == &PySet_Type ? "set" : "frozenset";
+        int r = put_tagged_start(o, tag);
+        if (!r) r = put_iterable(o, x, depth);
+        return r ? r : PUT(o, "}");
+    }
+    if (t == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        int r = put_tagged_start(o, "dict") || PUT(o, "["), first = 1;
+        while (!r && PyDict_Next(x, &pos, &k, &v)) {
+            r = (first ? 0 : PUT(o, ",")) || PUT(o, "[");
+            if (!r) r = put_plain(o, k, depth + 1);
+            if (!r) r = PUT(o, ",");
+            if (!r) r = put_plain(o, v, depth + 1);
+            if (!r) r = PUT(o, "]");
+            first = 0;
+        }
+        return r ? r : PUT(o, "]}");
+    }
+    if (t == &PyBytes_Type) {
+        static const char hex[] = "0123456789abcdef";
+        Py_ssize_t n = PyBytes_GET_SIZE(x);
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(x);
+        if (put_tagged_start(o, "bytes") || PUT(o, "\"") || reserve(o, 2 * (size_t)n)) return ENC_FAILED;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            o->buf[o->len++] = hex[b[i] >> 4];
+            o->buf[o->len++] = hex[b[i] & 15];
+        }
+        return PUT(o, "\"}");
+    }
+    if (t == &PyComplex_Type) {
+        Py_complex c = PyComplex_AsCComplex(x);
+        return put_tagged_start(o, "complex") || PUT(o, "[") || put_double(o, c.real) || PUT(o, ",")
+               || put_double(o, c.imag) || PUT(o, "]}");
+    }
+    return ENC_PYTHON;
+}
+
+/* The report frame for a value: codec.frame({"ok": codec.to_plain(value)}) in o, or ENC_PYTHON / ENC_FAILED. */
+static int encode_report(struct out *o, PyObject *value) {
+    int r = PUT(o, "\0\0\0\0{\"ok\":");
+    if (!r) r = put_plain(o, value, 0);
+    if (!r) r = PUT(o, "}");
+    if (r) return r < 0 ? ENC_FAILED : ENC_PYTHON;
+    uint32_t n = (uint32_t)(o->len - 4);   /* codec._HEADER: ">I" */
+    unsigned char h[4] = {n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255};
+    memcpy(o->buf, h, 4);
+    return ENC_OK;
+}
+
+/* For tests: the frame encode_report makes of value (bytes), or None where Python would encode it. */
+PyObject *report_frame(PyObject *value) {
+    struct out o = {NULL, 0, 0};
+    int r = encode_report(&o, value);
+    PyObject *res = r == ENC_OK ? PyBytes_FromStringAndSize(o.buf, (Py_ssize_t)o.len) : (PyErr_Clear(), Py_NewRef(Py_None));
+    PyMem_Free(o.buf);
+    return res;
+}
+
+/* Candidate i, sandboxed: bodies[i]() runs the program and returns [value] (or writes its own error report and
+   returns None); the value's report is encoded and written here, or by report_in_python(value). */
+static void run_candidate(PyObject *body, PyObject *report_in_python) {
+    PyObject *got = PyObject_CallNoArgs(body);
+    if (!got) _exit(70);
+    if (got == Py_None) _exit(0);
+    if (!PyList_CheckExact(got) || PyList_GET_SIZE(got) != 1) _exit(70);
+    PyObject *value = PyList_GET_ITEM(got, 0);
+    struct out o = {NULL, 0, 0};
+    if (encode_report(&o, value) == ENC_OK) {
+        const char *p = o.buf;
+        size_t left = o.len;
+        while (left) {
+            ssize_t w = write(3, p, left);          /* children.REPORT_FD */
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) _exit(70);
+            p += w;
+            left -= (size_t)w;
+        }
+        _exit(0);
+    }
+    PyErr_Clear();
+    _exit(PyObject_CallOneArg(report_in_python, value) ? 0 : 70);
+}
+
+int encodes_reports(void) { return 1; }
+#else
+int encodes_reports(void) { return 0; }
+#endif
+
 /* Fork a watching zygote. In it: watch_loop, then _exit. In candidate i: bodies[i]() (Python; the forker's
-   ctypes call holds the GIL, which the fork copies) and _exit. Returns the zygote's pid to the forker, or -1. */
+   ctypes call holds the GIL, which the fork copies) and _exit; where this helper encodes reports and
+   report_in_python is not None, bodies[i]() returns [value] and run_candidate reports it (report_in_python: the
+   fallback). Returns the zygote's pid to the forker, or -1. */
 int start_watching_zygote(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
                           const long long *limits, const char *paths, const long long *ids, int npaths,
-                          char *log, long long log_size, int wake_fd, int forker_end, void **bodies) {
+                          char *log, long long log_size, int wake_fd, int forker_end, void **bodies,
+                          void *report_in_python) {
     if (!call_noargs) return -1;
     pid_t forker = getpid(), z = fork();
     if (z != 0) return z;
@@ -426,5 +661,10 @@ int start_watching_zygote(int n, const long long *plans, const int *offsets, con
     }
     int i = watch_loop(n, plans, offsets, closes, fds, limits, paths, ids, npaths, log, log_size, wake_fd);
     if (i < 0) _exit(0);
+#ifdef WITH_PYTHON_H
+    if (report_in_python != Py_None) run_candidate((PyObject *)bodies[i], (PyObject *)report_in_python);
+#else
+    (void)report_in_python;
+#endif
     _exit(call_noargs(bodies[i]) ? 0 : 70);
 }
