@@ -112,3 +112,24 @@ def test_plan_made_once_per_batch_is_each_candidates_plan():
                 assert _flat_plan({"limits": limits, "uid": uid}, rep_w, out_w, cwd, plans) == want
     finally:
         os.close(cwd)
+
+
+def test_c_random_skip_is_getrandbits():
+    """zygote.c's random_skip (each candidate's own random stream, without Python) advances a random.Random
+    exactly as getrandbits(32 * words) does, across refills of its state; the helper uses it only then."""
+    import ctypes
+    import random
+    from distill_ray.verify import native
+    path = native.build()
+    helper = native.load(path)
+    if helper is None or not helper.skips_random:
+        pytest.skip("no C helper with Python's headers, or a CPython whose generator layout differs")
+    lib = ctypes.PyDLL(path)
+    lib.random_skip.argtypes, lib.random_skip.restype = [ctypes.py_object, ctypes.c_int], None
+    for words in (1, 2, 623, 624, 625, 1300, 5000):
+        ours, theirs = random.Random(words), random.Random(words)
+        ours.random()
+        theirs.random()   # mid-state: the index is not at a refill
+        lib.random_skip(ours, words)
+        theirs.getrandbits(32 * words)
+        assert [ours.random() for _ in range(3)] == [theirs.random() for _ in range(3)], words

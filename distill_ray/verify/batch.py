@@ -156,14 +156,15 @@ class Outbox:
             self.replies = []
 
 
-def run_batch(jobs: list[dict], scratch: Scratch, send, send_records) -> None:
+def run_batch(jobs: list[dict], scratch: Scratch, send, send_records, sock: int) -> None:
     """Run p3/gsm8k jobs in order; their replies go out in order, a few at a time: send(replies) from a zygote of
-    this module, send_records(bytes) from a watching zygote (watching_zygote.py: where it can, it runs them)."""
+    this module, records from a watching zygote (watching_zygote.py, which runs them where it can: on the socket
+    sock, or through send_records(bytes))."""
     out = Outbox(send)
     i = 0
     while i < len(jobs):
         out.flush()
-        watched = watching_zygote.run(jobs, i, scratch, send_records)
+        watched = watching_zygote.run(jobs, i, scratch, send_records, sock)
         i = _with_zygote(jobs, i, scratch, out.add) if watched is None else watched
     out.flush()
 

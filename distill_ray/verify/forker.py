@@ -89,7 +89,7 @@ def serve(sock: socket.socket) -> None:
             if scratch is None and req["jobs"]:
                 scratch = batch.Scratch(req["jobs"][0]["uid"], req["jobs"][0]["private_tmp"])
             batch.run_batch(req["jobs"], scratch, lambda replies: _send(sock, replies),
-                            lambda data: _send_records(sock, data))
+                            lambda data: _send_records(sock, data), sock.fileno())
         elif req["op"] == "reap":
             try:
                 _, status = os.waitpid(req["pid"], 0)

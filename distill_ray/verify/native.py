@@ -7,8 +7,9 @@ writes ~10, and the zygote's CPU per trivial check fell from ~0.30-0.36 to ~0.22
 
 - `zygote_loop` is `batch._zygote` + `sandbox.enter` step for step (same syscalls, same order, same wire format);
   a candidate whose sandbox entry fails exits with status 70 before any Python runs, as in `sandbox.fork_planned`.
-- `start_watching_zygote` forks the zygote of watching_zygote.py, which never runs Python, watches its candidates
-  itself and calls each candidate's Python body from C (`PyObject_CallNoArgs`, looked up at run time).
+- `run_watching_zygote` forks the zygote of watching_zygote.py, which never runs Python, watches its candidates
+  itself and calls each candidate's Python body from C (`PyObject_CallNoArgs`, looked up at run time); the forker
+  meanwhile passes the zygote's records on to the worker, in C too.
 - `fork_enter` is fork + `sandbox.enter` alone, for the other sandboxed forks (judges) where the plan allows it.
 - A candidate's small allocations go to memory its zygote reserved untouched (a wrapper around CPython's
   allocator, see zygote.c): -0.05 ms per trusted check (A/B interleaved, 1.08 -> 1.03 ms).
@@ -95,19 +96,31 @@ def _owned_and_private(path: str) -> bool:
 
 class Helper:
     """The loaded helper (ctypes, called with the GIL held, like os.fork): zygote_loop and fork_enter (batch.py,
-    sandbox.py), start_watching_zygote where candidates can be called from C (watching_zygote.py)."""
+    sandbox.py), run_watching_zygote where candidates can be called from C (watching_zygote.py)."""
 
     def __init__(self, lib):
         self.zygote_loop, self.fork_enter = lib.zygote_loop, lib.fork_enter
-        self.start_watching_zygote = lib.start_watching_zygote if lib.direct_calls() else None
+        self.run_watching_zygote = lib.run_watching_zygote if lib.direct_calls() else None
         self.encodes_reports = bool(lib.encodes_reports())
-        for fn in (self.zygote_loop, self.fork_enter, lib.start_watching_zygote):
-            fn.restype = ctypes.c_int
+        self.zygote_loop.restype = self.fork_enter.restype = ctypes.c_int
         ints, llongs = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_longlong)
-        lib.start_watching_zygote.argtypes = [   # (a log address and size do not fit ctypes' default int)
+        lib.run_watching_zygote.restype = ctypes.c_longlong
+        lib.run_watching_zygote.argtypes = [   # (a log address and size do not fit ctypes' default int)
             ctypes.c_int, llongs, ints, ints, ints, llongs, ctypes.c_char_p, llongs, ctypes.c_int,
-            ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.py_object),
-            ctypes.py_object]
+            ctypes.c_void_p, ctypes.c_longlong, ctypes.POINTER(ctypes.py_object), ctypes.py_object, ctypes.py_object,
+            ints, ctypes.c_int, ctypes.c_int, llongs, ints]
+        self.skips_random = self.encodes_reports and _random_skip_works(lib)
+
+
+def _random_skip_works(lib) -> bool:
+    """zygote.c's random_skip relies on CPython's layout of a random.Random: use it only where advancing a
+    generator with it gives what getrandbits gives (across a refill of the state, too)."""
+    import random
+    lib.random_skip.argtypes, lib.random_skip.restype = [ctypes.py_object, ctypes.c_int], None
+    ours, theirs = random.Random(20261124), random.Random(20261124)
+    lib.random_skip(ours, 700)
+    theirs.getrandbits(32 * 700)
+    return ours.getrandbits(64) == theirs.getrandbits(64) and ours.random() == theirs.random()
 
 
 def load(path: str | None) -> Helper | None:
@@ -139,7 +152,7 @@ def arrays(plans: list[list[int]], closes: list[int], judges: list, judge_closes
 
 def watch_arrays(plans: list[list[int]], closes: list[int], fds: list[int], limits: list[int], paths: list[str],
                  ids: list[int]) -> tuple:
-    """start_watching_zygote's first arguments, from flatten()ed plans (see watching_zygote.py)."""
+    """run_watching_zygote's first arguments, from flatten()ed plans (see watching_zygote.py)."""
     offsets, ints = [], []
     for p in plans:
         offsets.append(len(ints))

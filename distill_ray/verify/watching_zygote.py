@@ -3,19 +3,21 @@
 In batch.py's layout the forker (Python) watches every candidate the zygote forks: it reads the pid, waits for
 the answer, kills the uid, has the zygote reap, checks the scratch dir, tells the zygote to go on, decodes and
 re-encodes the reply. That is five wake-ups per check, Python between them, and every page the forker writes
-while a zygote shares its memory is copied once more. Here the C helper (zygote.c: start_watching_zygote) forks
+while a zygote shares its memory is copied once more. Here the C helper (zygote.c: run_watching_zygote) forks
 a zygote that never runs Python: it does all of that itself, step for step as batch._one, and appends one
 record per check (records.py) to a log it shares with the forker. Candidates call their Python body straight
-from C. The forker only passes the log's new bytes on to the worker, as they are, a few records per message.
+from C, which also encodes their answers (zygote.c: put_plain). The forker, in C as well until the zygote
+exits, only passes the log's new bytes on to the worker, as they are, a few records per message: it writes
+nearly nothing the zygote shares (it used to take ~12 copy-on-write faults per check in Python).
 
 The log is MAP_SHARED and the zygote marks it MADV_DONTFORK before its first fork, so no candidate ever maps it
 (none can write a record); the zygote's own buffers are DONTFORK too, so no fork copies them. As records are in
 the log before the forker is woken, a zygote that dies (killed, say, by a candidate of the same uid) loses
 none: the first check without a record is the one that was running, and it alone gets an error. A dir the
 candidate left dirty ends the zygote after that check's record: the forker cleans up (Scratch.reset, as
-batch._one does) and starts a fresh zygote for the rest.
+batch._one does) and starts a fresh zygote for the rest; the records the zygote wrote after its last wake-up go
+to the worker only after that clean-up (the worker may make dirs of its own once it has them).
 """
-
 from __future__ import annotations
 
 import ctypes
@@ -30,10 +32,11 @@ LOG_HEAD = 64
 RECORD_ROOM = records.RECORD.size + 120 + 4   # a record's fixed part, output tail and frame header (zygote.c)
 
 
-def run(jobs: list[dict], first: int, scratch, send_records) -> int | None:
-    """Run jobs[first:] up to the first one with an untrusted sat; send_records(bytes) with their records, in order.
-    Returns the index of the first job not run, or None where this path does not apply (batch.py's runs them)."""
-    if sandbox.NATIVE is None or sandbox.NATIVE.start_watching_zygote is None or not sandbox.INHERITED \
+def run(jobs: list[dict], first: int, scratch, send_records, sock: int) -> int | None:
+    """Run jobs[first:] up to the first one with an untrusted sat; their records go to the worker, in order, on the
+    socket sock (from C while the zygote runs) or through send_records(bytes). Returns the index of the first job
+    not run, or None where this path does not apply (batch.py's runs them)."""
+    if sandbox.NATIVE is None or sandbox.NATIVE.run_watching_zygote is None or not sandbox.INHERITED \
             or jobs[first].get("sat"):
         return None
     end = next((k for k in range(first, len(jobs)) if jobs[k].get("sat")), len(jobs))
@@ -45,7 +48,7 @@ def run(jobs: list[dict], first: int, scratch, send_records) -> int | None:
     if log is None:
         return None
     try:
-        done, stop, last = _with_zygote(todo, scratch, state, log, send_records)
+        done, stop, last = _with_zygote(todo, scratch, state, log, sock)
     finally:
         log.close()
     if stop == STOP_UNAVAILABLE and done == 0:
@@ -62,68 +65,54 @@ def run(jobs: list[dict], first: int, scratch, send_records) -> int | None:
     return first + done
 
 
-def _with_zygote(todo: list[dict], scratch, state, log: "Log", send_records) -> tuple[int, int, bytes]:
-    """Start a watching zygote for todo and pass its records on as it wakes us: (records, why it stopped, the
-    records it wrote last, not passed on yet)."""
-    pipes = [(*os.pipe(), *os.pipe()) for _ in todo]   # (rep_r, rep_w, out_r, out_w)
-    try:
-        args = _loop_args(todo, pipes, scratch, state)
-        if args is None:
-            return 0, STOP_UNAVAILABLE, b""
-        for job in todo:
-            if "code" not in job:
-                job["code"] = children.precompile(job["program"])   # before the fork: the zygote inherits it
-        encodes = sandbox.NATIVE.encodes_reports   # then a body returns the value, C encodes its report
-        body = _candidate_value if encodes else _candidate
-        bodies = (ctypes.py_object * len(todo))(*[functools.partial(body, i, job) for i, job in enumerate(todo)])
-        wake_r, wake_w = os.pipe()
-        zpid = sandbox.NATIVE.start_watching_zygote(len(todo), *args, log.addr, log.size, wake_w, wake_r, bodies,
-                                                    children.report_value if encodes else None)
-        os.close(wake_w)
-        if zpid < 0:
-            os.close(wake_r)
-            return 0, STOP_UNAVAILABLE, b""
-        random.getrandbits(64 * len(todo))   # its children's random streams (see batch._with_zygote)
-    finally:
+def _with_zygote(todo: list[dict], scratch, state, log: "Log", sock: int) -> tuple[int, int, bytes]:
+    """Run a watching zygote for todo (native.run_watching_zygote: it passes records on as the zygote wakes it):
+    (records, why it stopped, the records written after the zygote's last wake-up, not passed on yet)."""
+    for job in todo:
+        if "code" not in job:
+            job["code"] = children.precompile(job["program"])   # before the fork: the zygote inherits it
+    pipes = [(*os.pipe(), *os.pipe()) for _ in todo]   # (rep_r, rep_w, out_r, out_w): C closes ours after the fork
+    args = _loop_args(todo, pipes, scratch, state)
+    if args is None:
         for fd in (fd for p in pipes for fd in p):
             os.close(fd)
-    try:
-        done, last = _relay(log, wake_r, send_records)
-    finally:
-        os.close(wake_r)
-        os.waitpid(zpid, 0)
-    return done, log.stop(), last
+        return 0, STOP_UNAVAILABLE, b""
+    encodes = sandbox.NATIVE.encodes_reports   # then a body returns the value, C encodes its report
+    skips = sandbox.NATIVE.skips_random        # then C advances random's generator (zygote.c: random_skip)
+    body = _value if skips else _candidate_value if encodes else _candidate
+    bodies = (ctypes.py_object * len(todo))(*[functools.partial(body, i, job) for i, job in enumerate(todo)])
+    ours = [fd for p in pipes for fd in p]
+    held, zpid = ctypes.c_longlong(0), ctypes.c_int(-1)
+    random.getrandbits(64 * len(todo))   # before the fork, which copies it: see _candidate
+    done = sandbox.NATIVE.run_watching_zygote(
+        len(todo), *args, log.addr, log.size, bodies, children.report_value if encodes else None,
+        random._inst if skips else None,
+        (ctypes.c_int * len(ours))(*ours), len(ours), sock, ctypes.byref(held), ctypes.byref(zpid))
+    if done < 0:
+        return 0, STOP_UNAVAILABLE, b""
+    os.waitpid(zpid.value, 0)   # it has exited: the C relay returns on its EOF
+    written = log.written()
+    return done, log.stop(), log.read(held.value, written) if written > held.value else b""
 
 
 def _candidate(i: int, job: dict) -> None:
     """Candidate i's body, called from C in its sandboxed process."""
-    random.getrandbits(32 * (i + 1))   # its own random stream (see batch._native_loop)
+    random.getrandbits(32 * (i + 1))   # its own random stream: the zygote's, i + 1 words on
     children.run_candidate(job["kind"], job["program"], job["code"])
 
 
 def _candidate_value(i: int, job: dict) -> list | None:
     """_candidate where the C helper encodes reports: [the value] for it to report, or None (error reported)."""
     random.getrandbits(32 * (i + 1))
+    return _value(i, job)
+
+
+def _value(i: int, job: dict) -> list | None:
+    """_candidate_value where the C helper also advances random's generator."""
     value, err = children.candidate_value(job["kind"], job["program"], job["code"])
     if value is None:
         children.write_msg(children.REPORT_FD, err)
     return value
-
-
-def _relay(log: "Log", wake_r: int, send_records) -> tuple[int, bytes]:
-    """Pass the log's records on as the zygote wakes us, until it exits: (how many records, the last ones, written
-    after its last wake-up and not passed on yet)."""
-    consumed = done = 0
-    while True:
-        more = os.read(wake_r, 64)
-        written = log.written()
-        data = log.read(consumed, written) if written > consumed else b""
-        done += records.count(data)
-        consumed = written
-        if not more:
-            return done, data
-        if data:
-            send_records(data)
 
 
 def _clean_state(scratch) -> tuple[list[str], list[int]] | None:

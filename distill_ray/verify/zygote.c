@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -608,9 +609,49 @@ PyObject *report_frame(PyObject *value) {
     return res;
 }
 
+/* ---- A candidate's own random stream, without Python ----
+   random's module-level generator (a _random.Random) is the zygote's, copied into every candidate; candidate i
+   advances it i + 1 words, as random.getrandbits(32 * (i + 1)) would, so candidates of a batch draw different
+   numbers. That call writes ~10 pages (the module, the bound method, a new int, code); this writes the
+   generator's state only. The layout is CPython's (Modules/_randommodule.c); native.Helper checks it against
+   getrandbits before using it. */
+#define MT_N 624
+#define MT_M 397
+typedef struct { PyObject_HEAD int index; uint32_t state[MT_N]; } RandomState;
+
+static void mt_refill(uint32_t *mt) {   /* genrand_uint32's refill of N words */
+    static const uint32_t mag01[2] = {0x0U, 0x9908b0dfU};
+    uint32_t y;
+    int k;
+    for (k = 0; k < MT_N - MT_M; k++) {
+        y = (mt[k] & 0x80000000U) | (mt[k + 1] & 0x7fffffffU);
+        mt[k] = mt[k + MT_M] ^ (y >> 1) ^ mag01[y & 0x1U];
+    }
+    for (; k < MT_N - 1; k++) {
+        y = (mt[k] & 0x80000000U) | (mt[k + 1] & 0x7fffffffU);
+        mt[k] = mt[k + (MT_M - MT_N)] ^ (y >> 1) ^ mag01[y & 0x1U];
+    }
+    y = (mt[MT_N - 1] & 0x80000000U) | (mt[0] & 0x7fffffffU);
+    mt[MT_N - 1] = mt[MT_M - 1] ^ (y >> 1) ^ mag01[y & 0x1U];
+}
+
+/* Advance generator r by `words` 32-bit words. */
+void random_skip(PyObject *r, int words) {
+    RandomState *g = (RandomState *)r;
+    for (; words > 0; words--) {
+        if (g->index >= MT_N) {
+            mt_refill(g->state);
+            g->index = 0;
+        }
+        g->index++;
+    }
+}
+
 /* Candidate i, sandboxed: bodies[i]() runs the program and returns [value] (or writes its own error report and
-   returns None); the value's report is encoded and written here, or by report_in_python(value). */
-static void run_candidate(PyObject *body, PyObject *report_in_python) {
+   returns None); the value's report is encoded and written here, or by report_in_python(value). Where rng is not
+   None (random's generator), it is advanced first (see random_skip). */
+static void run_candidate(int i, PyObject *body, PyObject *report_in_python, PyObject *rng) {
+    if (rng != Py_None) random_skip(rng, i + 1);
     PyObject *got = PyObject_CallNoArgs(body);
     if (!got) _exit(70);
     if (got == Py_None) _exit(0);
@@ -641,12 +682,11 @@ int encodes_reports(void) { return 0; }
 /* Fork a watching zygote. In it: watch_loop, then _exit. In candidate i: bodies[i]() (Python; the forker's
    ctypes call holds the GIL, which the fork copies) and _exit; where this helper encodes reports and
    report_in_python is not None, bodies[i]() returns [value] and run_candidate reports it (report_in_python: the
-   fallback). Returns the zygote's pid to the forker, or -1. */
-int start_watching_zygote(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
+   fallback; rng: see run_candidate). Returns the zygote's pid to the forker, or -1. */
+static pid_t start_zygote(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
                           const long long *limits, const char *paths, const long long *ids, int npaths,
                           char *log, long long log_size, int wake_fd, int forker_end, void **bodies,
-                          void *report_in_python) {
-    if (!call_noargs) return -1;
+                          void *report_in_python, void *rng) {
     pid_t forker = getpid(), z = fork();
     if (z != 0) return z;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != forker) _exit(0);
@@ -662,9 +702,78 @@ int start_watching_zygote(int n, const long long *plans, const int *offsets, con
     int i = watch_loop(n, plans, offsets, closes, fds, limits, paths, ids, npaths, log, log_size, wake_fd);
     if (i < 0) _exit(0);
 #ifdef WITH_PYTHON_H
-    if (report_in_python != Py_None) run_candidate((PyObject *)bodies[i], (PyObject *)report_in_python);
+    if (report_in_python != Py_None) run_candidate(i, (PyObject *)bodies[i], (PyObject *)report_in_python, rng);
 #else
     (void)report_in_python;
+    (void)rng;
 #endif
     _exit(call_noargs(bodies[i]) ? 0 : 70);
+}
+
+/* Whole records in [p, p + len): RECORD's lengths say where each ends. */
+static long long count_records(const char *p, long long len) {
+    long long k = 0, pos = 0;
+    while (pos + RECORD <= len) {
+        int32_t lens[2];
+        memcpy(lens, p + pos + 36, 8);
+        pos += RECORD + lens[0] + lens[1];
+        k++;
+    }
+    return k;
+}
+
+/* One raw message to the worker: forker._send_records' framing (">I" length with the top bit set, then bytes). */
+static int send_raw(int sock, const char *p, long long len) {
+    uint32_t n = (uint32_t)len | (1u << 31);
+    unsigned char h[4] = {n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255};
+    struct iovec v[2] = {{h, 4}, {(void *)p, (size_t)len}};
+    size_t left = 4 + (size_t)len;
+    while (left) {
+        ssize_t w = writev(sock, v, 2);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        left -= (size_t)w;
+        for (int k = 0; k < 2; k++) {                    /* skip what was written */
+            size_t d = (size_t)w < v[k].iov_len ? (size_t)w : v[k].iov_len;
+            v[k].iov_base = (char *)v[k].iov_base + d;
+            v[k].iov_len -= d;
+            w -= (ssize_t)d;
+        }
+    }
+    return 0;
+}
+
+/* The forker's whole part while a watching zygote runs, in C: what the forker writes while a zygote shares its
+   memory is copied page by page (Python writes many), so it only closes its copies of the candidates' pipe ends
+   (all_fds), then passes the log's records on to the worker (sock) each time the zygote wakes it, until the
+   zygote exits. The records written after its last wake-up are held back (*held: where they start) for the
+   forker to send once it has cleaned up. Returns how many records there were; -1 if the zygote could not be
+   forked. *zpid: the zygote, for the forker to reap. */
+long long run_watching_zygote(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
+                              const long long *limits, const char *paths, const long long *ids, int npaths,
+                              char *log, long long log_size, void **bodies, void *report_in_python, void *rng,
+                              const int *all_fds, int nfds, int sock, long long *held, int *zpid) {
+    int wake[2];
+    if (!call_noargs || pipe2(wake, O_CLOEXEC) != 0) return -1;
+    pid_t z = start_zygote(n, plans, offsets, closes, fds, limits, paths, ids, npaths, log, log_size, wake[1],
+                           wake[0], bodies, report_in_python, rng);
+    *zpid = z;
+    close(wake[1]);
+    for (int k = 0; k < nfds; k++) close(all_fds[k]);
+    if (z < 0) { close(wake[0]); return -1; }
+    const struct log_head *head = (const struct log_head *)log;
+    long long consumed = 0, records = 0;
+    for (;;) {
+        char buf[64];
+        ssize_t r = read(wake[0], buf, sizeof buf);
+        if (r < 0 && errno == EINTR) continue;
+        long long written = __atomic_load_n(&head->written, __ATOMIC_ACQUIRE);
+        records += count_records(log + LOG_HEAD + consumed, written - consumed);
+        if (r <= 0) break;                               /* the zygote is gone: hold back the rest */
+        if (written > consumed && send_raw(sock, log + LOG_HEAD + consumed, written - consumed) != 0) break;
+        consumed = written;
+    }
+    close(wake[0]);
+    *held = consumed;
+    return records;
 }
