@@ -190,3 +190,16 @@ def test_records_decode_like_the_forker_replies():
     assert second["msg"] is None and "500 bytes exceeds the 99-byte cap" in second["why"]
     assert records.count(two) == 2 and records.count(two[:-1]) == 1
     assert records.replies(records.error(3, "zygote died")) == [{"error": "zygote died", "seconds": 0.0}]
+
+
+def test_answer_text_is_the_capped_repr_fast_or_walked():
+    """A verdict's answer is repr(answer) capped at ANSWER_CHARS: small answers take repr directly, big lists and
+    huge ints are walked (never turned whole into text); both give the same text where both apply."""
+    from distill_ray.verify import checks
+    values = [[99, 1, 1], 5, -3, 2 ** 300, "x" * 300, "ab", None, True, 1.5, float("nan"), [1.0, "a", None, True],
+              ["x" * 200] * 10, list(range(64)), list(range(65)), [[1]], [], "é\n", list(range(10 ** 5))]
+    for value in values:
+        assert checks.answer_text(value) == repr(value)[:checks.ANSWER_CHARS], repr(value)[:50]
+    huge = 2 ** 5000
+    assert checks.answer_text(huge).startswith("<int of 5001 bits: 0x")
+    assert checks.answer_text([huge]).startswith("[<int of 5001 bits")

@@ -108,13 +108,15 @@ static void bump_reserve(void) {
     void *p = mmap(NULL, BUMP_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     bump_base = bump_next = p == MAP_FAILED ? NULL : (char *)p;
     bump_end = bump_base ? bump_base + BUMP_SIZE : NULL;
+    if (get_allocator) {   /* here, not in each candidate: its copy of these statics is then only read */
+        get_allocator(PYMEM_DOMAIN_MEM, &old_mem);
+        get_allocator(PYMEM_DOMAIN_OBJ, &old_obj);
+    }
 }
 
 /* In a candidate, once sandboxed. */
 static void bump_install(void) {
     if (!bump_base || !get_allocator || !set_allocator) return;
-    get_allocator(PYMEM_DOMAIN_MEM, &old_mem);
-    get_allocator(PYMEM_DOMAIN_OBJ, &old_obj);
     PyMemAllocatorEx mem = {&old_mem, b_malloc, b_calloc, b_realloc, b_free}, obj = mem;
     obj.ctx = &old_obj;
     set_allocator(PYMEM_DOMAIN_MEM, &mem);
