@@ -203,3 +203,24 @@ def test_answer_text_is_the_capped_repr_fast_or_walked():
     huge = 2 ** 5000
     assert checks.answer_text(huge).startswith("<int of 5001 bits: 0x")
     assert checks.answer_text([huge]).startswith("[<int of 5001 bits")
+
+
+def test_exceptions_are_reported_the_same_from_c_and_python():
+    """A candidate's exception is reported as [type name, str(exc)[:200]] whether the C helper runs the program
+    (zygote.c: run_program) or Python does; a __str__ that raises gives '<unprintable>'."""
+    programs = {
+        "plain": "def solution():\n    raise ValueError('x' * 500)\n",
+        "unprintable": "class Boom(Exception):\n    def __str__(self):\n        raise RuntimeError\n"
+                       "def solution():\n    raise Boom()\n",
+        "at_import": "import no_such_module_here\ndef solution():\n    return 1\n",
+        "no_entry": "def other():\n    return 1\n",
+        "not_callable": "solution = 3\n",
+    }
+    checks = [Check("gsm8k", p, expected=1) for p in programs.values()]
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        out = dict(zip(programs, v.verify(checks)))
+    assert all(x.status == "error" for x in out.values()), out
+    assert out["plain"].detail == "ValueError: " + "x" * 200
+    assert out["unprintable"].detail == "Boom: <unprintable>"
+    assert out["at_import"].detail.startswith("ModuleNotFoundError: No module named 'no_such_module_here'")
+    assert out["no_entry"].detail == out["not_callable"].detail == "NameError: the program defines no solution()"

@@ -19,8 +19,8 @@ REPORT_FD, REQUEST_FD, RESPONSE_FD = 3, 4, 5
 ENTRY = {"p3": "sol", "gsm8k": "solution"}
 
 
-def _fresh_namespace(name: str) -> dict:
-    # P3 convention: sol/sat may name List without importing it
+def namespace(name: str) -> dict:
+    """A fresh namespace for a program. (P3 convention: sol/sat may name List without importing it.)"""
     return {"__name__": name, "__builtins__": builtins, "List": typing.List}
 
 
@@ -65,7 +65,7 @@ def candidate_report(kind: str, program: str, code=None) -> dict:
 def candidate_value(kind: str, program: str, code=None) -> tuple[list | None, dict | None]:
     """Run the program and call sol()/solution(): ([its value], None), or (None, the {"err": [...]} message)."""
     try:
-        ns = _fresh_namespace("__candidate__")
+        ns = namespace("__candidate__")
         exec(code if code is not None else compile(program, "<candidate>", "exec"), ns)
         fn = ns.get(ENTRY[kind])
         if not callable(fn):
@@ -124,7 +124,7 @@ def serve_candidate(program: str) -> None:
     """A for asserts: run the program, export its names, then answer call requests until the judge hangs up."""
     sys.set_int_max_str_digits(0)
     try:
-        ns = _fresh_namespace("__candidate__")
+        ns = namespace("__candidate__")
         exec(compile(program, "<candidate>", "exec"), ns)
         names = {k: spec for k, v in list(ns.items()) if not k.startswith("__") and (spec := _export(k, v))}
         write_msg(REPORT_FD, {"names": names})
@@ -178,7 +178,7 @@ def sat_report(code, answer) -> dict:
     if type(code) is dict:
         return code
     try:
-        ns = _fresh_namespace("__puzzle__")
+        ns = namespace("__puzzle__")
         exec(code, ns)
         sat_fn = ns.get("sat")
         if not callable(sat_fn):

@@ -80,7 +80,10 @@ def _with_zygote(todo: list[dict], scratch, state, log: "Log", sock: int) -> tup
     encodes = sandbox.NATIVE.encodes_reports   # then a body returns the value, C encodes its report
     skips = sandbox.NATIVE.skips_random        # then C advances random's generator (zygote.c: random_skip)
     body = _value if skips else _candidate_value if encodes else _candidate
-    bodies = (ctypes.py_object * len(todo))(*[functools.partial(body, i, job) for i, job in enumerate(todo)])
+    ns = children.namespace("__candidate__")
+    bodies = (ctypes.py_object * len(todo))(*[   # a program C runs itself (zygote.c: run_program), or Python
+        (job["code"], children.ENTRY[job["kind"]], ns) if skips and job["code"] is not None
+        else functools.partial(body, i, job) for i, job in enumerate(todo)])
     ours = [fd for p in pipes for fd in p]
     held, zpid = ctypes.c_longlong(0), ctypes.c_int(-1)
     random.getrandbits(64 * len(todo))   # before the fork, which copies it: see _candidate

@@ -649,31 +649,80 @@ void random_skip(PyObject *r, int words) {
     }
 }
 
-/* Candidate i, sandboxed: bodies[i]() runs the program and returns [value] (or writes its own error report and
-   returns None); the value's report is encoded and written here, or by report_in_python(value). Where rng is not
-   None (random's generator), it is advanced first (see random_skip). */
+/* Write the frame in o to the report channel (children.REPORT_FD) and end the candidate. */
+static void send_report(struct out *o) {
+    const char *p = o->buf;
+    size_t left = o->len;
+    while (left) {
+        ssize_t w = write(3, p, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) _exit(70);
+        p += w;
+        left -= (size_t)w;
+    }
+    _exit(0);
+}
+
+/* children._describe's report of the exception being raised: {"err": [type name, str(exc)[:200]]}. */
+static void report_exception(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (!type) _exit(70);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *name = PyType_GetName((PyTypeObject *)type);
+    PyObject *text = value ? PyObject_Str(value) : NULL;     /* may run the candidate's own __str__: it is its process */
+    if (!text) {
+        PyErr_Clear();
+        text = PyUnicode_FromString("<unprintable>");
+    } else if (PyUnicode_GET_LENGTH(text) > 200) {
+        text = PyUnicode_Substring(text, 0, 200);
+    }
+    struct out o = {NULL, 0, 0};
+    if (!name || !text || PUT(&o, "\0\0\0\0{\"err\":[") || put_str(&o, name) || PUT(&o, ",") || put_str(&o, text)
+            || PUT(&o, "]}")) _exit(70);
+    uint32_t n = (uint32_t)(o.len - 4);
+    unsigned char h[4] = {n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255};
+    memcpy(o.buf, h, 4);
+    send_report(&o);
+}
+
+/* The report of value, encoded here or by report_in_python(value) (see put_plain); ends the candidate. */
+static void report_value(PyObject *value, PyObject *report_in_python) {
+    struct out o = {NULL, 0, 0};
+    if (encode_report(&o, value) == ENC_OK) send_report(&o);
+    PyErr_Clear();
+    _exit(PyObject_CallOneArg(report_in_python, value) ? 0 : 70);
+}
+
+/* children.candidate_value + its report, without Python in between: run (code, entry, namespace template) — exec
+   the program's code in a copy of the template, call its entry function — and report. */
+static void run_program(PyObject *job, PyObject *report_in_python) {
+    PyObject *code = PyTuple_GET_ITEM(job, 0), *entry = PyTuple_GET_ITEM(job, 1);
+    PyObject *ns = PyDict_Copy(PyTuple_GET_ITEM(job, 2));
+    if (!ns || !PyEval_EvalCode(code, ns, ns)) report_exception();
+    PyObject *fn = PyDict_GetItemWithError(ns, entry);
+    if (!fn && PyErr_Occurred()) report_exception();
+    if (!fn || !PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_NameError, "the program defines no %U()", entry);
+        report_exception();
+    }
+    Py_INCREF(fn);   /* the call may take it out of ns */
+    PyObject *value = PyObject_CallNoArgs(fn);
+    if (!value) report_exception();
+    report_value(value, report_in_python);
+}
+
+/* Candidate i, sandboxed. body: a (code, entry, namespace) tuple for run_program, or a callable that runs the
+   program and returns [value] (or writes its own error report and returns None). Where rng is not None
+   (random's generator), it is advanced first (see random_skip). */
 static void run_candidate(int i, PyObject *body, PyObject *report_in_python, PyObject *rng) {
     if (rng != Py_None) random_skip(rng, i + 1);
+    if (PyTuple_CheckExact(body) && PyTuple_GET_SIZE(body) == 3) run_program(body, report_in_python);
     PyObject *got = PyObject_CallNoArgs(body);
     if (!got) _exit(70);
     if (got == Py_None) _exit(0);
     if (!PyList_CheckExact(got) || PyList_GET_SIZE(got) != 1) _exit(70);
-    PyObject *value = PyList_GET_ITEM(got, 0);
-    struct out o = {NULL, 0, 0};
-    if (encode_report(&o, value) == ENC_OK) {
-        const char *p = o.buf;
-        size_t left = o.len;
-        while (left) {
-            ssize_t w = write(3, p, left);          /* children.REPORT_FD */
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) _exit(70);
-            p += w;
-            left -= (size_t)w;
-        }
-        _exit(0);
-    }
-    PyErr_Clear();
-    _exit(PyObject_CallOneArg(report_in_python, value) ? 0 : 70);
+    report_value(PyList_GET_ITEM(got, 0), report_in_python);
 }
 
 int encodes_reports(void) { return 1; }
