@@ -20,6 +20,7 @@ candidate left dirty ends the zygote after that check's record: the forker clean
 batch._one does) and starts a fresh zygote for the rest; the records the zygote wrote after its last wake-up go
 to the worker only after that clean-up (the worker may make dirs of its own once it has them).
 """
+
 from __future__ import annotations
 
 import ctypes
