@@ -22,7 +22,11 @@ memory) -> one candidate process per check. p3 and gsm8k checks reach the forker
 zygote whose only job is to fork the candidates one at a time (`batch.py`: after a fork every page either side
 writes is copied, so the process that forks must do almost nothing else), while the forker watches each one
 (deadline, output cap, kill, reap, emptying the reused scratch dir) and streams back only plain data (the
-candidate's answer message, wait status, output tail). The worker does the type checks and comparisons. `sat`:
+candidate's answer message, wait status, output tail). Where the C helper is built (`zygote.c`) and no check of
+the batch needs a fresh judge, the zygote watches its candidates itself and never runs Python
+(`watching_zygote.py`): it forks, watches, kills and reaps each candidate and whatever it started, checks the
+scratch dir, and writes one record per check to a log shared with the forker (no candidate maps it); each
+candidate runs its program and encodes its answer from C. The worker does the type checks and comparisons. `sat`:
 when the check says `trusted_sat` (a curated sat: P3, our puzzle families) it runs in the worker's persistent
 judge process (`judge.py`: forked by the worker, its own uid, time limit per call, killed and replaced when a call
 runs out), so the check costs one fork; a model-written sat (the default) runs in a fresh judge process that the
