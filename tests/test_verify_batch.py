@@ -188,7 +188,7 @@ def test_records_decode_like_the_forker_replies():
     first, second = records.replies(two)
     assert first == {"msg": {"ok": [1]}, "why": "ok", "status": 0, "tail": "tail", "seconds": 0.5}
     assert second["msg"] is None and "500 bytes exceeds the 99-byte cap" in second["why"]
-    assert records.count(two) == 2 and records.count(two[:-1]) == 1
+    assert len(records.replies(two[:-1])) == 1   # a record cut short is not read
     assert records.replies(records.error(3, "zygote died")) == [{"error": "zygote died", "seconds": 0.0}]
 
 

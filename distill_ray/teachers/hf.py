@@ -134,11 +134,12 @@ class HFEngine:
             if token in self.stop_ids:
                 length, finished = pos, True
                 break
-        if stop:   # generate stopped this row on the token that completed a stop string; padding follows
-            length, finished = self._stop_string_length(ids, length, stop) or (length, finished)
         text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
-        if stop:
-            text = _cut_at_stop(text, stop)
+        if stop and any(s in text for s in stop):
+            # generate stopped this row on the token that completed a stop string; padding follows. (Rows without
+            # one, e.g. those that ran to max_new_tokens, need no token-by-token search.)
+            length, finished = self._stop_string_length(ids, length, stop) or (length, finished)
+            text = _cut_at_stop(self.tokenizer.decode(ids[:length], skip_special_tokens=True), stop)
         logprobs = recorder.row(index, length) if recorder else None
         return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=length, finished=finished,
                           logprobs=logprobs)

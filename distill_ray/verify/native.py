@@ -21,6 +21,7 @@ Set DISTILL_RAY_VERIFY_NATIVE=0 to use the pure-Python path.
 The shared object is built once per source version into a private cache dir (mode 0700, owned by us: nobody
 else can plant a library there that a root worker would load).
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -22,16 +22,6 @@ def error(index: int, text: str) -> bytes:
     return RECORD.pack(index, ERROR, 0, 0, 0, 0.0, len(body), 0) + body
 
 
-def count(data: bytes) -> int:
-    """How many records `data` holds (whole records only, as the zygote writes them)."""
-    n = pos = 0
-    while pos + RECORD.size <= len(data):
-        body_len, tail_len = RECORD.unpack_from(data, pos)[6:]
-        pos += RECORD.size + body_len + tail_len
-        n += 1
-    return n
-
-
 def replies(data: bytes) -> list[dict]:
     """batch._one's reply for each record in data."""
     out, pos = [], 0

@@ -193,7 +193,7 @@ class Log:
         return None if addr in (None, ctypes.c_void_p(-1).value) else cls(addr)
 
     def __init__(self, addr: int):
-        self.addr, self.size, self.room = addr, self.SIZE, self.SIZE - LOG_HEAD
+        self.addr, self.size = addr, self.SIZE
         self._written = ctypes.c_longlong.from_address(addr)   # a new mapping is zeroed: 0 written, STOP_NONE
         self._stop = ctypes.c_int.from_address(addr + 8)
 

@@ -134,8 +134,6 @@ static int put(int fd, int32_t v) { return write(fd, &v, 4) == 4 ? 0 : -1; }   /
 
 static int expect(int fd, char want) { char c; return read(fd, &c, 1) == 1 && c == want ? 0 : -1; }
 
-/* Fork the process planned at plan; report its pid; on "r" reap it and report its wait status.
-   Returns 0 in the child (sandboxed), 1 in the zygote to go on, -1 to stop. */
 /* sandbox.kill_uid: SIGKILL every process of the sandbox uid. -1: the zygote could not take back its own uid. */
 static int kill_uid(long long uid) {
     if (setresuid((uid_t)uid, (uid_t)uid, 0) == 0) kill(-1, SIGKILL);
@@ -172,6 +170,8 @@ static long long plan_uid(const long long *p) {
     return r[3 + 3 * r[2]];
 }
 
+/* Fork the process planned at plan; report its pid; on "r" reap it (and what it started) and report its wait
+   status. Returns 0 in the child (sandboxed), 1 in the zygote to go on, -1 to stop. */
 static int serve(const long long *plan, const int *closes, int nclose, int ctl_r, int info_w, int candidate) {
     pid_t pid = fork();
     if (pid == 0) {
@@ -214,12 +214,20 @@ int zygote_loop(int n, const long long *plans, const int *offsets, const int *cl
     return -1;
 }
 
+/* A frame's length as it starts every frame (codec._HEADER: ">I"). */
+static void put_length(unsigned char *b, uint32_t n) {
+    b[0] = n >> 24;
+    b[1] = (n >> 16) & 255;
+    b[2] = (n >> 8) & 255;
+    b[3] = n & 255;
+}
+
 /* ---- The watching zygote (watching_zygote.py): checks without a fresh judge ----
-   Started from C (start_watching_zygote), it never runs Python: for each check it forks the candidate, watches
+   Started from C (run_watching_zygote), it never runs Python: for each check it forks the candidate, watches
    it as batch._watch does, kills and reaps it, checks the dirs are still clean, and appends a record to a log it
-   shares with the forker (MAP_SHARED, and MADV_DONTFORK here, so no candidate ever maps it). A candidate calls
-   its Python body directly from C and exits without returning through ctypes (whose return path alone writes a
-   dozen pages). */
+   shares with the forker (MAP_SHARED, and MADV_DONTFORK here, so no candidate ever maps it). A candidate runs
+   from C (run_candidate) and exits without returning through ctypes (whose return path alone writes a dozen
+   pages). */
 
 enum { WHY_OK, WHY_EOF, WHY_TIMEOUT, WHY_TOO_LARGE, WHY_NO_FORK };   /* records.py */
 enum { STOP_NONE, STOP_DONE, STOP_DIRTY, STOP_FULL, STOP_UNAVAILABLE };
@@ -524,7 +532,7 @@ static int put_iterable(struct out *o, PyObject *x, int depth) {   /* [to_plain(
     if (!it) return ENC_FAILED;
     int r = PUT(o, "["), first = 1;
     while (!r && (item = PyIter_Next(it))) {
-        r = (first ? 0 : PUT(o, ",")) || 0;
+        r = first ? 0 : PUT(o, ",");
         if (!r) r = put_plain(o, item, depth + 1);
         first = 0;
         Py_DECREF(item);
@@ -596,9 +604,7 @@ static int encode_report(struct out *o, PyObject *value) {
     if (!r) r = put_plain(o, value, 0);
     if (!r) r = PUT(o, "}");
     if (r) return r < 0 ? ENC_FAILED : ENC_PYTHON;
-    uint32_t n = (uint32_t)(o->len - 4);   /* codec._HEADER: ">I" */
-    unsigned char h[4] = {n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255};
-    memcpy(o->buf, h, 4);
+    put_length((unsigned char *)o->buf, (uint32_t)(o->len - 4));
     return ENC_OK;
 }
 
@@ -680,9 +686,7 @@ static void report_exception(void) {
     struct out o = {NULL, 0, 0};
     if (!name || !text || PUT(&o, "\0\0\0\0{\"err\":[") || put_str(&o, name) || PUT(&o, ",") || put_str(&o, text)
             || PUT(&o, "]}")) _exit(70);
-    uint32_t n = (uint32_t)(o.len - 4);
-    unsigned char h[4] = {n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255};
-    memcpy(o.buf, h, 4);
+    put_length((unsigned char *)o.buf, (uint32_t)(o.len - 4));
     send_report(&o);
 }
 
@@ -775,8 +779,8 @@ static long long count_records(const char *p, long long len) {
 
 /* One raw message to the worker: forker._send_records' framing (">I" length with the top bit set, then bytes). */
 static int send_raw(int sock, const char *p, long long len) {
-    uint32_t n = (uint32_t)len | (1u << 31);
-    unsigned char h[4] = {n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255};
+    unsigned char h[4];
+    put_length(h, (uint32_t)len | (1u << 31));
     struct iovec v[2] = {{h, 4}, {(void *)p, (size_t)len}};
     size_t left = 4 + (size_t)len;
     while (left) {
