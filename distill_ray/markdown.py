@@ -11,6 +11,8 @@ def table(header: list[str], rows: list[list], right: int = 0) -> list[str]:
 
 def interval(summary: dict, digits: int = 3) -> str:
     """A pass@k summary as ``mean [low, high]`` (its 95% interval)."""
+    if summary.get("problems") == 0:  # summarize_passk: every problem had fewer than k samples, mean is NaN
+        return "n/a (every problem has n < k)"
     low, high = summary["ci95"]
     return f"{summary['mean']:.{digits}f} [{low:.2f}, {high:.2f}]"
 
