@@ -13,7 +13,7 @@ import signal
 import time
 
 from distill_ray.verify import children, sandbox
-from distill_ray.verify.codec import from_plain
+from distill_ray.verify.codec import from_plain, safe_text
 from distill_ray.verify.judge import SatJudge
 
 ANSWER_CHARS = 1000
@@ -26,7 +26,10 @@ class Invalid(Exception):
 
 
 def verdict(status: str, detail: str = "", answer: str | None = None) -> dict:
-    return {"passed": status == "pass", "status": status, "answer": answer, "detail": detail[:DETAIL_CHARS]}
+    """A verdict; its text made UTF-8-safe (safe_text) before it is cut, so the cut text stays within its cap."""
+    if answer is not None:
+        answer = safe_text(answer)[:ANSWER_CHARS]
+    return {"passed": status == "pass", "status": status, "answer": answer, "detail": safe_text(detail)[:DETAIL_CHARS]}
 
 
 # ---------------------------------------------------------------- answer types (P3's type_check, exact types)

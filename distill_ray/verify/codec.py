@@ -23,6 +23,21 @@ class NotPlainData(TypeError):
     """The value is not plain data (or is nested too deeply)."""
 
 
+def safe_text(text) -> str:
+    """text as a str that encodes to UTF-8: lone surrogates (which a candidate's str, exception message or output
+    may hold, and which JSONL written with ensure_ascii=False, Arrow/Parquet and any UTF-8 writer reject) become
+    backslash escapes. Called where candidate text enters trusted data (Verdict's answer and detail)."""
+    if type(text) is not str:
+        text = str(text)
+    if text.isascii():   # O(1) for the usual ASCII text
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def to_plain(x, depth: int = 0):
     """Encode x as JSON-able plain data; raise NotPlainData for anything else."""
     t = type(x)

@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from typing import IO, Iterable, Iterator
 
+from distill_ray.verify.codec import safe_text
 from distill_ray.verify.pool import Verifier
 from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict
 
@@ -165,7 +166,7 @@ def _verify_chunk(v: Verifier, chunk: list) -> Iterator[dict]:
         if isinstance(c, Check):
             yield _out(rid, next(verdicts))
         else:
-            yield {"id": rid, "passed": False, "status": "error", "detail": f"malformed record: {c}"[:300],
+            yield {"id": rid, "passed": False, "status": "error", "detail": safe_text(f"malformed record: {c}")[:300],
                    "seconds": 0.0, "answer": None}
 
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None, stdin: IO | None = None, stdout: IO | No
     try:
         for out in verify_jsonl(src, limits, max(1, args.workers), max(1, args.chunk_size)):
             counts[out["status"]] += 1
-            dst.write(json.dumps(out, ensure_ascii=False) + "\n")
+            dst.write(_line(out))
         dst.flush()
     finally:
         if args.input != "-":
@@ -214,6 +215,18 @@ def main(argv: list[str] | None = None, stdin: IO | None = None, stdout: IO | No
         by = ", ".join(f"{k}={counts[k]}" for k in sorted(counts)) or "none"
         print(f"verified {n} records in {dt:.2f}s ({n / dt if dt > 0 else 0:.1f} checks/s): {by}", file=stderr)
     return 0
+
+
+def _line(out: dict) -> str:
+    """One output line: UTF-8 text as is, unless something in it (an id read from the input, say) holds a lone
+    surrogate, which no UTF-8 writer takes: then that line is written with JSON's \\u escapes (ASCII)."""
+    line = json.dumps(out, ensure_ascii=False) + "\n"
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = json.dumps(out) + "\n"
+    return line
 
 
 def stats_line(verdicts: Iterable[dict]) -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from distill_ray.verify.codec import safe_text
 from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict
 
 _ROOT = str(Path(__file__).resolve().parents[2])
@@ -190,7 +191,7 @@ class Verifier:
             return
         for ready in msgs:   # each message: the verdicts the worker had ready, [[index, verdict], ...]
             for index, v in ready:
-                results[index] = Verdict(v["passed"], v["status"], v["answer"], v["detail"], v["seconds"])
+                results[index] = _verdict(v)
                 w.pending.remove(index)
             w.last_progress = time.monotonic()
 
@@ -227,6 +228,14 @@ class Verifier:
             self.close()
         except Exception:
             pass
+
+
+def _verdict(v: dict) -> Verdict:
+    """A worker's verdict message as a Verdict. Its text is made UTF-8-safe again here (the worker does it too): the
+    caller writes it to JSONL and Parquet, which take no lone surrogates."""
+    answer = v["answer"]
+    return Verdict(v["passed"] is True, v["status"], None if answer is None else safe_text(answer),
+                   safe_text(v["detail"]), v["seconds"])
 
 
 def _malformed(check) -> str:
