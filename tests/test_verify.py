@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from distill_ray.verify import Check, SandboxLimits, Verdict, Verifier, verify_one
+from distill_ray.verify import Check, SandboxLimits, Verdict, Verifier, pool, verify_one
 from distill_ray.verify.sandbox import UID_BASE
 
 TOKEN = uuid.uuid4().hex[:12]          # unique names for files a candidate tries to leave on the host
@@ -39,8 +39,30 @@ def asserts(program: str, tests: str, entry_point: str = "") -> Check:
     return Check("asserts", src(program), tests=src(tests), entry_point=entry_point)
 
 
+# Pids of every sandbox worker this module started (replacements included): another verifier on the same
+# machine has its own uids, and its processes are none of these tests' business.
+OUR_WORKERS: set[int] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def record_workers():
+    """Note each worker's pid as it starts, so sandbox_processes() looks only at this module's sandboxes."""
+    original = pool._Worker.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        OUR_WORKERS.add(self.proc.pid)
+
+    pool._Worker.__init__ = recording_init
+    yield
+    pool._Worker.__init__ = original
+
+
 def sandbox_processes() -> list[int]:
-    """Pids of live processes running as a sandbox uid."""
+    """Pids of live processes running as a sandbox uid of one of this module's workers (UID_BASE + 3 * worker
+    pid, +1 fresh judges, +2 persistent judge)."""
+    assert OUR_WORKERS, "no worker recorded: the check would look at nothing"
+    uids = {UID_BASE + 3 * pid + j for pid in OUR_WORKERS for j in range(3)}
     pids = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -52,7 +74,7 @@ def sandbox_processes() -> list[int]:
             continue
         uid_line = next((line for line in status.splitlines() if line.startswith("Uid:")), "")
         state = next((line for line in status.splitlines() if line.startswith("State:")), "")
-        if uid_line and int(uid_line.split()[1]) >= UID_BASE and "zombie" not in state:
+        if uid_line and int(uid_line.split()[1]) in uids and "zombie" not in state:
             pids.append(int(name))
     return pids
 
