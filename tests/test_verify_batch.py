@@ -61,14 +61,11 @@ def test_forker_death_is_recovered():
             os.kill(int(k), signal.SIGKILL)
         time.sleep(0.1)
         first = v.verify([Check("gsm8k", "def solution():\n    return 1\n", expected=1)])
-        assert not first[0].passed and first[0].status == "error"   # no fake pass while the forker is gone
-        # The worker then exits and is replaced; a chunk sent before its exit was noticed may also end as error.
-        for _ in range(5):
-            later = v.verify([Check("gsm8k", "def solution():\n    return 1\n", expected=1)] * 3)
-            assert all(x.passed or x.status == "error" for x in later), later
-            if all(x.passed for x in later):
-                break
-            time.sleep(0.2)
+        # The worker notices its dead forker before running the chunk, hands it back and exits; the check runs on a
+        # fresh worker with a fresh forker (issue 17: no "forker died" verdict for a check that never ran).
+        assert first[0].passed, first
+        assert v._workers[0].proc.pid != worker
+        later = v.verify([Check("gsm8k", "def solution():\n    return 1\n", expected=1)] * 3)
     assert all(x.passed for x in later), later
 
 

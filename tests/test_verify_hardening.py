@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,206 @@ def _record(c: Check) -> dict:
     else:
         rec["tests"] = c.tests
     return rec
+
+
+# ------------------------------------------------------------------ 2. trusted code recursing on candidate data
+
+DEEP_REPORT = """
+import os, struct
+def {entry}():
+    body = b'{{"ok":' + b'[' * 100000 + b']' * 100000 + b'}}'
+    os.write(3, struct.pack('>I', len(body)) + body)
+    os._exit(0)
+"""
+DIR_CHAIN = """
+import os
+def solution():
+    for top in ({where!r},):
+        os.chdir(top)
+        for _ in range(1500):
+            os.mkdir('d')
+            os.chdir('d')
+    return 1
+"""
+HONEST_GSM = Check("gsm8k", "def solution():\n    return 7\n", expected=7)
+HONEST_P3 = Check("p3", "def sol():\n    return 7\n", sat="def sat(x: int):\n    return x == 7\n")
+EMPTY_CWD_AND_TMP = Check("gsm8k", "import os\ndef solution():\n    return len(os.listdir('.')) + len([n for n in "
+                          "os.listdir('/tmp') if not os.path.samefile('/tmp/' + n, '.')])\n", expected=0)
+
+
+def _interleaved(hostile: list[Check], honest: list[Check]) -> list[Check]:
+    """honest, hostile, honest, hostile, ..., honest: every hostile check shares its batch with honest ones."""
+    out = list(honest)
+    for k, h in enumerate(hostile):
+        out.insert(2 * k + 1, h)
+    return out
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_deeply_nested_report_is_that_checks_error(trusted):
+    sat = "def sat(x: int):\n    return x == 7\n"
+    hostile = [Check("p3", DEEP_REPORT.format(entry="sol"), sat=sat, trusted_sat=trusted),
+               Check("gsm8k", DEEP_REPORT.format(entry="solution"), expected=1)]
+    honest = [HONEST_GSM, HONEST_P3, HONEST_GSM]
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        worker = v._workers[0].proc.pid
+        out = v.verify(_interleaved(hostile, honest))
+        assert v._workers[0].proc.pid == worker   # nothing died
+    assert [x.status for x in out[1::2]] == ["error", "error"], out
+    assert all("nested too deeply" in x.detail for x in out[1::2]), out
+    assert all(x.passed for x in out[0::2]), out
+
+
+@pytest.mark.parametrize("where", [".", "/tmp"])
+def test_deep_directory_chain_is_removed(where):
+    """A 1,500-deep chain of dirs left in the scratch dir or the private /tmp: shutil.rmtree would raise
+    RecursionError (ignore_errors or not) in the forker; it is removed, and the next candidate finds both empty."""
+    with Verifier(SandboxLimits(timeout_s=10), workers=1) as v:
+        if where == "/tmp" and not v.protections["private_tmp"].startswith("on"):
+            pytest.skip(v.protections["private_tmp"])
+        worker = v._workers[0].proc.pid
+        out = v.verify([HONEST_GSM, Check("gsm8k", DIR_CHAIN.format(where=where), expected=1), EMPTY_CWD_AND_TMP,
+                        HONEST_P3])
+        assert v._workers[0].proc.pid == worker
+    assert all(x.passed for x in out), out
+
+
+def test_deep_directory_chain_removal_is_iterative(tmp_path):
+    from distill_ray.verify import sandbox
+    fd = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(1200):   # deeper than the recursion limit, and than PATH_MAX (names of 8 chars)
+        os.mkdir("dddddddd", dir_fd=fd)
+        os.symlink("/etc", "link", dir_fd=fd)
+        nxt = os.open("dddddddd", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(fd)
+    sandbox.rmtree(str(tmp_path / "dddddddd"))
+    assert os.listdir(tmp_path) == ["link"] and os.path.isdir("/etc")
+
+
+# ------------------------------------------------------------------ 4. answers costly to decode or print
+
+def test_costly_answers_are_refused_quickly_and_spare_their_neighbours():
+    """Answers within the byte cap that cost seconds of trusted CPU each (100 ints of 10^5 digits: quadratic
+    decimal conversion; 16.5 MB of empty lists) are refused on their bytes, before any object is built."""
+    report = "import os, struct\ndef {entry}():\n    body = {body}\n    os.write(3, struct.pack('>I', len(body)) + body)\n"
+    big_ints = report.replace("{body}", "b'{{\"ok\":[' + b','.join([b'7' * 100_000] * 100) + b']}}'")
+    lists = report.replace("{body}", "b'{{\"ok\":[' + b','.join([b'[]'] * 5_500_000) + b']}}'")
+    sat = "def sat(x: List[int]):\n    return True\n"
+    hostile = []
+    for program in (big_ints, lists):
+        hostile += [Check("gsm8k", program.format(entry="solution"), expected=1),
+                    Check("p3", program.format(entry="sol"), sat=sat, trusted_sat=True),
+                    Check("p3", program.format(entry="sol"), sat=sat)]
+    hostile *= 2
+    honest = [HONEST_GSM, HONEST_P3] * 7
+    import time
+    with Verifier(SandboxLimits(timeout_s=10), workers=1) as v:
+        start = time.monotonic()
+        out = v.verify(_interleaved(hostile, honest))
+        took = time.monotonic() - start
+    assert not any(x.passed for x in out[1:2 * len(hostile):2]), out
+    assert all(x.passed for x in out[0::2]), out
+    assert took < 12, took   # (before: ~3 s of trusted CPU per such answer, more on a loaded machine)
+
+
+def test_decoder_bounds():
+    from distill_ray.verify import codec
+    import sys
+    sys.set_int_max_str_digits(0)
+    try:
+        for bad in (b"[" * 400 + b"]" * 400, b"[" + b",".join([b"[]"] * 600_000) + b"]",
+                    b"[" + b",".join([b"7" * 100_000] * 2) + b"]", b"[" + b"7" * 100_001 + b"]"):
+            with pytest.raises(ValueError):
+                codec.loads_untrusted(bad)
+        ok = [b"[" * 300 + b"]" * 300, b'["' + b"[" * 1000 + b'"]', b"[" + b",".join([b"12345"] * 400_000) + b"]",
+              b"[" + b"7" * 100_000 + b"]", b'{"t":"tuple","v":[1,"\\"[",2]}']
+        for good in ok:
+            assert codec.loads_untrusted(good) == json.loads(good)
+    finally:
+        sys.set_int_max_str_digits(4300)
+
+
+# ------------------------------------------------------------------ 7. leftovers at exit
+
+LEFTOVERS = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER: whatever the verifier orphans comes back to us
+from distill_ray.verify import Check, SandboxLimits, Verifier
+v = Verifier(SandboxLimits(timeout_s=2), workers=2)
+sat = "def sat(x: int):\n    return x == 7\n"
+out = v.verify([Check("gsm8k", "def solution():\n    return 7\n", expected=7),
+                Check("p3", "def sol():\n    return 7\n", sat=sat, trusted_sat=True),
+                Check("p3", "def sol():\n    return 7\n", sat=sat),
+                Check("asserts", "def f():\n    return 7\n", tests="assert f() == 7\n"),
+                Check("gsm8k", "import subprocess\ndef solution():\n    subprocess.Popen(['sleep', '100'], "
+                               "start_new_session=True)\n    return 7\n", expected=7)] * 3)
+assert all(x.passed for x in out), out
+v.close()
+me = str(os.getpid())
+left = []
+for pid in os.listdir("/proc"):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if fields[1] == me:   # fields: state, ppid, ...
+        left.append((pid, fields[0]))
+print(left)
+"""
+
+
+def test_close_leaves_no_child_behind():
+    """After Verifier.close(), no process it started is left (alive, or exited and unreaped) as a child of the
+    caller, even one that makes itself the subreaper of what it starts (as a container's init does)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", LEFTOVERS], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+# ------------------------------------------------------------------ 8. collateral
+
+def test_checks_beside_a_crashed_forker_get_their_own_verdicts():
+    """The forker dies while a batch runs (here: killed from outside while a slow candidate runs). Its honest
+    neighbours, run or not yet run, get their own verdicts; the check it was running runs again, alone."""
+    import signal
+    import threading
+    import time
+    slow = Check("gsm8k", "import time\ndef solution():\n    time.sleep(1.5)\n    return 1\n", expected=2)
+    checks = [HONEST_GSM] * 3 + [slow] + [HONEST_GSM] * 36   # 40 checks, 1 worker: one chunk of 10 holds them
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        worker = v._workers[0].proc.pid
+        forker = int(open(f"/proc/{worker}/task/{worker}/children").read().split()[0])
+        killer = threading.Thread(target=_kill_when_sleeping, args=(forker, worker))
+        killer.start()
+        out = v.verify(checks)
+        killer.join()
+    assert out[3].status == "fail", out[3]   # it ran again (alone), and gave its own verdict
+    assert all(x.passed for i, x in enumerate(out) if i != 3), [x for x in out if not x.passed]
+
+
+def _kill_when_sleeping(forker: int, worker: int) -> None:
+    """SIGKILL the forker once a candidate of this worker has been running for a while (the slow one)."""
+    import signal
+    import time
+    from distill_ray.verify.sandbox import UID_BASE
+    uid, seen = UID_BASE + 3 * worker, {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/status") as f:
+                    status = f.read()
+            except OSError:
+                continue
+            if f"Uid:\t{uid}\t" in status:
+                seen.setdefault(name, time.monotonic())
+                if time.monotonic() - seen[name] > 0.3:
+                    os.kill(forker, signal.SIGKILL)
+                    return
+        time.sleep(0.02)

@@ -25,6 +25,13 @@ class Invalid(Exception):
     """The check itself is malformed (not the candidate's fault)."""
 
 
+class ForkerLost(Exception):
+    """The forker died (or stopped answering) while this check ran: it is handed back, not given a verdict."""
+
+
+YIELD_S = 0.05   # verdicts in hand go to the Verifier at least this often (its watchdog sees progress)
+
+
 def verdict(status: str, detail: str = "", answer: str | None = None) -> dict:
     """A verdict; its text made UTF-8-safe (safe_text) before it is cut, so the cut text stays within its cap."""
     if answer is not None:
@@ -105,7 +112,9 @@ def number_text(value) -> str:
     """gsm8k canonical form: 12 and 12.0 -> '12', 2.5 -> '2.5'."""
     if type(value) is float and math.isfinite(value) and value.is_integer():
         return str(int(value))[:ANSWER_CHARS]
-    return (str(value) if type(value) is int else repr(value))[:ANSWER_CHARS]
+    if type(value) is int:   # a huge int as answer_text writes it: its decimal conversion is quadratic
+        return str(value) if value.bit_length() <= 4 * ANSWER_CHARS else answer_text(value)
+    return answer_text(value)
 
 
 def gsm8k_judge(value, expected: float) -> dict:
@@ -141,6 +150,8 @@ class CheckRunner:
         self.judge_uid = base + 1 if root else None  # judge processes ("B"): another uid, so A cannot touch B
         # the persistent judge of trusted sats: a uid of its own, so no fresh judge (untrusted sat) reaches it
         self.sat_judge = SatJudge(limits, base + 2 if root else None)
+        # once the forker is lost: [why, index of the check it was running, None if unknown, -1 if none]
+        self.lost: list | None = None
 
     def run_many(self, batch: list):
         """Yield lists of (index, verdict) for [index, check] pairs, not necessarily in order.
@@ -150,6 +161,10 @@ class CheckRunner:
         back, passing well-typed answers of trusted-sat checks on to the persistent judge. Verdicts are yielded
         a few at a time (whatever is ready when the next reply is not), so one message to the Verifier carries
         several. Asserts checks, whose judge must talk to the candidate, run one at a time as before.
+
+        If the forker dies or stalls, the checks it did not answer get no verdict here: self.lost is then set
+        (to the index of the check it was running, if known), and the worker hands them back to the Verifier,
+        which runs them again on a fresh forker (the one that was running, alone).
         """
         jobs, rest = [], []
         for index, check in batch:
@@ -171,25 +186,33 @@ class CheckRunner:
         if jobs:
             yield from self._run_jobs(jobs)
         for index, check in rest:
-            yield [(index, self.run(check))]
+            if self.lost is not None:
+                return
+            try:
+                yield [(index, self.run(check))]
+            except ForkerLost:
+                self.lost = ["forker died", index]
 
     def _run_jobs(self, jobs: list):
-        alive = True
         try:
             self.forker.send_batch([{"kind": c["kind"], "program": c["program"], "limits": lim,
                                      "uid": self.cand_uid, "judge_uid": self.judge_uid,
                                      "private_tmp": self.private_tmp,
                                      "sat": c["sat"] if c["kind"] == "p3" and not c.get("trusted_sat") else None,
                                      "ans_type": typ if c["kind"] == "p3" else None}
-                                    for _, c, lim, typ in jobs])
+                                    for _, c, lim, typ in jobs],
+                                    reply_timeout=4 * max(lim["timeout_s"] for _, _, lim, _ in jobs) + 10)
         except OSError:
-            alive = False
-        ready = []
+            self.lost = ["forker died", -1]   # nothing of this batch ran (-1: none of its checks)
+        ready, last_yield = [], time.monotonic()
         for index, check, limits, prep in jobs:
+            if self.lost is not None:
+                break
             try:
-                reply = self.forker.next_reply() if alive else {"error": "forker died"}
-            except OSError:
-                alive, reply = False, {"error": "forker died"}
+                reply = self.forker.next_reply()
+            except OSError as e:   # it died, or sent nothing for too long: this check may be why
+                self.lost = [str(e), index]
+                break
             seconds = float(reply.get("seconds", 0.0)) if type(reply) is dict else 0.0
             base, self.limits = self.limits, limits
             try:
@@ -205,13 +228,13 @@ class CheckRunner:
             if result is not None:
                 result["seconds"] = seconds
                 ready.append((index, result))
-            if alive and self.forker.has_reply():
+            if self.forker.has_reply() and time.monotonic() - last_yield < YIELD_S:
                 continue   # more replies in hand: judge them first, then hand the judge and the Verifier theirs
             sandbox.reap_orphans()
             ready += self._sat_judged(block=False)
             if ready:
                 yield ready
-                ready = []
+                ready, last_yield = [], time.monotonic()
         ready += self._sat_judged(block=True)
         if ready:
             yield ready
@@ -232,6 +255,21 @@ class CheckRunner:
             result["seconds"] = seconds + (time.monotonic() - submitted)
             out.append((index, result))
         return out
+
+    def end_sandboxes(self) -> None:
+        """Kill every process left of this worker's sandbox uids and reap every child (the worker exits next)."""
+        deadline = time.monotonic() + 1.0
+        while True:
+            for uid in (self.cand_uid, self.judge_uid):
+                sandbox.kill_uid(uid)
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0]:
+                    continue
+            except ChildProcessError:
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
 
     def _limits_for(self, check: dict) -> dict:
         timeout = check.get("timeout_s")
@@ -310,6 +348,8 @@ class CheckRunner:
             result = getattr(self, "_" + check["kind"])(check, scratch)
         except Invalid as e:
             result = verdict("invalid", str(e))
+        except ForkerLost:
+            raise
         except Exception as e:   # a harness problem, never a pass
             result = verdict("error", f"verifier: {type(e).__name__}: {e}")
         finally:
@@ -334,6 +374,8 @@ class CheckRunner:
         except OSError as e:
             for fd in (req_r, req_w, resp_r, resp_w, out_r, out_w):
                 os.close(fd)
+            if not self.forker.alive():
+                raise ForkerLost() from None
             return verdict("error", str(e))
         os.close(resp_w)
         os.close(req_r)
@@ -346,6 +388,8 @@ class CheckRunner:
             os.close(req_w)
             os.close(resp_r)
         status = self.forker.reap(pid)
+        if status is None and not self.forker.alive():
+            raise ForkerLost()
         if report is not None and report.get("ok") is True:
             return verdict("pass")
         if report is not None and "fail" in report:

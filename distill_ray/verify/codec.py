@@ -9,12 +9,14 @@ the trusted side compares never contains candidate code. Depth and size are capp
 from __future__ import annotations
 
 import collections
+import itertools
 import json
+import operator
 import os
+import re
 import struct
 
 MAX_DEPTH = 100
-MAX_INT_DIGITS = 100_000   # trusted-side decoding refuses longer ints (str->int is quadratic in Python 3.11)
 _HEADER = struct.Struct(">I")
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -191,18 +193,76 @@ def too_large(n: int, max_bytes: int) -> str:
     return f"answer of {n} bytes exceeds the {max_bytes}-byte cap"
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS:
-        raise ValueError(f"integer with more than {MAX_INT_DIGITS} digits")
-    return int(text)
+# What trusted code will decode, at most, in one message a candidate wrote. The byte cap alone still lets through
+# answers that cost seconds of trusted CPU per check (16 MB of empty lists; ints of 10^5 digits, whose decimal
+# conversion is quadratic), time taken from the honest checks queued behind. Checked on the bytes before any object
+# is built, so a refused message costs a few C-speed scans, and an accepted one a bounded time on the trusted side.
+MAX_ITEMS = 1 << 19                       # JSON values, counted as the [, { and , outside strings
+MAX_INT_DIGITS = 100_000                  # digits of one int (str->int is quadratic in Python 3.11)
+INT_DIGIT_BUDGET = MAX_INT_DIGITS ** 2    # the sum of the squared digit counts of all its ints: one int of 10^5
+                                          # digits, or 10^4 ints of 10^3 digits, ...
+# JSON nesting a message may have: to_plain's MAX_DEPTH levels, up to 3 JSON levels each (a tagged dict:
+# {"t": "dict", "v": [[k, v], ...]}), and the message around them. Trusted code re-encodes and decodes what it
+# accepted (forker -> worker -> judge), each time with C recursion that must stay well below the recursion limit.
+MAX_JSON_DEPTH = 3 * MAX_DEPTH + 4
 
-
-_DECODER = json.JSONDecoder(parse_int=_parse_int)   # one instance: json.loads(parse_int=) builds one per call
+_DECODER = json.JSONDecoder()   # one instance: json.loads builds one per call
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')   # JSON strings: their brackets and commas are no structure
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")   # a step of +1 / -1, plus 1 (bytes are unsigned)
+_DIGITS = b"0123456789"
+_DIGIT_RUNS = bytes.maketrans(bytes(b for b in range(256) if b not in _DIGITS), b" " * (256 - len(_DIGITS)))
 
 
 def loads_untrusted(data: bytes):
-    """json.loads for bytes a candidate may have written: bounded int parsing (nesting is bounded by json).
+    """json.loads for bytes a candidate may have written, within the bounds above (ValueError beyond them).
 
     Our frames are ASCII JSON; other bytes raise UnicodeDecodeError, a ValueError like any malformed JSON.
     """
-    return _DECODER.decode(data.decode("utf-8"))
+    _check_shape(data)
+    try:
+        return (_budget_decoder() if _costly_ints(data) else _DECODER).decode(data.decode("utf-8"))
+    except RecursionError:   # (not after _check_shape; but no caller expects one from a decoder)
+        raise ValueError("nested too deeply") from None
+
+
+def _check_shape(data: bytes) -> None:
+    """Raise ValueError if data holds more than MAX_ITEMS values or nests deeper than MAX_JSON_DEPTH.
+
+    Bytes, not text: no UTF-8 sequence holds an ASCII byte, so brackets and quotes are found exactly. Counts over
+    all of it are an upper bound; only when that is over a limit are strings left out and the depth measured (the
+    running sum's maximum, in C: accumulate, map)."""
+    opens = data.count(b"[") + data.count(b"{")
+    if opens <= MAX_JSON_DEPTH and opens + data.count(b",") <= MAX_ITEMS:
+        return
+    bare = _STRINGS.sub(b'""', data)
+    steps = bare.translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    if len(steps) // 2 + bare.count(b",") > MAX_ITEMS:
+        raise ValueError(f"more than {MAX_ITEMS} values")
+    if max(map(operator.sub, itertools.accumulate(steps), itertools.count(1)), default=0) > MAX_JSON_DEPTH:
+        raise ValueError("nested too deeply")
+
+
+def _costly_ints(data: bytes) -> bool:
+    """Could the ints in data cost more than INT_DIGIT_BUDGET to convert? (An upper bound from all digits and the
+    longest run of them, in C; then the decoder must count int by int.)"""
+    digits = len(data) - len(data.translate(None, _DIGITS))
+    if digits <= MAX_INT_DIGITS:
+        return False
+    return digits * max(map(len, data.translate(_DIGIT_RUNS).split())) > INT_DIGIT_BUDGET
+
+
+def _budget_decoder() -> json.JSONDecoder:
+    """A decoder that charges every int it parses to INT_DIGIT_BUDGET (a Python call per int: only for messages
+    with more than MAX_INT_DIGITS digits in all, where ints could be costly)."""
+    spent = [0]
+
+    def parse_int(text: str) -> int:
+        n = len(text)
+        spent[0] += n * n
+        if n > MAX_INT_DIGITS:
+            raise ValueError(f"integer with more than {MAX_INT_DIGITS} digits")
+        if spent[0] > INT_DIGIT_BUDGET:
+            raise ValueError("integers too long in all (decimal conversion is quadratic)")
+        return int(text)
+    return json.JSONDecoder(parse_int=parse_int)

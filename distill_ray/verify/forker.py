@@ -17,8 +17,10 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import socket
 import struct
+import time
 
 from distill_ray.verify import batch, children, records, sandbox
 
@@ -114,6 +116,7 @@ class ForkerClient:
         theirs.close()
         self.sock, self.pid = mine, pid
         self.replies: list = []   # replies of the current batch received and not yet taken, in reverse order
+        self.reply_timeout: float | None = None
 
     def spawn(self, kind: str, program: str, limits: dict, uid: int | None, cwd: str, fds: list[int]) -> int:
         _send(self.sock, {"op": "spawn", "kind": kind, "program": program, "limits": limits, "uid": uid,
@@ -124,19 +127,32 @@ class ForkerClient:
         return reply["pid"]
 
     def alive(self) -> bool:
-        try:
-            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
-        except ChildProcessError:   # already reaped (by reap_orphans): gone
+        if self.pid is None:
             return False
+        try:
+            if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+                return True
+        except ChildProcessError:   # already reaped (by reap_orphans): gone
+            pass
+        self.pid = None
+        return False
 
-    def send_batch(self, jobs: list[dict]) -> None:
-        """Start a batch of run_job jobs; read their replies, in order, with next_reply()."""
+    def send_batch(self, jobs: list[dict], reply_timeout: float | None = None) -> None:
+        """Start a batch of run_job jobs; read their replies, in order, with next_reply(), each message within
+        reply_timeout seconds (else next_reply raises: the forker stalled)."""
         self.replies = []
+        self.reply_timeout = reply_timeout
         _send(self.sock, {"op": "batch", "jobs": jobs})
 
     def next_reply(self) -> dict:
         if not self.replies:
-            replies, _ = _recv(self.sock)   # a few at a time (batch.Outbox), or records (watching_zygote.py)
+            self.sock.settimeout(self.reply_timeout)
+            try:
+                replies, _ = _recv(self.sock)   # a few at a time (batch.Outbox), or records (watching_zygote.py)
+            except TimeoutError:
+                raise OSError(f"forker sent nothing for {self.reply_timeout:g}s") from None
+            finally:
+                self.sock.settimeout(None)
             if type(replies) is bytes:
                 replies = records.replies(replies)
             if type(replies) is not list or not replies or not all(type(r) is dict for r in replies):
@@ -149,6 +165,23 @@ class ForkerClient:
         return bool(self.replies)
 
     def reap(self, pid: int) -> int | None:
-        _send(self.sock, {"op": "reap", "pid": pid})
-        reply, _ = _recv(self.sock)
+        try:
+            _send(self.sock, {"op": "reap", "pid": pid})
+            reply, _ = _recv(self.sock)
+        except OSError:
+            return None
         return None if reply is None else reply["status"]
+
+    def close(self, grace_s: float) -> None:
+        """End the forker and reap it: EOF first (it removes its scratch dir and exits), SIGKILL after grace_s."""
+        self.sock.close()
+        deadline = time.monotonic() + grace_s
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)   # its zygote and candidates die with it (parent-death signal)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = None

@@ -34,6 +34,7 @@ _HEADER = struct.Struct(">I")
 # each forked candidate resolving (and writing, i.e. copying, the pages of) the ones it is the first to call.
 WORKER_ENV = {"LD_BIND_NOW": "1"}
 CHUNK = 32   # checks per message to a worker, at most (64 measured no better)
+MAX_REQUEUES = 4   # a check whose worker is lost more often than this (none of them running it) ends as an error
 
 
 _NATIVE: list = []
@@ -66,6 +67,7 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=WORKER_ENV, close_fds=True, start_new_session=True)
         self.buf = bytearray()
         self.pending: list[int] = []       # indices of checks sent and not yet answered
+        self.lost: list | None = None      # [why, index or None]: it lost its forker, and exits (see worker.py)
         self.last_progress = time.monotonic()
         self.send({"limits": limits, "native": _native_path()})
         hello = self.read_blocking()
@@ -152,7 +154,8 @@ class Verifier:
 
     def _run(self, checks, todo: list[int], results: list) -> None:
         queue = self._queue = list(reversed(todo))
-        self._retried: set[int] = set()
+        self._struck: dict[int, int] = {}     # times a check was (or may have been) running when its worker was lost
+        self._requeued: dict[int, int] = {}   # times a check went back to the queue, for whatever reason
         sel = self._sel = selectors.DefaultSelector()
         for w in self._workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
@@ -172,11 +175,17 @@ class Verifier:
             sel.close()
 
     def _dispatch(self, w: _Worker, checks, queue: list[int]) -> None:
-        if w.proc.poll() is not None:   # died between batches: replace it before handing it work
+        if w.proc.poll() is not None or w.lost is not None:   # died (or is exiting) between batches: replace it
             w = self._replace(w, self._sel, [], "")
         # up to CHUNK per chunk: per-chunk costs (a zygote fork in the forker, messages) are spread thin
         size = max(1, min(CHUNK, math.ceil(len(queue) / (4 * len(self._workers)))))
-        chunk = [queue.pop() for _ in range(min(size, len(queue)))]
+        chunk = []
+        while queue and len(chunk) < size:
+            if queue[-1] in self._struck:   # it may crash or stall a forker: it runs alone, in a chunk of its own
+                if not chunk:
+                    chunk.append(queue.pop())
+                break
+            chunk.append(queue.pop())
         w.pending = chunk
         w.last_progress = time.monotonic()
         try:
@@ -190,32 +199,56 @@ class Verifier:
             self._replace(w, sel, results, "verifier worker died")
             return
         for ready in msgs:   # each message: the verdicts the worker had ready, [[index, verdict], ...]
+            if type(ready) is dict:   # {"lost": [why, index]}: it lost its forker; EOF follows
+                w.lost = ready.get("lost")
+                continue
             for index, v in ready:
                 results[index] = _verdict(v)
                 w.pending.remove(index)
             w.last_progress = time.monotonic()
 
     def _replace(self, w: _Worker, sel, results, why: str) -> _Worker:
-        """Replace a dead or hung worker. Its unanswered checks go back to the queue once (the worker may have
-        been killed from outside, or by the machine); a check whose second worker dies too ends as an error."""
+        """Replace a dead or hung worker; its unanswered checks go back to the queue.
+
+        A check that was (or, without word from the worker, may have been) running when the worker or its forker
+        died or stalled runs again alone on a fresh worker (it may be the cause; the worker may also have been
+        killed from outside); if that one is lost too, the check ends as an error. The checks that only shared
+        its batch run again as usual."""
         sel.unregister(w.proc.stdout)
-        w.kill()
+        w.kill(grace_s=2.0 if w.lost else 0.0)   # it is exiting by itself: let it reap what it started
+        lost_why, suspect = w.lost if type(w.lost) is list and len(w.lost) == 2 else (why, None)
         for i in w.pending:
-            if i in self._retried:
-                results[i] = Verdict(False, "error", None, f"{why} (twice, on two workers)", 0.0)
+            if w.lost is not None and suspect is not None and i != suspect:
+                self._requeue(i, results, f"{why} ({lost_why})")
+            elif self._struck.get(i, 0) >= 1:
+                results[i] = Verdict(False, "error", None,
+                                     safe_text(f"{why}: {lost_why} while this check ran (twice, each time alone)"), 0.0)
             else:
-                self._retried.add(i)
-                self._queue.append(i)
+                self._struck[i] = self._struck.get(i, 0) + 1
+                self._requeue(i, results, f"{why} ({lost_why})")
         w.pending = []
         fresh = _Worker(self._wire_limits)
         self._workers[self._workers.index(w)] = fresh
         sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
         return fresh
 
+    def _requeue(self, i: int, results, why: str) -> None:
+        """Back to the queue, a few times at most (so that nothing loops forever, whatever keeps killing workers)."""
+        self._requeued[i] = self._requeued.get(i, 0) + 1
+        if self._requeued[i] > MAX_REQUEUES:
+            results[i] = Verdict(False, "error", None, safe_text(f"{why}, {MAX_REQUEUES} times"), 0.0)
+        else:
+            self._queue.append(i)
+
     def close(self) -> None:
         workers, self._workers = getattr(self, "_workers", []), []
+        for w in workers:   # EOF to all first: they shut down (and reap what they started) side by side
+            try:
+                w.proc.stdin.close()
+            except OSError:
+                pass
         for w in workers:
-            w.kill(grace_s=1.0)
+            w.kill(grace_s=5.0)
 
     def __enter__(self) -> "Verifier":
         return self

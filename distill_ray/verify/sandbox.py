@@ -184,7 +184,7 @@ def make_private_dir(parent: str = "/tmp", prefix: str = "cand-") -> str:
     What the worker imports, the forker holds, and every candidate fork copies its page table entries and memory
     mappings and unmaps them again at exit. tempfile imports shutil, which loads zlib, bz2 and lzma: three C
     modules and three libraries, ~30 of the worker's ~140 mappings. So the worker imports neither (rmtree below
-    imports shutil when a candidate left a dir behind: rare, and then in that process only).
+    removes dirs itself).
     """
     for _ in range(100):
         path = os.path.join(parent, prefix + os.urandom(8).hex())
@@ -197,9 +197,96 @@ def make_private_dir(parent: str = "/tmp", prefix: str = "cand-") -> str:
 
 
 def rmtree(path: str) -> None:
-    """shutil.rmtree(path, ignore_errors=True), shutil imported only when needed (see make_private_dir)."""
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    """shutil.rmtree(path, ignore_errors=True), without recursion: a candidate can leave a chain of dirs deeper than
+    Python's recursion limit (shutil.rmtree then raises RecursionError even with ignore_errors), or deeper than
+    PATH_MAX. Never follows a symlink. (No shutil either: see make_private_dir.)"""
+    try:
+        os.rmdir(path)   # the usual case: empty
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:   # not a dir (or a symlink to one): remove the entry itself
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    try:
+        remove_contents(top)
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+RM_OPEN_DIRS = 32        # dir fds remove_contents holds at most, whatever the depth
+RM_MAX_STEPS = 1 << 20   # dirs it opens or moves, at most: it ends even on a tree it cannot remove
+
+
+def remove_contents(top: int) -> None:
+    """Remove everything in the dir open as fd top, iteratively (a stack of dir fds, not recursion). A dir nested
+    more than RM_OPEN_DIRS deep is first moved up into top under a fresh name, so the fds held stay bounded."""
+    stack: list[tuple[int, str]] = [(top, "")]   # (dir fd, its name in the dir below it on the stack)
+    stuck: set[int] = set()   # inodes of dirs emptied as far as possible that still could not be removed
+    for _ in range(RM_MAX_STEPS):
+        if not stack:
+            return
+        fd = stack[-1][0]
+        sub = _clear_files(fd, stuck)
+        if sub is None:   # nothing left in it but what could not be removed: go back up
+            _, name = stack.pop()
+            if stack:
+                _pop_dir(fd, name, stack[-1][0], stuck)
+        elif len(stack) >= RM_OPEN_DIRS:
+            try:
+                os.rename(sub, "rm-" + os.urandom(8).hex(), src_dir_fd=fd, dst_dir_fd=top)
+            except OSError:
+                _note_stuck(sub, fd, stuck)
+        else:
+            try:
+                stack.append((os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), sub))
+            except OSError:
+                _note_stuck(sub, fd, stuck)
+    for fd, _ in stack[1:]:
+        os.close(fd)
+
+
+def _note_stuck(name: str, fd: int, stuck: set) -> None:
+    try:
+        stuck.add(os.stat(name, dir_fd=fd, follow_symlinks=False).st_ino)
+    except OSError:
+        pass
+
+
+def _pop_dir(fd: int, name: str, parent: int, stuck: set) -> None:
+    """Close a dir we emptied and remove it from its parent (noted as stuck if that fails)."""
+    ino = os.fstat(fd).st_ino
+    os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=parent)
+    except OSError:
+        stuck.add(ino)
+
+
+def _clear_files(fd: int, stuck: set) -> str | None:
+    """Remove the dir's files and empty subdirs; the name of a subdir to go into (not empty, not stuck), or None."""
+    with os.scandir(fd) as entries:
+        names = [(e.name, e.is_dir(follow_symlinks=False), e.inode()) for e in entries]
+    for name, is_dir, ino in names:
+        if ino in stuck:
+            continue
+        try:
+            os.rmdir(name, dir_fd=fd) if is_dir else os.unlink(name, dir_fd=fd)
+        except OSError:
+            if is_dir:
+                return name
+    return None
 
 
 def drop_for_children() -> None:
@@ -460,7 +547,7 @@ def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: i
                 return None, "eof"
             try:
                 done, msg = reader.feed(data)
-            except ValueError as e:   # too large, or bytes that are not our JSON framing
+            except (ValueError, RecursionError) as e:   # too large, too deep, or not our JSON framing
                 return None, f"bad message: {e}"
             if done:
                 return msg, "ok"

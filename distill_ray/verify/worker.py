@@ -46,10 +46,26 @@ def main() -> None:
     runner = CheckRunner(limits, forker, protections)
     write_msg(1, {"hello": protections, "pid": os.getpid()})
     while (chunk := read_msg(0)) is not None:
-        for ready in runner.run_many(chunk):   # lists of (index, verdict): one message for several
-            write_msg(1, ready)
-        if not forker.alive():
-            os._exit(3)   # the Verifier sees EOF and starts a fresh worker (with a fresh forker)
+        if not forker.alive():   # noticed before this chunk runs: none of it ran
+            runner.lost = ["forker died", -1]   # (-1: it was running none of them)
+        else:
+            for ready in runner.run_many(chunk):   # lists of (index, verdict): one message for several
+                write_msg(1, ready)
+        if runner.lost is not None or not forker.alive():
+            # The checks without a verdict go back to the Verifier, which starts a fresh worker (with a fresh
+            # forker) for them; the one the forker was running, if known, runs there alone.
+            write_msg(1, {"lost": runner.lost or ["forker died", -1]})
+            _shut_down(forker, runner, 3)
+    _shut_down(forker, runner, 0)
+
+
+def _shut_down(forker: ForkerClient, runner: CheckRunner, code: int) -> None:
+    """Exit, leaving nothing behind: every process this worker started is ended and reaped first (the persistent
+    judge, the forker, whatever a candidate left), so that none outlives it as another process's child."""
+    runner.sat_judge.close()
+    forker.close(grace_s=2.0 if code == 0 else 0.0)
+    runner.end_sandboxes()
+    os._exit(code)
 
 
 if __name__ == "__main__":
