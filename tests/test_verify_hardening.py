@@ -291,3 +291,60 @@ def _kill_when_sleeping(forker: int, worker: int) -> None:
                     os.kill(forker, signal.SIGKILL)
                     return
         time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ 3. the uid-wide kill
+
+KILL_LOOP = r"""
+import os, sys
+from distill_ray.verify import native, sandbox
+uid = int(sys.argv[1])
+sandbox.NATIVE = native.load(native.build()) if sys.argv[2] == "native" else None
+if sys.argv[2] == "native" and sandbox.NATIVE is None:
+    print("no C helper")
+    sys.exit(0)
+victim = os.fork()
+if victim == 0:
+    os.setresuid(uid, uid, uid)
+    os.setsid()
+    import time
+    time.sleep(60)
+    os._exit(0)
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(1000):
+    sandbox.kill_uid(uid)
+_, status = os.waitpid(victim, 0)
+print("victim killed" if os.WIFSIGNALED(status) else "victim lived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("helper", ["native", "python"])
+def test_uid_wide_kill_never_runs_as_the_uid(helper):
+    """While killing a sandbox uid's processes, the killing process never takes that uid (a process of that uid,
+    e.g. a candidate's helper in a session of its own, could then SIGSTOP or SIGKILL it): watched from outside."""
+    import subprocess
+    import sys
+    if os.geteuid() != 0:
+        pytest.skip("needs root (sandbox uids)")
+    from distill_ray.verify.sandbox import UID_BASE
+    uid = UID_BASE + 3 * os.getpid() + 7
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(uid), helper], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=root)
+    first = p.stdout.readline()
+    if first.startswith("no C helper"):
+        p.wait()
+        pytest.skip("no C helper")
+    assert first.startswith("ready")
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    uids = set()
+    while p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                uids.add(tuple(next(line for line in f if line.startswith("Uid:")).split()[1:]))
+        except (OSError, StopIteration):
+            pass
+    assert p.stdout.read().strip() == "victim killed"
+    assert uids == {("0", "0", "0", "0")}, uids

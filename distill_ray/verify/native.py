@@ -104,6 +104,8 @@ class Helper:
 
     def __init__(self, lib):
         self.zygote_loop, self.fork_enter = lib.zygote_loop, lib.fork_enter
+        self.kill_uid = lib.kill_uid_outside   # see zygote.c: a throwaway killer, so we never run as the uid
+        self.kill_uid.restype, self.kill_uid.argtypes = ctypes.c_int, [ctypes.c_longlong]
         self.run_watching_zygote = lib.run_watching_zygote if lib.direct_calls() else None
         self.encodes_reports = bool(lib.encodes_reports())
         self.zygote_loop.restype = self.fork_enter.restype = ctypes.c_int

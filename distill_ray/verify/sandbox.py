@@ -465,18 +465,44 @@ def fork_planned(p: tuple, body) -> int:
 def kill_uid(uid: int | None) -> None:
     """SIGKILL every process of a sandbox uid (including ones that left their process group).
 
-    kill(-1) signals every process we may signal; with real and effective uid set to the sandbox uid and only the
-    saved uid left at 0, that is exactly the sandbox uid's processes. Then we take root back via the saved uid.
+    kill(-1) with real and effective uid set to the sandbox uid signals exactly that uid's processes. This process
+    never runs as the uid (a process of that uid, a candidate's helper in a session of its own, could then stop or
+    kill it): a throwaway killer does, retried if it is stopped or killed first (zygote.c: kill_uid_outside, or
+    _killer_fork below without the C helper).
     """
     if uid is None:
         return
-    os.setresuid(uid, uid, 0)
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.setresuid(0, 0, 0)
+    if NATIVE is not None and NATIVE.kill_uid(uid) == 0:
+        return
+    for _ in range(KILLER_TRIES):
+        if _killer_fork(uid):
+            return
+
+
+KILLER_TRIES, KILLER_WAIT_S = 50, 0.1
+
+
+def _killer_fork(uid: int) -> bool:
+    """One forked killer: it drops to uid (after which it is not dumpable: nothing of that uid can read its copy
+    of our memory), kills and exits. True if it got to its kill(-1)."""
+    pid = raw_fork()
+    if pid == 0:
+        try:
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except BaseException:
+            os._exit(2)
+        os._exit(0)
+    deadline = time.monotonic() + KILLER_WAIT_S
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:   # stopped by a process of that uid: we are root, it dies at once
+            os.kill(pid, signal.SIGKILL)
+            done = os.waitpid(pid, 0)
+            break
+        time.sleep(0.0005)
+    return os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
 
 
 def kill_group(pid: int) -> None:

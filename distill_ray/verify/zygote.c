@@ -9,6 +9,7 @@
 #endif
 #include <dlfcn.h>
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/prctl.h>
@@ -134,13 +135,46 @@ static int put(int fd, int32_t v) { return write(fd, &v, 4) == 4 ? 0 : -1; }   /
 
 static int expect(int fd, char want) { char c; return read(fd, &c, 1) == 1 && c == want ? 0 : -1; }
 
-/* sandbox.kill_uid: SIGKILL every process of the sandbox uid. -1: the zygote could not take back its own uid. */
-static int kill_uid(long long uid) {
-    if (setresuid((uid_t)uid, (uid_t)uid, 0) == 0) kill(-1, SIGKILL);
-    if (setresuid(0, 0, 0) != 0) return -1;
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);   /* a change of euid clears it */
+/* ---- Killing every process of a sandbox uid, without ever running as that uid ----
+   kill(-1) signals every process the caller may signal: run as the sandbox uid (real and effective), exactly that
+   uid's processes. The process that does it must not be one we rely on: while it runs as the uid, any process of
+   that uid (a candidate's helper in a session of its own) may SIGSTOP or SIGKILL it. So a throwaway killer does it:
+   a clone sharing our memory (no page tables copied: cheap) with credentials of its own, which drops to the uid,
+   kills and exits, and runs only raw syscalls on a stack of its own. Once it has dropped root it is not dumpable,
+   so nothing of that uid can read or write the memory it shares with us; signals are all it can get, and a
+   killer stopped or killed before its kill(-1) is replaced by a fresh one. */
+static char killer_stack[16384] __attribute__((aligned(64)));
+
+static int killer_main(void *arg) {
+    long uid = (long)arg;
+    if (syscall(SYS_setresuid, uid, uid, uid) != 0) syscall(SYS_exit, 2);
+    syscall(SYS_kill, -1, SIGKILL);   /* ESRCH: none left */
+    syscall(SYS_exit, 0);
     return 0;
 }
+
+#define KILLER_TRIES 50
+#define KILLER_WAIT_MS 100
+
+/* SIGKILL every process of uid (sandbox.kill_uid). 0 once a killer finished its kill(-1), -1 if none could. */
+int kill_uid_outside(long long uid) {
+    for (int tries = 0; tries < KILLER_TRIES; tries++) {
+        int pidfd = -1, status = 0;
+        pid_t pid = clone(killer_main, killer_stack + sizeof killer_stack, CLONE_VM | CLONE_PIDFD | SIGCHLD,
+                          (void *)(long)uid, &pidfd);
+        if (pid < 0) return -1;
+        struct pollfd p = {pidfd, POLLIN, 0};
+        int r;
+        while ((r = poll(&p, 1, KILLER_WAIT_MS)) < 0 && errno == EINTR) {}
+        if (r <= 0) kill(pid, SIGKILL);   /* stopped (or too slow): we are root, it is gone at once */
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        close(pidfd);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    }
+    return -1;
+}
+
+static int kill_uid(long long uid) { return kill_uid_outside(uid); }
 
 /* Once a candidate is reaped, reap what it started (a zygote is their subreaper). With a sandbox uid (whose
    processes have just been killed) the next candidate starts only once they are all gone, since they count
@@ -311,7 +345,7 @@ static int watch(int rep, int out, double deadline, long long max_out, long long
 }
 
 /* batch._watch's end: kill the candidate's group and every process of its uid, then reap it and what it started.
-   -1: see kill_uid. */
+   -1: no killer could finish (see kill_uid_outside). */
 static int kill_and_reap(pid_t pid, long long uid, int *status) {
     kill(-pid, SIGKILL);
     kill(pid, SIGKILL);
