@@ -43,7 +43,13 @@ to the worker (so RLIMIT_NPROC applies, other users' files and /proc entries are
 under that uid ends every process it started), and per worker, when the kernel permits: an empty network
 namespace, a private IPC namespace, and a mount namespace with private tmpfs on /tmp, /var/tmp and /dev/shm
 (wiped after each check). `Verifier.protections` says which are active and why not. When the verdict is in,
-every process of the check is SIGKILLed (process group + uid-wide kill) and reaped.
+every process of the check is SIGKILLed (process group + uid-wide kill, done by a throwaway killer process, so no
+trusted process ever runs as a candidate's uid) and reaped.
+
+Trusted code bounds what it does with candidate data: messages are decoded within limits on nesting, values and
+int digits (`codec`), verdict text is made UTF-8-safe, and dirs a candidate leaves are removed iteratively. A forker
+that dies or stalls hands its unanswered checks back: the one it was running runs again alone on a fresh worker
+(an error if that one is lost too), the others as usual. A worker reaps everything it started before it exits.
 
 Not covered: reads of world-readable files; CPU/memory side channels; a candidate reading the programs, answers
 and p3 `sat` sources of earlier checks of the same worker, and the programs and sats of the other checks of its
