@@ -121,8 +121,14 @@ class TrainConfig(Section):
                                          "(it rises linearly with a token's privacy score).")
     swing_noise: float = Field(1.0, ge=0, description="Std of the Gaussian noise swing adds to the tempered "
                                "teacher logits (seeded).")
-    privacy_patterns: list[str] = Field([], description="Extra regexes whose matches swing treats as private "
-                                        "(numbers, emails and capitalised names are built in).")
+    privacy_scorer: Literal["regex", "list", "likelihood"] = Field(
+        "regex", description="How swing scores a target token's privacy: regex (emails and runs of >= 4 digits "
+        "built in, plus privacy_patterns), list (the exact strings in privacy_terms), likelihood (tokens the "
+        "teacher predicts far more confidently than the rest of their row).")
+    privacy_patterns: list[str] = Field([], description="Extra regexes whose matches the regex privacy scorer "
+                                        "treats as private (emails and runs of >= 4 digits are built in).")
+    privacy_terms: list[str] = Field([], description="Exact, case-sensitive strings (names, known secrets) the "
+                                     "list privacy scorer treats as private.")
     icl_shots: int = Field(2, ge=0, description="Demonstrations (other rows of the micro-batch) before each icl "
                            "input.")
 
@@ -130,6 +136,12 @@ class TrainConfig(Section):
     def _objective_weights(self):
         if not any(w > 0 for w in self.objectives.values()) or any(w < 0 for w in self.objectives.values()):
             raise ValueError(f"train.objectives needs non-negative weights, one > 0: {self.objectives}")
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_terms(self):
+        if self.privacy_scorer == "list" and not any(self.privacy_terms):
+            raise ValueError("train.privacy_scorer 'list' needs train.privacy_terms (it would flag nothing)")
         return self
 
 

@@ -13,7 +13,6 @@ from distill_ray.train import losses
 from distill_ray.train.batch import make_batch, with_demonstrations
 from distill_ray.train.data import IGNORE_INDEX
 from distill_ray.train.objectives import DistillParams, Objective
-from distill_ray.train.privacy import char_scores, token_scores
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
@@ -67,18 +66,6 @@ def test_swing_temperature_rises_with_privacy_and_noise_is_seeded():
     assert losses.add_noise(logits, 0.0, None) is logits
 
 
-def test_privacy_detector_scores_numbers_emails_names_and_patterns():
-    text = "Call Alice at 555-1234 or bob@x.org. Code XK9"
-    scores = char_scores(text, patterns=[r"XK\d"])
-    assert scores[text.index("Call")] == 0.0            # sentence start: not a name
-    assert scores[text.index("Alice")] == 0.5
-    assert scores[text.index("555")] == 0.9 and scores[text.index("1234")] == 0.9
-    assert scores[text.index("bob@")] == 1.0 and scores[text.index("org")] == 1.0
-    assert scores[text.index("Code")] == 0.0            # after a full stop
-    assert scores[text.index("XK9")] == 1.0
-    assert scores[text.index(" at ")] == 0.0
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
@@ -100,12 +87,6 @@ def tiny_dirs(tokenizer, tmp_path_factory):
             for name, seed in (("student", 0), ("teacher", 1))]
 
 
-def test_token_scores_follow_the_decoded_context(tokenizer):
-    ids = tokenizer("PIN 4821, mail a@b.io", add_special_tokens=False)["input_ids"]
-    scored = {tokenizer.decode([i]): s for i, s in zip(ids, token_scores(tokenizer, ids))}
-    assert scored["4"] == scored["8"] == 0.9 and scored["@"] == 1.0 and scored[" mail"] == 0.0
-
-
 def _rows(weights=None, topk=None):
     rows = {"prompt_text": [CHAT.format("Say red"), CHAT.format("Pick"), CHAT.format("x")],
             "target_text": ["red red", "Tom 42", "ok"]}
@@ -119,7 +100,7 @@ def _rows(weights=None, topk=None):
 def test_batch_places_stored_topk_on_target_tokens(tokenizer):
     topk = [[[[7, -0.1], [8, -2.0]], [[9, -0.3]]], None, [[[5, -1.0]]]]
     batch = make_batch(_rows([0.5, None, float("nan")], topk), tokenizer, 64, tokenizer.pad_token_id,
-                       {"label_weight", "topk", "privacy"})
+                       {"label_weight", "topk", "privacy"}, privacy_patterns=[r"\d+"])
     assert batch["label_weight"].tolist() == [0.5, 1.0, 1.0]
     labels = batch["labels"]
     for row, entries in enumerate(topk):
@@ -129,9 +110,10 @@ def test_batch_places_stored_topk_on_target_tokens(tokenizer):
         for j, pairs in enumerate(entries or []):
             assert batch["topk_ids"][row, first + j, :len(pairs)].tolist() == [p[0] for p in pairs]
     assert batch["topk_logprobs"][0, first_of(labels, 0) + 1, 1] == float("-inf")
-    # privacy: only target tokens are scored; "42" is a number, "Tom" starts the target (no context).
+    # privacy: only target tokens are scored; "42" matches the user's pattern (the default scorer leaves
+    # short numbers alone: tests/test_privacy.py).
     private = batch["privacy"][1][labels[1] != IGNORE_INDEX].tolist()
-    assert private[0] == 0.0 and max(private) == pytest.approx(0.9)
+    assert private[0] == 0.0 and max(private) == 1.0
     assert (batch["privacy"][labels == IGNORE_INDEX] == 0).all()
 
 

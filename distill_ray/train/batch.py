@@ -27,8 +27,10 @@ TOPK_COLUMN = "teacher_topk"
 
 def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[str],
                rng: random.Random | None = None, icl_shots: int = 0,
-               privacy_patterns: Sequence[str] = ()) -> dict:
-    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl")."""
+               privacy_patterns: Sequence[str] = (), privacy_scorer: str = "regex",
+               privacy_terms: Sequence[str] = ()) -> dict:
+    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl"). ``privacy_scorer``
+    "likelihood" builds no ``privacy``: swing scores it from the teacher's log-probabilities."""
     prompts, targets = list(rows[PROMPT_COLUMN]), list(rows[TARGET_COLUMN])
     examples = tokenize_rows(tokenizer, prompts, targets, max_length)
     batch = collate(examples, pad_id)
@@ -36,8 +38,8 @@ def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[s
         batch["label_weight"] = label_weights(rows.get(WEIGHT_COLUMN), len(prompts))
     if "topk" in needs and rows.get(TOPK_COLUMN) is not None:
         batch.update(topk_tensors(rows[TOPK_COLUMN], batch["labels"]))
-    if "privacy" in needs:
-        batch["privacy"] = privacy_tensor(tokenizer, batch["labels"], privacy_patterns)
+    if "privacy" in needs and privacy_scorer != "likelihood":
+        batch["privacy"] = privacy_tensor(tokenizer, batch["labels"], privacy_patterns, privacy_scorer, privacy_terms)
     if "icl" in needs:
         icl_prompts = with_demonstrations(prompts, targets, icl_shots, rng or random.Random(0),
                                           tokenizer.eos_token or "")
@@ -82,14 +84,17 @@ def _pairs(row) -> list:
     return [list(token) if token is not None else [] for token in row]
 
 
-def privacy_tensor(tokenizer, labels: torch.Tensor, patterns: Sequence[str]) -> torch.Tensor:
-    from distill_ray.train.privacy import token_scores
+def privacy_tensor(tokenizer, labels: torch.Tensor, patterns: Sequence[str], scorer: str = "regex",
+                   terms: Sequence[str] = ()) -> torch.Tensor:
+    from distill_ray.train.privacy import text_scorer, token_scores
 
+    score_text = text_scorer(scorer, patterns, terms)
     scores = torch.zeros(labels.shape)
     for i in range(labels.shape[0]):
         positions = (labels[i] != IGNORE_INDEX).nonzero().flatten()
         if len(positions):
-            scores[i, positions] = torch.tensor(token_scores(tokenizer, labels[i, positions].tolist(), patterns))
+            scores[i, positions] = torch.tensor(token_scores(tokenizer, labels[i, positions].tolist(),
+                                                             scorer=score_text))
     return scores
 
 

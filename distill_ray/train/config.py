@@ -29,7 +29,9 @@ class TrainSettings:
     kd_temperature: float = 2.0        # T of kd (and swing's temperature on non-private tokens)
     swing_max_temperature: float = 8.0  # swing's temperature on surely-private tokens (privacy score 1)
     swing_noise: float = 1.0           # std of the Gaussian noise swing adds to teacher logits
-    privacy_patterns: list = field(default_factory=list)  # extra regexes whose matches swing treats as private
+    privacy_scorer: str = "regex"      # privacy.SCORERS: "regex", "list" or "likelihood" (swing's token scores)
+    privacy_patterns: list = field(default_factory=list)  # extra regexes the regex scorer treats as private
+    privacy_terms: list = field(default_factory=list)     # exact strings the list scorer treats as private
     icl_shots: int = 2                 # demonstrations per icl input (other rows of the micro-batch)
     lr_schedule: str = "constant"      # after warmup: "constant", "linear" or "cosine" (decay to 0 at the last step)
     weight_decay: float = 0.0

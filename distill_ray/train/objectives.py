@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from distill_ray.train import losses
 from distill_ray.train.data import IGNORE_INDEX, max_target_len
+from distill_ray.train.privacy import likelihood_scores, stored_target_logprobs
 
 OBJECTIVES = ("sft", "soft", "kd", "swing", "icl")
 NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}}
@@ -124,8 +125,35 @@ class Objective:
         p = self.params
         if name == "kd":
             return self._distill(fwd, batch, torch.full(fwd.labels.shape, p.kd_temperature), 0.0, None)
-        temperature = losses.swing_temperatures(fwd.window(batch["privacy"]), p.kd_temperature, p.swing_max_temperature)
+        if "privacy" in batch:
+            privacy = fwd.window(batch["privacy"])
+        else:  # the likelihood scorer (make_batch left it out): scored from the teacher's view of the targets
+            privacy = likelihood_scores(self._target_logprobs(batch, fwd), fwd.mask)
+        temperature = losses.swing_temperatures(privacy, p.kd_temperature, p.swing_max_temperature)
         return self._distill(fwd, batch, temperature, p.swing_noise, generator)
+
+    @torch.no_grad()
+    def _target_logprobs(self, batch: dict, fwd: Forward) -> torch.Tensor:
+        """The teacher's log-probability of each target token [B, T]: stored top-k in rows that have it (NaN,
+        unscored, on their tokens without an entry), else the teacher model. Its own no-grad teacher pass
+        (only the likelihood scorer pays it) keeps this path apart from ``_distill``'s."""
+        mask = fwd.mask
+        labels = fwd.labels.clamp(min=0)
+        stored = fwd.window(batch["topk_mask"]) & mask if "topk_mask" in batch else torch.zeros_like(mask)
+        logprobs = torch.full(labels.shape, float("nan"), device=fwd.logits.device)
+        if stored.any():
+            logprobs[stored] = stored_target_logprobs(fwd.window(batch["topk_ids"])[stored],
+                                                      fwd.window(batch["topk_logprobs"])[stored], labels[stored])
+        rows = mask.any(dim=1) & ~stored.any(dim=1)
+        if rows.any():
+            if self.teacher is None:
+                raise ValueError("swing's likelihood scorer needs stored teacher_topk or a teacher model")
+            out = self.teacher(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
+                               position_ids=batch["position_ids"][rows], use_cache=False,
+                               logits_to_keep=fwd.logits.shape[1] + 1)
+            teacher = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, labels[rows][..., None])
+            logprobs[rows] = torch.where(mask[rows], teacher.squeeze(-1), logprobs[rows])
+        return logprobs
 
     def _distill(self, fwd: Forward, batch: dict, temperature: torch.Tensor, noise: float, generator) -> torch.Tensor:
         """Mean per-token KL over target tokens: stored top-k where the row has it, the teacher model elsewhere."""
