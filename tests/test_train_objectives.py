@@ -31,25 +31,40 @@ def test_kl_full_with_temperature_is_scaled_by_t_squared():
     assert both.tolist() == pytest.approx([losses.kl_full(student, teacher, t).item() for t in (1.0, 2.0)])
 
 
-def test_kl_topk_renormalises_the_teacher_and_gathers_the_student():
-    student = torch.zeros(1, 4)  # q = 1/4 on each of 4 tokens
+def test_kl_topk_renormalises_teacher_and_student_over_the_stored_ids():
+    student = torch.zeros(1, 4)  # q = 1/4 on each of 4 tokens: 1/2 each over any two ids
     ids = torch.tensor([[2, 0]])
     logprobs = torch.tensor([[math.log(0.6), math.log(0.2)]])  # renormalised: [0.75, 0.25]
     assert losses.kl_topk(student, ids, logprobs, 1.0).item() == pytest.approx(
-        0.75 * math.log(0.75 / 0.25) + 0.25 * math.log(0.25 / 0.25), rel=1e-5)
-    missing = torch.tensor([[math.log(0.5), float("-inf")]])  # one stored entry: p = [1, 0]
-    assert losses.kl_topk(student, ids, missing, 1.0).item() == pytest.approx(math.log(4.0), rel=1e-5)
-    # T=2 over the top-k: p ∝ [0.6, 0.2] ** 0.5; the student stays uniform; times T^2.
+        0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5), rel=1e-5)
+    # One stored entry says nothing about the shape among the ids: both renormalise to [1].
+    missing = torch.tensor([[math.log(0.5), float("-inf")]])
+    assert losses.kl_topk(student, ids, missing, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    # T=2 over the top-k: p ∝ [0.6, 0.2] ** 0.5; the student stays uniform over the two ids; times T^2.
     p = torch.tensor([0.6, 0.2]).sqrt() / torch.tensor([0.6, 0.2]).sqrt().sum()
-    expected = 4 * float((p * (p.log() - math.log(0.25))).sum())
+    expected = 4 * float((p * (p.log() - math.log(0.5))).sum())
     assert losses.kl_topk(student, ids, logprobs, 2.0).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_soft_label_loss_weights_each_row_and_divides_by_all_target_tokens():
-    nll = torch.tensor([[1.0, 2.0], [3.0, 9.0]])
-    mask = torch.tensor([[True, True], [True, False]])
-    assert losses.soft_label_loss(nll * mask, mask, torch.tensor([0.5, 1.0])).item() == pytest.approx((0.5 * 3 + 3) / 3)
-    assert losses.soft_label_loss(nll * mask, mask, torch.tensor([0.0, 0.0])).item() == 0.0
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 8.0])
+def test_kl_topk_is_zero_when_the_student_is_the_teacher(temperature):
+    """The old loss (teacher renormalised, student not) gave 0.215 / 7.33 / 451.6 here."""
+    logits = torch.randn(32, 500, generator=torch.Generator().manual_seed(0)) * 3
+    top = torch.log_softmax(logits, dim=-1).topk(5, dim=-1)
+    student = logits.clone().requires_grad_(True)
+    kd = losses.kl_topk(student, top.indices, top.values, temperature)
+    assert kd.abs().max().item() < 1e-6
+    # Away from equality, only the stored ids get a gradient: a label outside the top-k is never pushed down.
+    loss = losses.kl_topk(student + torch.randn(32, 500) * 0.5, top.indices, top.values, temperature).sum()
+    loss.backward()
+    outside = torch.ones_like(logits, dtype=torch.bool).scatter(1, top.indices, False)
+    assert loss.item() > 0 and student.grad[outside].abs().max().item() == 0.0
+
+
+def test_soft_label_sum_weights_each_row():
+    nll = torch.tensor([[1.0, 2.0], [3.0, 0.0]])   # row 1's second token is off target (NLL 0)
+    assert losses.soft_label_sum(nll, torch.tensor([0.5, 1.0])).item() == pytest.approx(0.5 * 3 + 3)
+    assert losses.soft_label_sum(nll, torch.tensor([0.0, 0.0])).item() == 0.0
 
 
 def test_swing_temperature_rises_with_privacy_and_noise_is_seeded():
@@ -231,9 +246,10 @@ def test_parquet_training_data_keeps_the_optional_columns_it_has(ray_cluster, tm
 
     from distill_ray.train.data import as_dataset
 
-    pd.DataFrame({"prompt_text": ["p"], "target_text": ["t"], "label_weight": [0.5], "task_id": ["x"]}).to_parquet(
-        tmp_path / "part-0.parquet")
-    assert as_dataset(tmp_path).take_all() == [{"prompt_text": "p", "target_text": "t", "label_weight": 0.5}]
+    pd.DataFrame({"prompt_text": ["p"], "target_text": ["t"], "label_weight": [0.5], "task_id": ["x"],
+                  "program": ["return 1"]}).to_parquet(tmp_path / "part-0.parquet")
+    assert as_dataset(tmp_path).take_all() == [{"prompt_text": "p", "target_text": "t", "label_weight": 0.5,
+                                                "task_id": "x"}]
     pd.DataFrame({"prompt_text": ["p"]}).to_parquet(tmp_path / "part-0.parquet")
     with pytest.raises(ValueError, match="target_text"):
         as_dataset(tmp_path)

@@ -4,11 +4,12 @@ Every extra is laid out like ``labels`` ([B, W], left-padded, target tokens at t
 objectives slice them with the same window as the logits:
 
 - ``label_weight`` [B]: column ``label_weight`` (the vote share of the row's answer), 1.0 where absent.
-- ``topk_ids`` / ``topk_logprobs`` [B, W, K], ``topk_mask`` [B, W]: column ``teacher_topk`` (per completion
-  token a list of ``[token_id, logprob]`` pairs); completion token ``j`` is target token ``j``.
+- ``topk_ids`` / ``topk_logprobs`` [B, W, K], ``topk_mask`` [B, W], ``topk_row`` [B]: column ``teacher_topk``
+  (per completion token a list of ``[token_id, logprob]`` pairs); completion token ``j`` is target token
+  ``j``; ``topk_row`` marks the rows that have a list (their teacher context is the stored one).
 - ``privacy`` [B, W]: each target token's privacy score (``privacy.token_scores``), for ``swing``.
-- ``icl``: a second batch whose prompts carry ``icl_shots`` demonstrations (other rows of this batch,
-  drawn with ``rng``), labels on the final target only.
+- ``icl``: a second batch whose prompts carry ``icl_shots`` demonstrations (rows of this batch from *other
+  tasks*, column ``task_id``, else other prompts; drawn with ``rng``), labels on the final target only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from distill_ray.train.data import IGNORE_INDEX, PROMPT_COLUMN, TARGET_COLUMN, c
 
 WEIGHT_COLUMN = "label_weight"
 TOPK_COLUMN = "teacher_topk"
+TASK_COLUMN = "task_id"
 
 
 def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[str],
@@ -41,8 +43,9 @@ def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[s
     if "privacy" in needs and privacy_scorer != "likelihood":
         batch["privacy"] = privacy_tensor(tokenizer, batch["labels"], privacy_patterns, privacy_scorer, privacy_terms)
     if "icl" in needs:
+        tasks = list(rows[TASK_COLUMN]) if rows.get(TASK_COLUMN) is not None else prompts
         icl_prompts = with_demonstrations(prompts, targets, icl_shots, rng or random.Random(0),
-                                          tokenizer.eos_token or "")
+                                          tokenizer.eos_token or "", tasks)
         batch["icl"] = collate(tokenize_rows(tokenizer, icl_prompts, targets, max_length), pad_id)
     return batch
 
@@ -67,6 +70,7 @@ def topk_tensors(column, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     ids = torch.zeros((len(entries), width, k), dtype=torch.long)
     logprobs = torch.full((len(entries), width, k), float("-inf"))
     mask = torch.zeros((len(entries), width), dtype=torch.bool)
+    has_row = torch.tensor([any(row) for row in entries], dtype=torch.bool)
     for i, row in enumerate(entries):
         n = int((labels[i] != IGNORE_INDEX).sum())
         for j, pairs in enumerate(row[:n]):
@@ -74,7 +78,7 @@ def topk_tensors(column, labels: torch.Tensor) -> dict[str, torch.Tensor]:
                 ids[i, width - n + j, :len(pairs)] = torch.tensor([int(p[0]) for p in pairs])
                 logprobs[i, width - n + j, :len(pairs)] = torch.tensor([float(p[1]) for p in pairs])
                 mask[i, width - n + j] = True
-    return {"topk_ids": ids, "topk_logprobs": logprobs, "topk_mask": mask}
+    return {"topk_ids": ids, "topk_logprobs": logprobs, "topk_mask": mask, "topk_row": has_row}
 
 
 def _pairs(row) -> list:
@@ -99,12 +103,15 @@ def privacy_tensor(tokenizer, labels: torch.Tensor, patterns: Sequence[str], sco
 
 
 def with_demonstrations(prompts: list[str], targets: list[str], shots: int, rng: random.Random,
-                        separator: str) -> list[str]:
-    """Each prompt preceded by ``shots`` other rows' prompt + target (+ EOS, newline), drawn from the batch.
-    Too long inputs lose their earliest demonstrations first (``encode_example`` cuts prompts on the left)."""
+                        separator: str, tasks: Sequence | None = None) -> list[str]:
+    """Each prompt preceded by ``shots`` rows' prompt + target (+ EOS, newline), drawn from the batch among
+    rows of another task (``tasks``, default: another prompt): a demonstration of the row's own task would
+    show it an answer to its own question. Fewer candidates, fewer shots. Too long inputs lose their
+    earliest demonstrations first (``encode_example`` cuts prompts on the left)."""
+    tasks = list(tasks) if tasks is not None else prompts
     out = []
     for i, prompt in enumerate(prompts):
-        others = [j for j in range(len(prompts)) if j != i]
+        others = [j for j in range(len(prompts)) if tasks[j] != tasks[i]]
         demos = rng.sample(others, min(shots, len(others)))
         out.append("".join(f"{prompts[j]}{targets[j]}{separator}\n" for j in demos) + prompt)
     return out

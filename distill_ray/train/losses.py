@@ -20,16 +20,13 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return flat.view(labels.shape)
 
 
-def soft_label_loss(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Sequence-level soft labels: sum_i w_i * NLL(row i) / (target tokens of the batch).
+def soft_label_sum(nll: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sequence-level soft labels: sum_i w_i * NLL(row i), summed over the rows' target tokens.
 
-    nll, mask [B,T]; weights [B] in [0,1] (a candidate's share of the vote; 1.0 on agreement rows). Dividing
-    by the unweighted token count keeps the weights absolute: the candidates of one disagreement prompt,
-    whose shares sum to 1, together count as much as one agreement row."""
-    tokens = mask.sum()
-    if tokens == 0:
-        return nll.sum() * 0.0
-    return (nll * mask * weights[:, None]).sum() / tokens
+    nll [B,T] (0 off target); weights [B] in [0,1] (a candidate's share of the vote; 1.0 on agreement rows).
+    The caller divides by the *unweighted* target token count, which keeps the weights absolute: the
+    candidates of one disagreement prompt, whose shares sum to 1, together count as much as one agreement row."""
+    return (nll * weights.to(nll.device)[:, None]).sum()
 
 
 def kl_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -45,15 +42,23 @@ def kl_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def kl_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
             temperature: torch.Tensor | float) -> torch.Tensor:
-    """Per-token T^2 * KL from stored teacher top-k: the teacher's top-k log-probs, tempered and
-    renormalised over the k ids, against the student's full-vocabulary tempered log-probs gathered at those
-    ids. topk_ids/logprobs [N,K] (missing entries: logprob -inf); student_logits [N,V]."""
-    t = _per_token(temperature, student_logits)
-    teacher_logp = F.log_softmax(topk_logprobs.float() / t, dim=-1)
-    student_logp = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, topk_ids)
+    """Per-token T^2 * KL(teacher_T || student_T) over the teacher's k stored ids, teacher *and* student
+    renormalised over those ids. topk_ids/logprobs [N,K] (missing entries: logprob -inf); student_logits [N,V].
+
+    Why k-way: the stored logprobs are the teacher's at T=1; at another T its normaliser needs the whole
+    vocabulary, so the tempered teacher is only known up to a constant on the k ids, and renormalising
+    there is exact. The student is renormalised over the same ids, so the loss is 0 when it equals the
+    teacher at every T, and it only shapes the student's distribution *among* those ids: it never pushes a
+    token outside the top-k (the label of an sft term, say) towards probability 0."""
+    # float64 on the [N,K] slice (cheap): T^2 amplifies float32 rounding to ~1e-5 at T=8.
+    t = _per_token(temperature, student_logits).double()
+    present = torch.isfinite(topk_logprobs)
+    teacher_logp = F.log_softmax(topk_logprobs.double() / t, dim=-1)
+    student_at_ids = student_logits.gather(-1, topk_ids).double() / t
+    student_logp = F.log_softmax(student_at_ids.masked_fill(~present, float("-inf")), dim=-1)
     p = teacher_logp.exp()
-    terms = torch.where(p > 0, p * (teacher_logp - student_logp), torch.zeros_like(p))  # 0 * -inf is 0
-    return terms.sum(dim=-1) * t.squeeze(-1) ** 2
+    terms = torch.where(present, p * (teacher_logp - student_logp), torch.zeros_like(p))  # 0 * -inf is 0
+    return (terms.sum(dim=-1) * t.squeeze(-1) ** 2).float()
 
 
 def swing_temperatures(privacy: torch.Tensor, base: float, maximum: float) -> torch.Tensor:

@@ -4,8 +4,11 @@ every term; ``icl`` runs its own forward on inputs that carry demonstrations.
 
 - ``sft``: cross-entropy on the completion tokens.
 - ``soft``: sequence-level soft labels: each row's likelihood weighted by its ``label_weight``.
-- ``kd``: token-level T^2 * KL(teacher || student) at temperature T, from the row's stored teacher top-k
-  where present, else from a teacher model loaded in the worker.
+- ``kd``: token-level T^2 * KL(teacher || student) at temperature T. One teacher context per row: a row
+  with stored teacher top-k (the teacher's few-shot context, ``teacher_topk``) is distilled from those
+  alone, and its target tokens without an entry (the appended EOS, a newline extraction added) take the
+  hard label (cross-entropy: the teacher's verified output is a one-hot target there); a row without
+  them is distilled from a teacher model loaded in the worker, on the student's own (zero-shot) prompt.
 - ``swing``: ``kd`` with a per-token temperature that rises with the token's privacy score and Gaussian
   noise on the teacher logits (privacy-aware distillation).
 - ``icl``: cross-entropy on the final target of inputs carrying k demonstrations.
@@ -31,9 +34,10 @@ NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"},
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor     # scalar to backpropagate (weighted sum of the terms)
+    loss: torch.Tensor     # scalar to backpropagate: weighted sum of the terms' token sums / the normaliser
     tokens: int            # target tokens the loss covered
-    parts: dict[str, float] = field(default_factory=dict)  # each term's unweighted value
+    parts: dict[str, float] = field(default_factory=dict)  # each term's unweighted per-token mean on this batch
+    total: float = 0.0     # the weighted sum of the terms' token sums (before normalising)
 
 
 @dataclass
@@ -85,10 +89,13 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> LossOutput:
 
 
 def _lm(fwd: Forward) -> torch.Tensor:
-    if not fwd.mask.any():  # nothing to learn from; keep the graph so every rank still runs backward
-        return fwd.logits.sum() * 0.0
-    return F.cross_entropy(fwd.logits.reshape(-1, fwd.logits.shape[-1]), fwd.labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return _lm_sum(fwd) / max(int(fwd.mask.sum()), 1)
+
+
+def _lm_sum(fwd: Forward) -> torch.Tensor:
+    """Summed cross-entropy over the target tokens (0, with the graph kept, when there are none: every rank
+    must still run backward)."""
+    return losses.token_nll(fwd.logits, fwd.labels).sum()
 
 
 class Objective:
@@ -108,20 +115,29 @@ class Objective:
         """Extras ``make_batch`` must build for these terms."""
         return set().union(*(NEEDS.get(name, set()) for name in self.weights))
 
-    def __call__(self, model, batch: dict, generator: torch.Generator | None = None) -> LossOutput:
-        fwd = forward(model, batch) if set(self.weights) - {"icl"} else None
-        parts = {name: self._term(name, model, fwd, batch, generator) for name in self.weights}
-        loss = sum(self.weights[name] * value for name, value in parts.items())
-        tokens = int(fwd.mask.sum()) if fwd is not None else int((batch["icl"]["labels"] != IGNORE_INDEX).sum())
-        return LossOutput(loss=loss, tokens=tokens, parts={k: float(v.detach()) for k, v in parts.items()})
+    def __call__(self, model, batch: dict, generator: torch.Generator | None = None,
+                 normaliser: float | None = None) -> LossOutput:
+        """Every term is a sum over target tokens; the loss divides the weighted sum by ``normaliser`` (the
+        training loop passes the target tokens of the whole global batch, so each token weighs the same
+        whatever micro-batch or worker it is in), by default this batch's own target tokens."""
+        fwd = None if fwd_free(self.weights) else forward(model, batch)
+        sums = {name: self._term(name, model, fwd, batch, generator) for name in self.weights}
+        total = sum(self.weights[name] * value for name, value in sums.items())
+        tokens = self.tokens(batch)
+        return LossOutput(loss=total / (normaliser or max(tokens, 1)), tokens=tokens,
+                          parts={k: float(v.detach()) / max(tokens, 1) for k, v in sums.items()},
+                          total=float(total.detach()))
+
+    def tokens(self, batch: dict) -> int:
+        return target_tokens(batch, icl_only=fwd_free(self.weights))
 
     def _term(self, name: str, model, fwd: Forward | None, batch: dict, generator) -> torch.Tensor:
         if name == "sft":
-            return _lm(fwd)
+            return _lm_sum(fwd)
         if name == "soft":
-            return losses.soft_label_loss(losses.token_nll(fwd.logits, fwd.labels), fwd.mask, batch["label_weight"])
+            return losses.soft_label_sum(losses.token_nll(fwd.logits, fwd.labels), batch["label_weight"])
         if name == "icl":
-            return _lm(forward(model, batch["icl"]))
+            return _lm_sum(forward(model, batch["icl"]))
         p = self.params
         if name == "kd":
             return self._distill(fwd, batch, torch.full(fwd.labels.shape, p.kd_temperature), 0.0, None)
@@ -156,35 +172,51 @@ class Objective:
         return logprobs
 
     def _distill(self, fwd: Forward, batch: dict, temperature: torch.Tensor, noise: float, generator) -> torch.Tensor:
-        """Mean per-token KL over target tokens: stored top-k where the row has it, the teacher model elsewhere."""
+        """Summed per-token loss over target tokens, one teacher context per row (see the module docstring)."""
         mask = fwd.mask
-        stored = fwd.window(batch["topk_mask"]) & mask if "topk_mask" in batch else torch.zeros_like(mask)
+        has_topk = batch["topk_row"].to(mask.device)[:, None] & mask if "topk_row" in batch else torch.zeros_like(mask)
+        stored = fwd.window(batch["topk_mask"]) & has_topk if "topk_mask" in batch else torch.zeros_like(mask)
+        hard = has_topk & ~stored
+        rest = mask & ~has_topk
         temperature = temperature.to(fwd.logits.device)
         # Noise of std ``noise`` on the *tempered* logits (std noise * T on the raw ones): the hotter a
         # private token's temperature, the less of the teacher's signal survives the noise.
-        values = []
+        total = fwd.logits.sum() * 0.0
         if stored.any():
             logprobs = losses.add_noise(fwd.window(batch["topk_logprobs"])[stored], _scale(noise, temperature, stored),
                                         generator)
-            values.append(losses.kl_topk(fwd.logits[stored], fwd.window(batch["topk_ids"])[stored], logprobs,
-                                         temperature[stored]))
-        rest = mask & ~stored
+            total = total + losses.kl_topk(fwd.logits[stored], fwd.window(batch["topk_ids"])[stored], logprobs,
+                                           temperature[stored]).sum()
+        if hard.any():
+            total = total + losses.token_nll(fwd.logits, fwd.labels)[hard].sum()
         if rest.any():
             if self.teacher is None:
                 raise ValueError("kd/swing rows without a teacher_topk column need a teacher model (teacher_dir)")
-            teacher_logits = losses.add_noise(self._teacher_logits(batch, fwd)[rest], _scale(noise, temperature, rest),
-                                              generator)
-            values.append(losses.kl_full(fwd.logits[rest], teacher_logits, temperature[rest]))
-        if not values:
-            return fwd.logits.sum() * 0.0
-        return torch.cat(values).mean()
+            rows = rest.any(dim=1)
+            teacher_logits = losses.add_noise(self._teacher_logits(batch, fwd, rows)[rest[rows]],
+                                              _scale(noise, temperature, rest), generator)
+            total = total + losses.kl_full(fwd.logits[rest], teacher_logits, temperature[rest]).sum()
+        return total
 
     @torch.no_grad()
-    def _teacher_logits(self, batch: dict, fwd: Forward) -> torch.Tensor:
+    def _teacher_logits(self, batch: dict, fwd: Forward, rows: torch.Tensor) -> torch.Tensor:
+        """The loaded teacher's logits over the target window, run only on the ``rows`` that need it."""
         keep = fwd.logits.shape[1] + 1
-        out = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep)
+        out = self.teacher(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
+                           position_ids=batch["position_ids"][rows], use_cache=False, logits_to_keep=keep)
         return out.logits[:, :-1].float()
+
+
+def target_tokens(batch: dict, icl_only: bool = False) -> int:
+    """Target tokens of a batch (what the loss is normalised by): its labels', or, when icl is the only
+    term, its icl inputs' (the same targets, unless demonstrations cut some off)."""
+    labels = batch["icl"]["labels"] if icl_only else batch["labels"]
+    return int((labels != IGNORE_INDEX).sum())
+
+
+def fwd_free(weights: dict) -> bool:
+    """True when no term needs the forward pass over the plain batch (icl alone runs its own)."""
+    return not set(weights) - {"icl"}
 
 
 def _scale(noise: float, temperature: torch.Tensor, where: torch.Tensor) -> torch.Tensor | float:
