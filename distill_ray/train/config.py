@@ -13,7 +13,7 @@ class TrainSettings:
     zero_stage: int = 2               # 0 (plain data parallel), 1, 2 or 3
     epochs: int = 1
     batch_size: int = 4                # per worker micro-batch
-    grad_accum: int = 1
+    grad_accum: int = 1                # micro-batches per optimizer step (an epoch's last step may have fewer)
     lr: float = 1e-4
     warmup_steps: int = 0
     max_grad_norm: float = 1.0         # 0 disables clipping
@@ -41,7 +41,8 @@ class TrainSettings:
     log_every: int = 10                # rank 0 prints progress every this many steps (0: never)
     run_name: str | None = None        # Ray Train run name; reusing one in the same storage resumes that run
     torch_threads: int | None = None   # torch threads per worker (Ray Train's default is 1)
-    prefetch_batches: int = 4          # Ray Data batches each worker prefetches (hides per-block fetch latency)
+    prefetch_batches: int = 4          # Ray Data chunks each worker prefetches (hides per-block fetch latency)
+    shuffle_buffer: int = 10_000       # rows each worker permutes at a time, seeded per epoch (0: split order)
     deepspeed: dict = field(default_factory=dict)  # extra DeepSpeed config keys, merged over ours
     fail_at_step: int | None = None    # testing fault tolerance: raise once after this step (not after a resume)
 

@@ -1,8 +1,14 @@
 """The per-worker training loop run by Ray Train: DeepSpeed engine, Ray Data shard, checkpoints, export.
 
-Every worker runs ``train_loop_per_worker``. Workers see equal numbers of rows (Ray Train splits the
-dataset with ``streaming_split(equal=True)``), so they take the same number of optimizer steps and the
-collectives (gradient reduction, the per-step loss all-reduce, checkpoints) line up.
+Every worker runs ``train_loop_per_worker``. The driver hands each worker its own materialised split of the
+rows (``train_<rank>``, equal sizes: ``trainer.split_for_workers``), so every worker takes the same number
+of optimizer steps and the collectives (gradient reduction, the per-step all-reduces, checkpoints) line up.
+Each epoch a worker reads its split in a new seeded order (a local shuffle), so a seed reproduces a run.
+
+The loop owns gradient accumulation: an optimizer step is a *window* of up to ``grad_accum`` micro-batches
+(the last one of an epoch may be shorter: no micro-batch is dropped). Before the window runs, its target
+tokens are counted on every worker and summed, and each micro-batch's loss is its token sum divided by
+that count, so every target token of the global batch weighs the same, whatever its micro-batch's size.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class TrainState:
 class _Window:
     """Sums over the micro-batches of one optimizer step on this worker."""
     started: float
-    loss: float = 0.0
+    loss: float = 0.0             # weighted sum of the terms' token sums
     micro: int = 0
     samples: int = 0
     tokens: int = 0
@@ -75,7 +81,10 @@ def deepspeed_config(settings: TrainSettings) -> dict:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     config = {
         "train_micro_batch_size_per_gpu": settings.batch_size,
-        "gradient_accumulation_steps": settings.grad_accum,
+        # The loop owns accumulation (windows that may end short at an epoch's end): DeepSpeed sees one
+        # micro-batch per step, and with unmanaged accumulation backward() only accumulates, step() updates.
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
         "gradient_clipping": settings.max_grad_norm,
         "zero_optimization": zero,
         # We pass torch's AdamW: DeepSpeed's own CPU Adam would JIT-compile another C++ op.
@@ -189,49 +198,93 @@ def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, sta
     import ray.train
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    shard = ray.train.get_dataset_shard("train")
+    split = ray.train.get_dataset_shard(f"{DATASET_PREFIX}{rank}")
     engine.train()
-    window = _Window(started=time.perf_counter())
     while not _done(state, settings):
         fetch_start = time.perf_counter()
-        for index, rows in enumerate(shard.iter_batches(batch_size=settings.batch_size, batch_format="numpy",
-                                                        prefetch_batches=settings.prefetch_batches)):
-            if index < state.micro_in_epoch:
-                continue  # resumed mid-epoch: these micro-batches were trained on before the checkpoint
+        for window in _windows(_epoch_batches(split, settings, state.epoch, rank), settings.grad_accum):
+            if window[0][0] < state.micro_in_epoch:
+                continue  # resumed mid-epoch: trained on before the checkpoint (windows align with steps)
+            stats = _Window(started=time.perf_counter())
             # Seeded by position, so a resumed run draws the same demonstrations and noise again.
-            seed = f"{settings.seed}-{rank}-{state.epoch}-{index}"
-            batch = make_batch(rows, tokenizer, settings.max_length, pad_id, objective.needs,
-                               random.Random(seed), settings.icl_shots, settings.privacy_patterns)
-            window.add_wait(time.perf_counter() - fetch_start, epoch_start=index == state.micro_in_epoch)
-            generator = torch.Generator().manual_seed(random.Random(seed).getrandbits(63))
-            boundary = _micro_step(engine, objective, _to_device(batch, engine.device), generator, window)
-            state.micro_in_epoch = index + 1
-            if boundary:
-                _close_step(state, window)
-                if _after_step(engine, state, settings, rank):
-                    return
-                window = _Window(started=time.perf_counter())  # checkpoint time is not step time
+            batches = [(index, make_batch(rows, tokenizer, settings.max_length, pad_id, objective.needs,
+                                          random.Random(_seed(settings, rank, state.epoch, index)),
+                                          settings.icl_shots, settings.privacy_patterns,
+                                          privacy_scorer=settings.privacy_scorer,
+                                          privacy_terms=settings.privacy_terms))
+                       for index, rows in window]
+            stats.add_wait(time.perf_counter() - fetch_start, epoch_start=state.micro_in_epoch == 0)
+            _optimizer_step(engine, objective, batches, settings, state, rank, stats)
+            state.micro_in_epoch = window[-1][0] + 1
+            _close_step(state, stats, engine.device)
+            if _after_step(engine, state, settings, rank):
+                return
             fetch_start = time.perf_counter()
         state.epoch += 1
         state.micro_in_epoch = 0
 
 
+DATASET_PREFIX = "train_"   # worker r reads dataset "train_<r>" (its own split)
+
+
+def _epoch_batches(split, settings: TrainSettings, epoch: int, rank: int):
+    """This worker's (index, rows) micro-batches of one epoch, in an order seeded by (seed, epoch, rank):
+    chunks of ``shuffle_buffer`` rows (a multiple of the micro-batch) are read in order and each is
+    permuted. Ray Data's own local shuffle is not reproducible from run to run; this is."""
+    size = settings.batch_size
+    chunk_rows = max(1, settings.shuffle_buffer // size) * size if settings.shuffle_buffer else size
+    rng = random.Random(f"shuffle-{settings.seed}-{epoch}-{rank}")
+    index = 0
+    for chunk in split.iter_batches(batch_size=chunk_rows, batch_format="numpy",
+                                    prefetch_batches=settings.prefetch_batches):
+        rows = len(next(iter(chunk.values())))
+        order = rng.sample(range(rows), rows) if settings.shuffle_buffer else list(range(rows))
+        for start in range(0, rows, size):
+            picked = order[start:start + size]
+            yield index, {name: column[picked] for name, column in chunk.items()}
+            index += 1
+
+
+def _windows(batches, size: int):
+    """Consecutive groups of ``size`` (index, rows) micro-batches; the last group may be shorter."""
+    window = []
+    for item in batches:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _seed(settings: TrainSettings, rank: int, epoch: int, index: int) -> str:
+    return f"{settings.seed}-{rank}-{epoch}-{index}"
+
+
+def _optimizer_step(engine, objective: Objective, batches: list, settings: TrainSettings, state: TrainState,
+                    rank: int, stats: _Window) -> None:
+    """Backward on each micro-batch of the window, then one DeepSpeed step. DeepSpeed averages gradients
+    over the workers, so dividing by the global token count / world size gives per-token weights."""
+    world = dist.get_world_size()
+    local = torch.tensor([sum(objective.tokens(b) for _, b in batches)], dtype=torch.float64, device=engine.device)
+    dist.all_reduce(local)
+    global_tokens = float(local.item())
+    normaliser = max(global_tokens, 1.0) / world
+    for index, batch in batches:
+        generator = torch.Generator().manual_seed(random.Random(_seed(settings, rank, state.epoch, index)).getrandbits(63))
+        batch = _to_device(batch, engine.device)
+        out = objective(engine, batch, generator, normaliser=normaliser)
+        engine.backward(out.loss, scale_wrt_gas=False)   # the normaliser already spans the window
+        stats.loss += out.total
+        stats.micro += 1
+        stats.samples += len(batch["input_ids"])
+        stats.tokens += out.tokens
+        stats.input_tokens += int(batch["attention_mask"].sum())
+    engine.step()   # unmanaged accumulation: every step() reduces, clips and updates
+
+
 def _to_device(batch: dict, device) -> dict:
     return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
-
-
-def _micro_step(engine, objective: Objective, batch: dict, generator: torch.Generator, window: _Window) -> bool:
-    """Forward, backward and DeepSpeed step on one micro-batch; True when it updated the weights."""
-    boundary = engine.is_gradient_accumulation_boundary()  # read before step() advances the counter
-    out = objective(engine, batch, generator)
-    engine.backward(out.loss)
-    engine.step()  # DeepSpeed accumulates, clips and steps optimizer + scheduler at the boundary
-    window.loss += out.loss.item()
-    window.micro += 1
-    window.samples += len(batch["input_ids"])
-    window.tokens += out.tokens
-    window.input_tokens += int(batch["attention_mask"].sum())
-    return boundary
 
 
 def _after_step(engine, state: TrainState, settings: TrainSettings, rank: int) -> bool:
@@ -248,14 +301,15 @@ def _done(state: TrainState, settings: TrainSettings) -> bool:
     return state.epoch >= settings.epochs or bool(settings.max_steps and state.step >= settings.max_steps)
 
 
-def _close_step(state: TrainState, window: _Window) -> None:
-    """Fold one optimizer step's sums from all workers into the state (one small all-reduce)."""
+def _close_step(state: TrainState, window: _Window, device) -> None:
+    """Fold one optimizer step's sums from all workers into the state (one small all-reduce, on the engine's
+    device: with GPUs the default process group is NCCL, which has no CPU tensors)."""
     sums = torch.tensor([window.loss, window.micro, window.samples, window.tokens, window.input_tokens],
-                        dtype=torch.float64)
+                        dtype=torch.float64, device=device)
     dist.all_reduce(sums)
     loss, micro, samples, tokens, input_tokens = sums.tolist()
     state.step += 1
-    state.loss_history.append(loss / max(micro, 1))
+    state.loss_history.append(loss / max(tokens, 1))   # per target token of the global batch
     state.samples += int(samples)
     state.tokens += int(tokens)
     state.input_tokens += int(input_tokens)

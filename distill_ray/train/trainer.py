@@ -12,7 +12,7 @@ from pathlib import Path
 
 from distill_ray.train.config import TrainResult, TrainSettings
 from distill_ray.train.data import as_dataset
-from distill_ray.train.loop import HF_DIR, train_loop_per_worker
+from distill_ray.train.loop import DATASET_PREFIX, HF_DIR, train_loop_per_worker
 from distill_ray.train.student import PROVENANCE_FILE
 
 RESULT_FILE = "train_result.json"   # written next to the exported student: settings and metrics
@@ -29,8 +29,8 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     """
     settings = settings or TrainSettings()
     init_dir, output_dir = Path(init_dir).resolve(), Path(output_dir).resolve()
-    dataset = as_dataset(data)
-    trainer = _make_trainer(init_dir, dataset, output_dir, settings)
+    splits = split_for_workers(as_dataset(data), settings)
+    trainer = _make_trainer(init_dir, splits, output_dir, settings)
     started = time.perf_counter()
     result = trainer.fit()  # raises TrainingFailedError once max_failures restarts are used up
     wall = time.perf_counter() - started
@@ -51,8 +51,35 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     return train_result
 
 
-def _make_trainer(init_dir: Path, dataset, output_dir: Path, settings: TrainSettings):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def split_for_workers(dataset, settings: TrainSettings) -> list:
+    """One materialised split per worker: the rows are read, filtered and converted once per run (not once
+    per epoch), shuffled once across workers, and split into equal parts, so every worker takes the same
+    number of steps; at most ``num_workers - 1`` rows are left out, and which ones depends on the seed.
+
+    The shuffle is a sort on a seeded hash of each row's text: the same rows and seed give the same splits
+    in the same order on every run (Ray Data's random_shuffle and streaming split do not)."""
+    keyed = dataset.map_batches(_order_key, fn_kwargs={"seed": settings.seed}, batch_format="pandas")
+    ordered = keyed.sort(ORDER_COLUMN).drop_columns([ORDER_COLUMN])
+    # Without it the map after the sort hands blocks on in completion order, undoing the sort.
+    ordered.context.execution_options.preserve_order = True
+    return ordered.materialize().split(settings.num_workers, equal=True)
+
+
+ORDER_COLUMN = "_distill_order"
+KEY_COLUMNS = ("task_id", "prompt_text", "target_text", "label_weight")   # rows equal on these may tie: harmless
+
+
+def _order_key(batch, seed: int):
+    import hashlib
+
+    columns = [c for c in KEY_COLUMNS if c in batch]
+    batch[ORDER_COLUMN] = [hashlib.blake2b(repr((seed, *values)).encode(), digest_size=8).hexdigest()
+                           for values in zip(*(batch[c] for c in columns))]
+    return batch
+
+
+def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: TrainSettings):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": settings.cpus_per_worker}
@@ -63,7 +90,7 @@ def _make_trainer(init_dir: Path, dataset, output_dir: Path, settings: TrainSett
         train_loop_config={
             "init_dir": str(init_dir),
             "settings": asdict(settings),
-            "total_steps": _total_steps(dataset, settings),
+            "total_steps": _total_steps(splits, settings),
             # Workers started by an existing cluster may not inherit it; the op build is reused through it.
             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
         },
@@ -76,17 +103,26 @@ def _make_trainer(init_dir: Path, dataset, output_dir: Path, settings: TrainSett
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
         ),
-        datasets={"train": dataset},
+        # Each worker reads its own split whole (``loop.DATASET_PREFIX``): no streaming split, whose
+        # block-to-worker assignment changes from run to run.
+        datasets={f"{DATASET_PREFIX}{rank}": split for rank, split in enumerate(splits)},
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=_ordered()),
     )
 
 
-def _total_steps(dataset, settings: TrainSettings) -> int | None:
-    """Optimizer steps of the whole run, needed only by decaying LR schedules (counts the dataset)."""
+def _ordered():
+    """Execution options that hand blocks on in their order (Ray Train's default does not)."""
+    from ray.data import ExecutionOptions
+
+    return ExecutionOptions(preserve_order=True)
+
+
+def _total_steps(splits: list, settings: TrainSettings) -> int | None:
+    """Optimizer steps of the whole run, needed only by decaying LR schedules."""
     if settings.max_steps or settings.lr_schedule == "constant":
         return settings.max_steps
-    rows_per_worker = dataset.count() // settings.num_workers  # equal split drops the remainder
-    micro_batches = math.ceil(rows_per_worker / settings.batch_size)
-    return max(1, settings.epochs * micro_batches // settings.grad_accum)
+    micro_batches = math.ceil(splits[0].count() / settings.batch_size)
+    return max(1, settings.epochs * math.ceil(micro_batches / settings.grad_accum))
 
 
 def _export(checkpoint, init_dir: Path, output_dir: Path) -> None:
