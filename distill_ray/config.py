@@ -97,8 +97,17 @@ class VoteConfig(Section):
 
 class TrainConfig(Section):
     enabled: bool = Field(True, description="Train a student (false: stop after the dataset).")
-    student_layers: int = Field(6, ge=1, description="Layers of the student, copied from evenly spaced teacher "
-                                "layers (first and last included).")
+    student: str = Field("teacher", description="The student's starting model: 'teacher' (the first teacher's "
+                         "own model: the teacher *system* of few-shot prompts, n samples, a verifier and a vote is "
+                         "distilled into a zero-shot, one-sample model), 'smollm2' or 'gemma3', a .gguf file, or a "
+                         "Hugging Face model directory. A student with another tokenizer than a teacher trains on "
+                         "that teacher's rows with the sequence-level objectives only (sft, soft, icl).")
+    student_layers: int | None = Field(None, ge=1, description="Cut the student to this many of its model's layers "
+                                       "(the first half and the last half of them); null keeps every layer.")
+    heal_steps: int = Field(0, ge=0, description="For a cut student: optimizer steps of kd from its full model on "
+                            "general text (Python standard-library source) before task training, so it starts as "
+                            "a language model (0: no healing).")
+    heal_lr: float = Field(5e-4, gt=0, description="Learning rate of the healing phase.")
     workers: int = Field(2, ge=1, description="Ray Train workers.")
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per worker (fractional leaves room for Ray "
                                    "Data's read tasks).")

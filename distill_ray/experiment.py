@@ -31,10 +31,9 @@ import pyarrow.parquet as pq
 from distill_ray.config import RunConfig
 from distill_ray.evaluate.report import plot_arms, write_outputs
 from distill_ray.markdown import interval, table
-from distill_ray.models import resolve_model
 from distill_ray.vote import normalize_program, weighted_distribution
-from distill_ray.workflow import (connect_ray, default_eval_models, evaluate, generate, load_task, log,
-                                  sample_problems, teacher_spec, train)
+from distill_ray.workflow import (build_student_init, connect_ray, default_eval_models, evaluate, generate, load_task,
+                                  log, sample_problems, teacher_spec, train)
 
 TEACHER_ARMS = ("unfiltered", "verified", "verified_soft")
 
@@ -135,10 +134,7 @@ def arm_config(seed_cfg: RunConfig, arm: str) -> RunConfig:
 
 
 def build_init(cfg: RunConfig, out: Path) -> str:
-    from distill_ray.train import build_student
-
-    return str(build_student(resolve_model(cfg.teacher.model), out / "student_init",
-                             num_layers=cfg.train.student_layers))
+    return str(build_student_init(cfg, out))
 
 
 def summarize_arm(runs: list[dict], ks: list[int]) -> dict:

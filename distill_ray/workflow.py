@@ -256,37 +256,88 @@ def student_rows(batch: pd.DataFrame, tokenizer_dir: str, same_vocab: tuple[str,
     return rows
 
 
+def student_model_dir(cfg: RunConfig) -> Path:
+    """The Hugging Face directory the student starts from (``train.student``; 'teacher': the first teacher's)."""
+    return resolve_model(cfg.teacher_list()[0].model if cfg.train.student == "teacher" else cfg.train.student)
+
+
+def build_student_init(cfg: RunConfig, out: Path) -> Path:
+    """``<out>/student_init``: the student's model, cut to ``train.student_layers`` where set (and then healed
+    for ``train.heal_steps`` on general text)."""
+    from distill_ray.train import build_student
+    from distill_ray.train.heal import heal_student
+
+    t = cfg.train
+    model_dir = student_model_dir(cfg)
+    if not (t.student_layers and t.heal_steps):
+        return build_student(model_dir, out / "student_init", num_layers=t.student_layers)
+    cut = build_student(model_dir, out / "student_cut", num_layers=t.student_layers)
+    connect_ray(cfg)
+    log(f"train: healing the {t.student_layers}-layer student: {t.heal_steps} steps of kd from {model_dir.name} "
+        "on general text")
+    return heal_student(cut, model_dir, out / "student_init", t.heal_steps, train_settings(cfg, lr=t.heal_lr))
+
+
+def train_settings(cfg: RunConfig, teacher_dir: Path | None = None, **changes) -> "TrainSettings":
+    """The trainer's settings from ``train`` (``changes`` override single fields)."""
+    from distill_ray.train import TrainSettings
+
+    t = cfg.train
+    fields = dict(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
+                  zero_stage=t.zero_stage, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                  lr=t.lr, warmup_steps=t.warmup_steps, max_length=t.max_length, seed=cfg.seed,
+                  max_steps=t.max_steps, objectives=dict(t.objectives),
+                  teacher_dir=str(teacher_dir) if teacher_dir else None, kd_temperature=t.kd_temperature,
+                  swing_max_temperature=t.swing_max_temperature, swing_noise=t.swing_noise,
+                  privacy_patterns=list(t.privacy_patterns), privacy_scorer=t.privacy_scorer,
+                  privacy_terms=list(t.privacy_terms), icl_shots=t.icl_shots)
+    return TrainSettings(**{**fields, **changes})
+
+
+def same_vocabulary_teachers(cfg: RunConfig, student_dir: Path) -> dict[str, Path]:
+    """Teachers (name -> model directory) whose tokenizer is the student's: only their stored top-k ids mean
+    the same tokens to the student, and only they can be loaded as the kd/swing teacher."""
+    vocabulary = _tokenizer(str(student_dir)).get_vocab()
+    out = {}
+    for t in cfg.teacher_list():
+        model_dir = resolve_model(t.model)
+        if _tokenizer(str(model_dir)).get_vocab() == vocabulary:
+            out[t.name] = model_dir
+    return out
+
+
+def check_token_level(objectives: dict, same_vocab: dict, student: str) -> None:
+    """kd and swing compare token distributions: they need a teacher whose tokenizer is the student's."""
+    token_level = sorted({"kd", "swing"} & {name for name, weight in objectives.items() if weight})
+    if token_level and not same_vocab:
+        raise ValueError(f"train.objectives {token_level} compare the student's and a teacher's token distributions, "
+                         f"but no teacher shares the student's tokenizer (student {student!r}): use sft, soft or icl, "
+                         "or a student with a teacher's tokenizer")
+
+
 def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
-    """Build the student from teacher layers and fine-tune it on the kept candidates (Ray Train + DeepSpeed)."""
+    """Build the student (``train.student``, cut where asked) and fine-tune it on the kept candidates."""
     import ray
     from ray.data.expressions import col
 
-    from distill_ray.train import TrainSettings, build_student, train_student
+    from distill_ray.train import train_student
 
     connect_ray(cfg)
     out = Path(cfg.output_dir)
     dataset_dir = dataset_dir or str(out / "dataset")
-    teacher_dir = resolve_model(cfg.teacher.model)
-    init_dir = build_student(teacher_dir, out / "student_init", num_layers=cfg.train.student_layers)
-    kept = ray.data.read_parquet(dataset_dir).filter(expr=col("keep") == True)  # noqa: E712 (an expression)
-    # Stored top-k ids are the teacher's vocabulary: only teachers of the student's own model can lend them.
-    same_vocab = tuple(t.name for t in cfg.teacher_list() if t.model == cfg.teacher.model)
-    data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir), "same_vocab": same_vocab},
-                            batch_format="pandas")
     t = cfg.train
-    settings = TrainSettings(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
-                             zero_stage=t.zero_stage, epochs=t.epochs, batch_size=t.batch_size,
-                             grad_accum=t.grad_accum, lr=t.lr, warmup_steps=t.warmup_steps,
-                             max_length=t.max_length, seed=cfg.seed, max_steps=t.max_steps,
-                             objectives=dict(t.objectives), teacher_dir=str(teacher_dir),
-                             kd_temperature=t.kd_temperature, swing_max_temperature=t.swing_max_temperature,
-                             swing_noise=t.swing_noise, privacy_patterns=list(t.privacy_patterns),
-                             icl_shots=t.icl_shots)
-    log(f"train: student with {t.student_layers} teacher layers, {t.workers} Ray Train workers, "
-        f"DeepSpeed ZeRO-{t.zero_stage}, objectives {dict(t.objectives)}")
+    init_dir = build_student_init(cfg, out)
+    same_vocab = same_vocabulary_teachers(cfg, init_dir)
+    check_token_level(dict(t.objectives), same_vocab, t.student)
+    kept = ray.data.read_parquet(dataset_dir).filter(expr=col("keep") == True)  # noqa: E712 (an expression)
+    data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir),
+                                                     "same_vocab": tuple(same_vocab)}, batch_format="pandas")
+    settings = train_settings(cfg, next(iter(same_vocab.values()), None))
+    log(f"train: student {describe_student(cfg)}, {t.workers} Ray Train workers, DeepSpeed ZeRO-{t.zero_stage}, "
+        f"objectives {dict(t.objectives)}")
     result = train_student(init_dir, data, out / "student", settings)
     summary = {"student": result.output_dir, "student_init": str(init_dir), "objectives": dict(t.objectives),
-               "steps": result.steps,
+               "base": describe_student(cfg), "steps": result.steps,
                "samples": result.samples, "tokens": result.tokens, "seconds": result.seconds,
                "loss_history": result.loss_history,
                "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
@@ -294,6 +345,12 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     log(f"train: {result.steps} steps, loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f} "
         f"-> {result.output_dir}")
     return summary
+
+
+def describe_student(cfg: RunConfig) -> str:
+    model = cfg.teacher_list()[0].model if cfg.train.student == "teacher" else cfg.train.student
+    layers = f"{cfg.train.student_layers} layers of " if cfg.train.student_layers else ""
+    return f"{layers}{model}"
 
 
 # --- evaluate ---------------------------------------------------------------------------------------

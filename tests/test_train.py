@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from distill_ray.train import TrainSettings, build_student, build_student_from_config, evenly_spaced_layers
+from distill_ray.train import TrainSettings, build_student, build_student_from_config, first_and_last_layers
 from distill_ray.train.data import IGNORE_INDEX, collate, encode_example, tokenize_rows
 from distill_ray.train.objectives import sft_loss
 
@@ -40,12 +40,13 @@ def tiny_dir(teacher_dir, tmp_path_factory):
     return build_student_from_config(teacher_dir, tmp_path_factory.mktemp("tiny"), hidden_size=64, num_layers=2)
 
 
-def test_evenly_spaced_layers_keep_first_and_last():
-    assert evenly_spaced_layers(30, 4) == [0, 10, 19, 29]
-    assert evenly_spaced_layers(30, 2) == [0, 29]
-    assert evenly_spaced_layers(5, 5) == [0, 1, 2, 3, 4]
+def test_a_cut_keeps_the_first_and_the_last_layers():
+    assert first_and_last_layers(30, 4) == [0, 1, 28, 29]
+    assert first_and_last_layers(30, 5) == [0, 1, 2, 28, 29]
+    assert first_and_last_layers(30, 1) == [0]
+    assert first_and_last_layers(5, 5) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError):
-        evenly_spaced_layers(4, 5)
+        first_and_last_layers(4, 5)
 
 
 def test_long_rows_lose_the_start_of_the_prompt_not_the_target():
@@ -116,6 +117,23 @@ def test_build_student_copies_chosen_teacher_layers(teacher_dir, tmp_path):
     assert (student_dir / "tokenizer.json").exists()
 
 
+def _mean_nll(model_dir, rows: list[dict]) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = collate(tokenize_rows(tokenizer, [r["prompt_text"] for r in rows], [r["target_text"] for r in rows], 64),
+                    tokenizer.pad_token_id)
+    with torch.no_grad():
+        return sft_loss(model, batch).loss.item()
+
+
+def _weights(model_dir) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+
+
 def _generate(model_dir, prompt: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,6 +162,9 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
 
     generated = _generate(result.output_dir, CHAT.format("Say red"))
     assert generated.strip(), "the exported student must generate"
+    # The exported student is not its initialisation, and fits its training rows better than it did.
+    before, after = (_mean_nll(d, pattern_rows(1)) for d in (tiny_dir, result.output_dir))
+    assert after < before - 1.0, (before, after)
     saved = json.loads((tmp_path / "student" / "train_result.json").read_text())
     assert saved["result"]["loss_history"] == result.loss_history
 
@@ -165,3 +186,51 @@ def test_zero3_run_resumes_after_a_worker_failure(ray_cluster, tiny_dir, tmp_pat
     assert result.samples == 8 * 4 * 2
     assert result.loss_history[-1] < result.loss_history[0]
     assert _generate(result.output_dir, CHAT.format("Say blue")).strip()
+    # The same run without the failure: the same batches in the same order, so the same losses.
+    settings.fail_at_step, settings.max_failures = None, 0
+    plain = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "plain", settings)
+    assert result.loss_history == pytest.approx(plain.loss_history, rel=1e-4)
+
+
+def varied_rows() -> list[dict]:
+    """Rows whose targets differ in length (1 to 12 words), so micro-batches hold different token counts."""
+    return [{"prompt_text": CHAT.format(f"Say {w}"), "target_text": " ".join([w] * (1 + 3 * i % 12))}
+            for i, w in enumerate(WORDS * 2)]
+
+
+@pytest.mark.slow
+def test_accumulation_weighs_every_target_token_the_same(ray_cluster, tiny_dir, tmp_path):
+    """Two micro-batches of 2 accumulated = one micro-batch of 4 (the same rows): the same loss per step and
+    the same weights. A mean of per-micro-batch means, or dropping a window's tail, would differ."""
+    import ray.data
+
+    from distill_ray.train import train_student
+
+    common = dict(num_workers=1, zero_stage=2, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
+    whole = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "whole",
+                          TrainSettings(batch_size=4, grad_accum=1, **common))
+    accumulated = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "accumulated",
+                                TrainSettings(batch_size=2, grad_accum=2, **common))
+    assert whole.steps == accumulated.steps == 2
+    assert accumulated.loss_history == pytest.approx(whole.loss_history, rel=1e-5)
+    a, b = _weights(whole.output_dir), _weights(accumulated.output_dir)
+    # Adam moves a weight by up to lr = 1e-3 per step; float noise in the summed gradients leaves ~2e-5.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
+    # 8 rows in micro-batches of 3 (3, 3, 2) with accumulation 2: the third is its own, shorter step, not dropped.
+    tail = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "tail",
+                         TrainSettings(batch_size=3, grad_accum=2, **common))
+    assert tail.steps == 2 and tail.samples == 8
+
+
+@pytest.mark.slow
+def test_healing_makes_a_cut_student_a_language_model_again(ray_cluster, teacher_dir, tmp_path):
+    """A 4-layer cut of SmolLM2 (first 2 + last 2) writes word salad; a few kd steps from the full model on
+    general text bring its held-out NLL on other general text well down."""
+    from distill_ray.train.heal import general_text_rows, heal_student
+
+    cut = build_student(teacher_dir, tmp_path / "cut", num_layers=4)
+    settings = TrainSettings(num_workers=2, zero_stage=2, batch_size=2, lr=5e-4, log_every=0, max_length=128)
+    healed = heal_student(cut, teacher_dir, tmp_path / "healed", steps=6, settings=settings)
+    held_out = general_text_rows(8, chars=300, seed=12345)
+    before, after = _mean_nll(cut, held_out), _mean_nll(healed, held_out)
+    assert after < before - 1.0, (before, after)

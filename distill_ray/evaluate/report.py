@@ -36,7 +36,7 @@ def write_model_card(student_dir: Path, report: dict) -> Path:
     trained, and how it scored, so the checkpoint explains itself wherever it is copied."""
     cfg = report["config"]
     card = {
-        "model": str(student_dir), "base": f"{cfg['train']['student_layers']} layers of teacher {cfg['teacher']['model']}",
+        "model": str(student_dir), "base": (report["training"] or {}).get("base", ""),
         "objective": describe_objectives((report["training"] or {}).get("objectives") or {"sft": 1.0}),
         "data": {"dataset": report["outputs"]["dataset"], "task": cfg["task"], "funnel": report["funnel"]},
         "training": {k: v for k, v in (report["training"] or {}).items() if k != "loss_history"},

@@ -12,7 +12,7 @@
 """
 
 from distill_ray.train.config import TrainResult, TrainSettings
-from distill_ray.train.student import build_student, build_student_from_config, evenly_spaced_layers
+from distill_ray.train.student import build_student, build_student_from_config, first_and_last_layers
 from distill_ray.train.trainer import train_student
 
 __all__ = [
@@ -20,6 +20,6 @@ __all__ = [
     "TrainSettings",
     "build_student",
     "build_student_from_config",
-    "evenly_spaced_layers",
+    "first_and_last_layers",
     "train_student",
 ]
