@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 # DeepSpeed JIT-compiles a C++ op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+
+# The inner loop: tests not marked slow (no model generation, no Ray cluster).
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: setup
 	$(VENV)/bin/distill-ray bench --output outputs/bench
