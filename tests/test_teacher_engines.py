@@ -1,5 +1,6 @@
 """Engine plumbing every engine shares (stats, logprob shape, provenance rows), the vLLM conversion on
-stand-in vLLM output objects, and the vLLM engine itself where vLLM is installed."""
+stand-in vLLM output objects, and the vLLM engine itself where vLLM is installed in this interpreter (the CPU
+build in .venv-vllm, run from a child process: tests/test_vllm_engine.py)."""
 
 import importlib.util
 import json
@@ -10,7 +11,8 @@ import pytest
 from distill_ray.teachers import Batch, Generation, SamplingSettings, make_engine
 from distill_ray.teachers.base import top_k_pairs
 from distill_ray.teachers.provenance import CANDIDATE_COLUMNS, candidate_columns, engine_provenance
-from distill_ray.teachers.vllm import generations_from_output, sampling_params
+from distill_ray.teachers import vllm as vllm_module
+from distill_ray.teachers.vllm import cpu_defaults, cpu_environment, generations_from_output, sampling_params
 
 
 def gen(text, prompt_tokens, completion_tokens, **kw):
@@ -60,6 +62,28 @@ def test_vllm_outputs_become_generations_in_sample_order():
     assert generations_from_output(fake_vllm_output(), top_k_logprobs=0)[0].logprobs is None
 
 
+def test_a_stop_token_is_not_counted_but_a_stop_strings_last_token_is():
+    """As in hf: eos/end of turn (vLLM keeps it in token_ids) is no completion token; the token that completed
+    a stop string (``stop_reason`` is the string) is."""
+    output = fake_vllm_output()
+    first, _ = generations_from_output(output, top_k_logprobs=2, stop_ids=[12])
+    assert (first.completion_tokens, first.finished, first.logprobs) == (1, True, [[(11, -0.2), (40, -1.9)]])
+    output.outputs[1].stop_reason = "4 +"
+    first, _ = generations_from_output(output, top_k_logprobs=2, stop_ids=[12])
+    assert (first.completion_tokens, first.finished, len(first.logprobs)) == (2, True, 2)
+    output.outputs[1].stop_reason = None
+    assert generations_from_output(output, top_k_logprobs=0, stop_ids=[99])[0].completion_tokens == 2
+
+
+def test_cpu_settings_bind_threads_to_the_actors_cores_and_keep_callers_values():
+    cores = sorted(__import__("os").sched_getaffinity(0))
+    env = cpu_environment(cpu_threads=1, kv_cache_gib=2)
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": str(cores[0]), "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert cpu_environment(None, None)["OMP_NUM_THREADS"] == str(len(cores))
+    assert cpu_defaults({"max_model_len": None, "enforce_eager": False}) == dict(
+        enforce_eager=False, enable_chunked_prefill=False, max_model_len=4096)
+
+
 def test_sampling_settings_map_to_vllm_sampling_params():
     params = sampling_params(SamplingSettings(n=8, temperature=0.7, top_p=0.9, max_new_tokens=32, seed=3,
                                               top_k_logprobs=5), stop_token_ids=[2])
@@ -85,8 +109,12 @@ def test_vllm_engine_generates_n_samples_with_logprobs():
     assert batch.stats.samples == 3 and engine.provenance()["engine"] == "vllm"
 
 
-def test_without_vllm_the_engine_says_what_is_missing():
+def test_without_vllm_the_engine_says_what_is_missing(monkeypatch, tmp_path):
     if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed")
-    with pytest.raises(ImportError, match="vllm not installed"):
+        pytest.skip("vllm is installed in this interpreter")
+    monkeypatch.delenv(vllm_module.PYTHON_ENV, raising=False)
+    monkeypatch.setattr(vllm_module, "VENV_PYTHON", tmp_path / "absent" / "python")
+    with pytest.raises(ImportError, match="vllm not installed: `bash scripts/setup_vllm.sh`"):
         make_engine("vllm", "smollm2")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_engine("vllm", "smollm2", python=str(tmp_path / "nope"))
