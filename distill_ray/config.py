@@ -112,6 +112,10 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per worker (fractional leaves room for Ray "
                                    "Data's read tasks).")
     use_gpu: bool = Field(False, description="Train on GPUs.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward instead of "
+                                         "storing them (large students: less memory, ~30% more compute).")
+    storage_path: str | None = Field(None, description="Ray Train storage for checkpoints; on a multi-node "
+                                     "cluster a path every node shares (NFS, s3://...). Null: under output_dir.")
     zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
     epochs: int = Field(3, ge=1, description="Passes over the verified samples.")
     batch_size: int = Field(4, ge=1, description="Micro-batch per worker.")

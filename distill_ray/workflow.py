@@ -290,7 +290,8 @@ def train_settings(cfg: RunConfig, teacher_dir: Path | None = None, **changes) -
                   teacher_dir=str(teacher_dir) if teacher_dir else None, kd_temperature=t.kd_temperature,
                   swing_max_temperature=t.swing_max_temperature, swing_noise=t.swing_noise,
                   privacy_patterns=list(t.privacy_patterns), privacy_scorer=t.privacy_scorer,
-                  privacy_terms=list(t.privacy_terms), icl_shots=t.icl_shots)
+                  privacy_terms=list(t.privacy_terms), icl_shots=t.icl_shots,
+                  gradient_checkpointing=t.gradient_checkpointing, storage_path=t.storage_path)
     return TrainSettings(**{**fields, **changes})
 
 

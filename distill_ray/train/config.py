@@ -36,6 +36,7 @@ class TrainSettings:
     lr_schedule: str = "constant"      # after warmup: "constant", "linear" or "cosine" (decay to 0 at the last step)
     weight_decay: float = 0.0
     bf16: bool | None = None           # None: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute activations in backward (large students on small GPUs)
     checkpoint_every: int | None = None  # optimizer steps between checkpoints; None: only the final one
     keep_checkpoints: int = 2          # Ray Train CheckpointConfig.num_to_keep
     log_every: int = 10                # rank 0 prints progress every this many steps (0: never)

@@ -159,13 +159,26 @@ def _build_engine(init_dir: str, settings: TrainSettings, total_steps: int | Non
     if restored and (restored / HF_DIR).exists() and not (restored / DEEPSPEED_DIR).exists():
         init_dir = str(restored / HF_DIR)
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    ds_config = deepspeed_config(settings)
+    # Under ZeRO-3, HfDeepSpeedConfig makes from_pretrained build the model inside deepspeed.zero.Init: each
+    # worker holds only its partition of the weights, never the whole fp32 model (it must stay alive until then).
+    zero3_init = _zero3_init(ds_config) if settings.zero_stage == 3 else None
     model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+    del zero3_init
     model.config.use_cache = False
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable()   # recompute activations in backward: memory for compute
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(settings))
+                                           config=ds_config)
     return engine, tokenizer
+
+
+def _zero3_init(ds_config: dict):
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
 
 
 def _build_objective(settings: TrainSettings, engine) -> Objective:
