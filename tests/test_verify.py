@@ -390,10 +390,13 @@ def cases(port: int) -> dict[str, Check]:
             import os, signal
             def solution():
                 ppid = os.getppid()
-                with open(f"/proc/{ppid}/status") as f:
-                    pppid = int(next(l for l in f if l.startswith("PPid:")).split()[1])
+                try:   # hidden where /proc shows a sandbox uid only its own processes: then the parent alone
+                    with open(f"/proc/{ppid}/status") as f:
+                        pppid = int(next(l for l in f if l.startswith("PPid:")).split()[1])
+                except OSError:
+                    pppid = ppid
                 hits = 0
-                for pid in (ppid, pppid):
+                for pid in {ppid, pppid}:
                     try:
                         os.kill(pid, signal.SIGKILL)
                         hits += 1
@@ -515,7 +518,8 @@ def test_environment_and_secrets_not_visible(results, verifier):
     assert v.status == "fail" and v.answer
     assert SECRET not in v.answer and "PATH" not in v.answer and "HOME" not in v.answer
     if verifier.protections["uid_drop"].startswith("on"):
-        assert v.answer.count("PermissionError") >= 2, v.answer     # other processes' environ
+        # other processes' environ (the tests', init's, the zygote's): unreadable, or not even visible
+        assert v.answer.count("PermissionError") + v.answer.count("FileNotFoundError") >= 3, v.answer
         assert ".gitconfig" not in v.answer and ".bashrc" not in v.answer
 
 

@@ -82,15 +82,21 @@ class Scratch:
         os.chmod(self.path, 0o700)
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self.ident = os.fstat(self.fd)
+        self.flags = _inode_flags(self.fd)
         # On our private tmpfs a dir's st_size counts its entries (see sandbox.wipe_private_tmp): this size
         # means empty, and reset() need not list it.
         self.empty_size = self.ident.st_size if self.private_tmp else None
 
     def reset(self) -> bool:
-        """Empty it for the next candidate; True if it had to be replaced by a new dir (a new fd)."""
+        """Empty it for the next candidate; True if it had to be replaced by a new dir (a new fd).
+
+        Beside its entries, what its owner (the candidate uid) can change on it: its mode (compared), times (reset
+        here), extended attributes and ACLs, inode flags (chattr): any of these, and it is replaced."""
         try:
+            os.utime(self.fd, ns=(0, 0))
             st = os.lstat(self.path)
-            same = (st.st_ino, st.st_dev, st.st_mode) == (self.ident.st_ino, self.ident.st_dev, self.ident.st_mode)
+            same = (st.st_ino, st.st_dev, st.st_mode) == (self.ident.st_ino, self.ident.st_dev, self.ident.st_mode) \
+                and not os.listxattr(self.fd) and _inode_flags(self.fd) == self.flags
             if same and st.st_size == self.empty_size:
                 return False
             names = os.listdir(self.path) if same else None
@@ -117,6 +123,15 @@ class Scratch:
                 sandbox.rmtree(self.path)
         except OSError:
             pass
+
+
+def _inode_flags(fd: int) -> int:
+    """The dir's inode flags (FS_IOC_GETFLAGS), 0 where the file system has none."""
+    import fcntl
+    try:
+        return _INT.unpack(fcntl.ioctl(fd, 0x80086601, b"\0" * 8)[:4])[0]
+    except OSError:
+        return 0
 
 
 def remove_all(d: str, names) -> None:
@@ -298,9 +313,9 @@ def _serve(what, ctl_r: int, info_w: int, fork=sandbox.fork_planned, close=os.cl
 
 
 def _reap_rest(uid) -> None:
-    """zygote.c's reap_rest: reap what the reaped candidate started; with a sandbox uid, wait (up to ~50 ms,
+    """zygote.c's reap_rest: reap what the reaped candidate started; with a sandbox uid, wait (up to ~10 s,
     killing again) until it is all gone, as it would count against the next candidate's RLIMIT_NPROC."""
-    for _ in range(50):
+    for _ in range(10000):
         try:
             if os.waitpid(-1, os.WNOHANG)[0]:
                 continue
@@ -359,6 +374,7 @@ def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scra
     replaced = scratch.reset()
     if scratch.private_tmp:
         sandbox.wipe_private_tmp(keep=scratch.path)
+    sandbox.clear_ipc()
     reply["seconds"] = time.monotonic() - start
     return reply, "dead" if status is None else "replaced" if replaced else "next"
 

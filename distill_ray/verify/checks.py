@@ -353,9 +353,14 @@ class CheckRunner:
         except Exception as e:   # a harness problem, never a pass
             result = verdict("error", f"verifier: {type(e).__name__}: {e}")
         finally:
+            # every task of the check is gone and reaped before the next one starts (they would count against its
+            # RLIMIT_NPROC), then what it left: files, SysV IPC objects
+            if not all([sandbox.kill_uid_gone(self.cand_uid), sandbox.kill_uid_gone(self.judge_uid)]):
+                result = verdict("error", "verifier: processes of the check could not be ended")
             sandbox.rmtree(scratch)
             if self.private_tmp:
                 sandbox.wipe_private_tmp()
+            sandbox.clear_ipc()
             sandbox.reap_orphans()
         result["seconds"] = time.monotonic() - start
         return result

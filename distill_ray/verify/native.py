@@ -106,6 +106,10 @@ class Helper:
         self.zygote_loop, self.fork_enter = lib.zygote_loop, lib.fork_enter
         self.kill_uid = lib.kill_uid_outside   # see zygote.c: a throwaway killer, so we never run as the uid
         self.kill_uid.restype, self.kill_uid.argtypes = ctypes.c_int, [ctypes.c_longlong]
+        self.kill_uid_left = lib.kill_uid_left   # the same, and whether the uid had any process left
+        self.kill_uid_left.restype, self.kill_uid_left.argtypes = ctypes.c_int, [ctypes.c_longlong]
+        self.set_private_ipc = lib.set_private_ipc   # the watching zygote then checks for SysV objects too
+        self.set_private_ipc.restype, self.set_private_ipc.argtypes = None, [ctypes.c_int]
         self.run_watching_zygote = lib.run_watching_zygote if lib.direct_calls() else None
         self.encodes_reports = bool(lib.encodes_reports())
         self.zygote_loop.restype = self.fork_enter.restype = ctypes.c_int

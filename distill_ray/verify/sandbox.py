@@ -9,8 +9,10 @@ every process it may have started.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import random
+import re
 import resource
 import select
 import signal
@@ -52,9 +54,19 @@ def setup_worker_isolation(limits) -> dict:
     except OSError as e:
         prot["subreaper"] = f"off: {e}"
     prot["network"] = _try_unshare(CLONE_NEWNET, "on (empty network namespace)")
-    prot["ipc"] = _try_unshare(CLONE_NEWIPC, "on (private IPC namespace)")
+    prot["ipc"] = _try_unshare(CLONE_NEWIPC, "on (private IPC namespace; SysV objects removed after each check)")
+    global PRIVATE_IPC
+    PRIVATE_IPC = prot["ipc"].startswith("on")
+    if PRIVATE_IPC and NATIVE is not None:
+        NATIVE.set_private_ipc(1)   # the watching zygote checks for SysV objects after each candidate
     prot["private_tmp"] = _private_mounts(limits["tmpfs_mb"])
+    if prot["private_tmp"].startswith("on"):
+        prot["proc"] = _private_proc()
+        prot["read_only"] = _read_only_rest()
+    else:
+        prot["proc"] = prot["read_only"] = "off: no private mount namespace"
     drop_for_children()
+    prot["syscalls"] = _deny_syscalls()
     if os.geteuid() != 0:
         prot["uid_drop"] = "off: not root, so candidates run as this user (they can signal its processes)"
         prot["no_processes"] = "partial: RLIMIT_NPROC counts all processes of this user"
@@ -65,6 +77,113 @@ def setup_worker_isolation(limits) -> dict:
         prot["uid_drop"] = "on (unprivileged uids unique to each worker)"
         prot["no_processes"] = f"on (RLIMIT_NPROC={limits['max_processes']} tasks per sandbox uid)"
     return prot
+
+
+PRIVATE_IPC = False   # the worker has an IPC namespace of its own: every SysV object in it is a sandbox's
+
+
+def _private_proc() -> str:
+    """A fresh procfs on /proc with hidepid=invisible: a sandbox uid sees (and can read the command lines of) only
+    its own processes; root (the worker) still sees all. Same PID namespace: pids mean what they mean outside."""
+    try:
+        _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"hidepid=2"),
+               "mount proc hidepid=2")
+        return "on (fresh /proc with hidepid=invisible: other uids' processes are invisible)"
+    except OSError as e:
+        return f"off: {e}"
+
+
+MS_RDONLY, MS_NOEXEC, MS_REMOUNT = 0x1, 0x8, 0x20
+_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": 0x400,
+                "nodiratime": 0x800, "relatime": 0x200000, "strictatime": 0x1000000}
+
+
+def _read_only_rest() -> str:
+    """Every mount but the private tmpfs dirs and /proc made read-only in our mount namespace: a sandbox uid can
+    leave nothing in a world-writable dir (/run/lock, ...) or file anywhere else, whatever the host has (device
+    nodes such as /dev/null stay writable). The worker, root, writes only in its private tmpfs dirs."""
+    skip = set(PRIVATE_TMP_DIRS) | {"/proc"}
+    done, failed = 0, []
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4:6] for line in f]
+    for point, opts in points:
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+        if point in skip or point.startswith("/proc/") or not os.path.exists(point):
+            continue
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for opt in opts.split(","):
+            flags |= _MOUNT_FLAGS.get(opt, 0)
+        if _libc.mount(None, point.encode(), None, flags, None) == 0:
+            done += 1
+        else:
+            failed.append(point)
+    if failed:
+        return f"partial: {len(failed)} mounts stay writable ({', '.join(failed[:3])})"
+    return f"on ({done} mounts read-only but the private tmpfs dirs)"
+
+
+# Syscalls no candidate needs that would leave state no per-check clean-up reaches: kernel keyrings (the uid's
+# user, user-session and persistent keyrings outlive its processes) and POSIX message queues. Per audit arch:
+# (arch, mask applied to the syscall number, numbers).
+_DENIED = {"x86_64": ((0xC000003E, ~0x40000000 & 0xFFFFFFFF, (248, 249, 250, 240)),   # (x32 has bit 30 set)
+                      (0x40000003, 0xFFFFFFFF, (286, 287, 288, 277))),                # i386 (int 0x80)
+           "aarch64": ((0xC00000B7, 0xFFFFFFFF, (217, 218, 219, 180)),
+                       (0x40000028, 0xFFFFFFFF, (309, 310, 311, 274)))}                # arm (compat)
+
+
+def _deny_syscalls() -> str:
+    """A seccomp filter, inherited by everything the worker forks: add_key, request_key, keyctl and mq_open fail
+    with EPERM. (No per-check cost: a fork copies a reference; allowed syscalls hit the kernel's per-syscall
+    cache, the filter never depending on arguments.)"""
+    import platform
+    import struct
+    arches = _DENIED.get(platform.machine())
+    if arches is None:
+        return f"off: no syscall table for {platform.machine()}"
+    ld, jeq, alu_and, ret = 0x20, 0x15, 0x54, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1   # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    prog = [(ld, 0, 0, 4)]   # A = arch
+    for arch, mask, nrs in arches:
+        block = [(ld, 0, 0, 0), (alu_and, 0, 0, mask)]
+        block += [(jeq, 0, 0, nr) for nr in nrs] + [(ret, 0, 0, allow)]
+        prog.append((jeq, 0, len(block), arch))   # not this arch: skip its block
+        prog += block
+    prog.append((ret, 0, 0, allow))
+    prog.append((ret, 0, 0, deny))
+    end = len(prog) - 1
+    prog = [(c, end - i - 1, jf, k) if c == jeq and k in {nr for a in arches for nr in a[2]} and jf == 0 else
+            (c, jt, jf, k) for i, (c, jt, jf, k) in enumerate(prog)]
+    raw = b"".join(struct.pack("HBBI", c, jt, jf, k & 0xFFFFFFFF) for c, jt, jf, k in prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog), ctypes.addressof(buf))
+    if _libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:   # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        return f"off: seccomp: {os.strerror(ctypes.get_errno())}"
+    return "on (seccomp: keyctl, add_key, request_key and mq_open refused)"
+
+
+_IPC = ((14, 13, 0), (12, 11, 0), (19, 18, 7))   # (X_INFO, X_STAT, index of its count of objects in use)
+
+
+def clear_ipc() -> None:
+    """Remove every SysV IPC object (shared memory, message queues, semaphore sets) of the worker's private IPC
+    namespace: all were made by sandboxed processes, which are gone. Three syscalls when there are none."""
+    if not PRIVATE_IPC:
+        return
+    buf = ctypes.create_string_buffer(512)
+    for kind, (info, stat, used) in zip(("shmctl", "msgctl", "semctl"), _IPC):
+        fn = getattr(_libc, kind)
+        args = (0,) if kind == "semctl" else ()
+        top = fn(0, *args, info, buf)
+        if top < 0 or int.from_bytes(buf.raw[4 * used:4 * used + 4], "little") == 0:
+            continue
+        for index in range(top + 1):
+            ident = fn(index, *args, stat, buf)
+            if ident >= 0:
+                fn(ident, *args, 0, None)   # IPC_RMID
 
 
 def _try_unshare(flag: int, on: str) -> str:
@@ -480,21 +599,54 @@ def kill_uid(uid: int | None) -> None:
 
 
 KILLER_TRIES, KILLER_WAIT_S = 50, 0.1
+GONE_WAIT_S = 10.0   # kill_uid_gone gives up after this long (a task that cannot die: the next check may fail)
 
 
-def _killer_fork(uid: int) -> bool:
+def kill_uid_gone(uid: int | None, timeout_s: float = GONE_WAIT_S) -> bool:
+    """Kill every process of a sandbox uid and wait until none is left, reaping those that come back to us (we
+    are a subreaper): killed tasks count against the uid's RLIMIT_NPROC until they are reaped, so the next check
+    of the uid would find its task budget eaten. True once the uid has no task at all (zombies included)."""
+    if uid is None:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = NATIVE.kill_uid_left(uid) if NATIVE is not None else -1
+        if left < 0:
+            left = next((r for r in (_killer_fork(uid, probe=True) for _ in range(KILLER_TRIES)) if r >= 0), -1)
+        if left == 0:
+            return True
+        reap_orphans()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+
+
+def _killer_fork(uid: int, probe: bool = False):
     """One forked killer: it drops to uid (after which it is not dumpable: nothing of that uid can read its copy
-    of our memory), kills and exits. True if it got to its kill(-1)."""
+    of our memory), kills and exits. True if it got to its kill(-1). With probe: -1 if it did not, else 0 if the
+    uid had no process left at all, 1 if it had (just killed, dying, or zombies)."""
     pid = raw_fork()
     if pid == 0:
+        code = 0
         try:
+            if probe:   # a fork of ours then fails iff the uid has another task (see zygote.c: prober_main)
+                resource.setrlimit(resource.RLIMIT_NPROC, (2, 2))
             os.setresuid(uid, uid, uid)
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if probe:
+                try:
+                    child = raw_fork()
+                except OSError as e:
+                    os._exit(3 if e.errno == errno.EAGAIN else 2)
+                if child == 0:
+                    os._exit(0)
+                os.waitpid(child, 0)
         except BaseException:
             os._exit(2)
-        os._exit(0)
+        os._exit(code)
     deadline = time.monotonic() + KILLER_WAIT_S
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
         if time.monotonic() > deadline:   # stopped by a process of that uid: we are root, it dies at once
@@ -502,7 +654,10 @@ def _killer_fork(uid: int) -> bool:
             done = os.waitpid(pid, 0)
             break
         time.sleep(0.0005)
-    return os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
+    code = os.WEXITSTATUS(done[1]) if os.WIFEXITED(done[1]) else -1
+    if probe:
+        return 0 if code == 0 else 1 if code == 3 else -1
+    return code == 0
 
 
 def kill_group(pid: int) -> None:

@@ -60,9 +60,11 @@ def run(jobs: list[dict], first: int, scratch, send_records, sock: int) -> int |
         scratch.reset()
         if scratch.private_tmp:
             sandbox.wipe_private_tmp(keep=scratch.path)
+        sandbox.clear_ipc()
     elif stop not in (STOP_DONE, STOP_FULL) and done < len(todo):   # it died while this check ran
         last += records.error(done, "forker: the candidate's zygote died")
         done += 1
+        sandbox.kill_uid(todo[0]["uid"])   # what it had not reaped goes to the worker, which reaps it
     if last:
         send_records(last)
     return first + done

@@ -19,7 +19,14 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/xattr.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -153,14 +160,32 @@ static int killer_main(void *arg) {
     return 0;
 }
 
+/* kill_uid_left's killer: as killer_main, and its exit code says whether the uid has any other task (3) or none
+   (0), zombies and dying ones included: exactly what counts against the uid's RLIMIT_NPROC. With its own
+   RLIMIT_NPROC at 2 (itself + one), its clone of a child fails (EAGAIN) iff some other task of the uid exists. */
+static char probe_stack[4096] __attribute__((aligned(64)));
+static int probe_child(void *arg) { (void)arg; syscall(SYS_exit, 0); return 0; }
+
+static int prober_main(void *arg) {
+    long uid = (long)arg;
+    struct rlimit two = {2, 2};
+    if (syscall(SYS_prlimit64, 0, RLIMIT_NPROC, &two, NULL) != 0) syscall(SYS_exit, 2);
+    if (syscall(SYS_setresuid, uid, uid, uid) != 0) syscall(SYS_exit, 2);
+    syscall(SYS_kill, -1, SIGKILL);
+    pid_t c = clone(probe_child, probe_stack + sizeof probe_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
+    if (c < 0) syscall(SYS_exit, errno == EAGAIN ? 3 : 2);
+    while (syscall(SYS_wait4, c, NULL, __WALL, NULL) < 0 && errno == EINTR) {}
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
 #define KILLER_TRIES 50
 #define KILLER_WAIT_MS 100
 
-/* SIGKILL every process of uid (sandbox.kill_uid). 0 once a killer finished its kill(-1), -1 if none could. */
-int kill_uid_outside(long long uid) {
+static int run_killer(int (*fn)(void *), long long uid) {
     for (int tries = 0; tries < KILLER_TRIES; tries++) {
         int pidfd = -1, status = 0;
-        pid_t pid = clone(killer_main, killer_stack + sizeof killer_stack, CLONE_VM | CLONE_PIDFD | SIGCHLD,
+        pid_t pid = clone(fn, killer_stack + sizeof killer_stack, CLONE_VM | CLONE_PIDFD | SIGCHLD,
                           (void *)(long)uid, &pidfd);
         if (pid < 0) return -1;
         struct pollfd p = {pidfd, POLLIN, 0};
@@ -169,19 +194,31 @@ int kill_uid_outside(long long uid) {
         if (r <= 0) kill(pid, SIGKILL);   /* stopped (or too slow): we are root, it is gone at once */
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
         close(pidfd);
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+        if (WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 3)) return WEXITSTATUS(status);
     }
     return -1;
+}
+
+/* SIGKILL every process of uid (sandbox.kill_uid). 0 once a killer finished its kill(-1), -1 if none could. */
+int kill_uid_outside(long long uid) { return run_killer(killer_main, uid) < 0 ? -1 : 0; }
+
+/* The same, and whether the uid had any process (sandbox.kill_uid_gone): 0 none at all, 1 some (just killed,
+   dying, or zombies), -1 no killer could finish. */
+int kill_uid_left(long long uid) {
+    int r = run_killer(prober_main, uid);
+    return r < 0 ? -1 : r == 3;
 }
 
 static int kill_uid(long long uid) { return kill_uid_outside(uid); }
 
 /* Once a candidate is reaped, reap what it started (a zygote is their subreaper). With a sandbox uid (whose
    processes have just been killed) the next candidate starts only once they are all gone, since they count
-   against its RLIMIT_NPROC: kill again while any is left (it may have forked meanwhile), for up to ~50 ms.
+   against its RLIMIT_NPROC: kill again while any is left (it may have forked meanwhile), for up to ~10 s (then
+   -1: the zygote stops, and the forker's clean-up waits for them, sandbox.kill_uid_gone).
    Without one, reap those already dead (the others outlive the check, as batch.py's path lets them). */
+#define REAP_WAITS 10000   /* ms: a task that cannot die in this long stops the zygote (sandbox.GONE_WAIT_S) */
 static int reap_rest(long long uid) {
-    for (int waits = 0; waits < 50;) {
+    for (int waits = 0; waits < REAP_WAITS;) {
         int st;
         pid_t r = waitpid(-1, &st, WNOHANG);
         if (r > 0) continue;
@@ -195,7 +232,7 @@ static int reap_rest(long long uid) {
         nanosleep(&pause, NULL);
         waits++;
     }
-    return 0;
+    return uid < 0 ? 0 : -1;
 }
 
 /* The uid a plan (see enter) gives its process, -1 for none. */
@@ -371,6 +408,31 @@ static int empty_dir(const char *path) {
     return empty;
 }
 
+/* State outside the dirs that a candidate can leave for the next one: extended attributes or inode flags on the
+   scratch dir (its cwd, scratch_fd: it owns it), and SysV IPC objects where the worker has an IPC namespace of
+   its own (all of them are then a sandbox's). Its atime/mtime are reset here after every check. 1: clean. */
+static int private_ipc;
+void set_private_ipc(int on) { private_ipc = on; }
+
+#define FLAGS_SET_BY_OWNER 0x400000F0   /* FS_NODUMP_FL, FS_NOATIME_FL and neighbours (chattr), FS_CASEFOLD_FL */
+static int rest_clean(int scratch_fd) {
+    static const struct timespec epoch[2] = {{0, 0}, {0, 0}};
+    futimens(scratch_fd, epoch);
+    if (flistxattr(scratch_fd, NULL, 0) > 0) return 0;
+    int flags = 0;
+    if (ioctl(scratch_fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FLAGS_SET_BY_OWNER)) return 0;
+    if (private_ipc) {
+        int info[64];   /* struct shm_info / msginfo / seminfo: the count of objects in use is an int in each */
+        memset(info, 0, sizeof info);
+        if (shmctl(0, SHM_INFO, (void *)info) >= 0 && info[0] != 0) return 0;        /* used_ids */
+        memset(info, 0, sizeof info);
+        if (msgctl(0, MSG_INFO, (void *)info) >= 0 && info[0] != 0) return 0;        /* msgpool */
+        memset(info, 0, sizeof info);
+        if (semctl(0, 0, SEM_INFO, (void *)info) >= 0 && info[7] != 0) return 0;     /* semusz */
+    }
+    return 1;
+}
+
 /* Are the scratch dir and the private tmp dirs as the forker left them? paths: NUL-separated; ids: per path
    (ino, dev, mode, size), -1 where not compared; a size of -1 means: no entries at all. */
 static int still_clean(const char *paths, const long long *ids, int npaths) {
@@ -433,7 +495,7 @@ static int watch_loop(int n, const long long *plans, const int *offsets, const i
         }
         close(fds[2 * i]);
         close(fds[2 * i + 1]);
-        int dirty = !still_clean(paths, ids, npaths);
+        int dirty = !still_clean(paths, ids, npaths) || !rest_clean((int)plans[offsets[i]]);
         int body = why == WHY_OK ? (int)s.claimed : 0;
         char *rec = log + LOG_HEAD + written;
         put_record(rec, i, why, status, s.claimed, lim[2], now() - start, body, s.tail_len);
