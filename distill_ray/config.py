@@ -183,6 +183,9 @@ class ExperimentConfig(Section):
                              "once per seed.")
     budget: int | None = Field(None, ge=1, description="Training rows per arm (null: the smallest pool among "
                                "unfiltered, verified and verified_soft).")
+    expert_rounds: int = Field(2, ge=1, description="Rounds of the expert_iteration arm: each round's student "
+                               "(the first: the untrained one) samples the train problems, its new verified programs "
+                               "join the pool, and a fresh student is trained on the pool.")
 
 
 class RunConfig(Section):

@@ -3,15 +3,16 @@
 EKT says a student fine-tuned on teacher samples *filtered by execution* beats the same student trained on the
 unfiltered samples (distillation by imitation), and may beat its teacher. The arms:
 
-- ``none``: the student as cut from the teacher's layers, untrained.
+- ``none``: the student as built (``train.student``, cut where asked), untrained.
 - ``unfiltered``: teacher samples as they come (distinct programs per problem).
 - ``verified``: only the samples the sandbox verified (EKT).
 - ``verified_soft``: verified samples with a multi-teacher soft label over each problem's distinct verified
   programs: a program's weight is its teacher-weighted share of the verified samples (each teacher's own
   shares, averaged with the teachers' weights, as in ``vote.weighted_distribution``), so a problem's weights
   sum to 1 and what several teachers wrote counts more (the ``soft`` objective reads ``label_weight``).
-- ``expert_iteration``: the untrained student samples the train problems itself, is verified, and trains on its
-  own verified samples (the EKT paper's baseline; the P3 paper's "self-taught" loop).
+- ``expert_iteration``: P3's self-teaching loop, EKT's baseline, for ``experiment.expert_rounds`` rounds: the
+  current student (round 0: the untrained one) samples the train problems zero-shot, its verified samples join
+  a pool, and a student is trained on the pool; the last round's student is evaluated (see ``expert_iteration``).
 
 Every trained arm gets the same number of rows per seed (``experiment.budget``, or the smallest pool among
 unfiltered / verified / verified_soft), drawn with that seed; expert iteration trains on at most that many and
@@ -73,13 +74,64 @@ def write_rows(rows: pd.DataFrame, directory: Path) -> str:
     return str(directory)
 
 
-def expert_pool(cfg: RunConfig, init_dir: str, out: Path) -> pd.DataFrame:
-    """The untrained student's own verified samples on the train problems (zero-shot, the teacher's sampling)."""
-    exemplars, train_problems, _ = load_task(cfg)
-    spec = teacher_spec(cfg.teacher, 0, cfg.prompt.exemplars, cfg.seed, name="student_init", model=init_dir)
-    rows, _ = sample_problems(train_problems, [spec], exemplars, cfg, out / "expert_iteration" / "samples",
+def train_on(arm_cfg: RunConfig, pool: pd.DataFrame, budget: int) -> tuple[str | None, int]:
+    """(the student trained from student_init on ``budget`` rows of ``pool``, or None for an empty pool; rows)."""
+    data = draw(pool, budget, arm_cfg.seed)
+    if data.empty:
+        log(f"experiment: {arm_cfg.output_dir} has no rows to train on; skipped")
+        return None, 0
+    return train(arm_cfg, write_rows(data, Path(arm_cfg.output_dir) / "dataset"))["student"], len(data)
+
+
+def self_samples(cfg: RunConfig, problems: list[dict], model: str, round_dir: Path, seed: int) -> dict:
+    """One round of a student sampling ``problems`` zero-shot with the teacher's sampling settings, verified and
+    voted (duplicates dropped) into ``round_dir/samples``: its kept rows, and how many it sampled and verified."""
+    spec = teacher_spec(cfg.teacher, 0, cfg.prompt.exemplars, seed, name=round_dir.name, model=model)
+    # Never resumed: the student at a round's path is retrained by every run (and train.* is not in the
+    # parameters a resumed dataset is checked against).
+    rows, _ = sample_problems(problems, [spec], [], cfg.model_copy(update={"resume": False}), round_dir / "samples",
                               vote=True)
-    return rows[rows["keep"]]
+    return {"kept": rows[rows["keep"]], "samples": len(rows), "verified": int(rows["passed"].sum())}
+
+
+def add_to_pool(pool: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """The pool plus the programs it does not have yet (per task, compared whitespace-insensitively)."""
+    both = pd.concat([pool, kept], ignore_index=True)
+    return both[~both.assign(p=both["program"].map(normalize_program)).duplicated(["task_id", "p"])]
+
+
+def expert_iteration(arm_cfg: RunConfig, problems: list[dict], first: dict, budget: int,
+                     rounds: int) -> tuple[str | None, list[dict]]:
+    """P3's self-teaching loop: round r's student samples the train problems (``first``: round 0's samples, by
+    the untrained student), its new verified programs join the pool, and a student is trained on the pool
+    (at most ``budget`` rows). Returns the last trained student (None: none was) and each round's counts.
+
+    Each round trains a *fresh* student from student_init rather than training on from the last round's: the
+    pool keeps every round's programs, so nothing learnt is lost, each round's student gets exactly the training
+    of the teacher-data arms (same start, budget and steps) so that the arms differ in their data only, and the
+    first rounds' programs are not fitted once more per round (STaR restarts from the base model for the same
+    reason). A round that verifies nothing ends the loop; one that adds no new program keeps its student (the
+    same pool would train the same student) and the next round samples it again with another seed."""
+    out = Path(arm_cfg.output_dir)
+    pool, student, history = first["kept"].iloc[:0], None, []
+    for r in range(rounds):
+        found = first if r == 0 else self_samples(arm_cfg, problems, student, out / f"round{r}", arm_cfg.seed + r)
+        grown = add_to_pool(pool, found["kept"])
+        stats = {"round": r, "samples": found["samples"], "verified": found["verified"], "pool": len(grown),
+                 "trained_rows": 0}
+        history.append(stats)
+        log(f"expert iteration, seed {arm_cfg.seed}, round {r}: {found['verified']} of {found['samples']} samples "
+            f"verified, pool {len(grown)}")
+        if not found["verified"]:
+            stats["note"] = "verified nothing: stopped"
+            break
+        if len(grown) == len(pool):
+            stats["note"] = "nothing new: student kept"
+            continue
+        pool = grown
+        student, stats["trained_rows"] = train_on(arm_cfg.model_copy(update={"output_dir": str(out / f"round{r}")}),
+                                                  pool, budget)
+    return student, history
 
 
 def run_experiment(cfg: RunConfig) -> dict:
@@ -92,37 +144,46 @@ def run_experiment(cfg: RunConfig) -> dict:
     weights = {t.name: t.weight for t in cfg.teacher_list()}
     pools = {arm: pool for arm, pool in teacher_pools(rows, weights).items() if arm in e.arms}
     budget = min([e.budget or len(rows)] + [len(pools[a]) for a in TEACHER_ARMS if a in pools])
-    init_dir = None
+    init_dir = build_init(cfg, out) if {"none", "expert_iteration"} & set(e.arms) else None
+    problems, first = [], {}
+    if "expert_iteration" in e.arms:   # round 0 samples the untrained student: the same for every seed
+        _, problems, _ = load_task(cfg)
+        first = self_samples(cfg, problems, init_dir, out / "expert_iteration" / "round0", cfg.seed)
     results: dict[str, list[dict]] = {arm: [] for arm in e.arms}
     trained_rows: dict[str, int] = {}
+    expert_rounds: dict[int, list[dict]] = {}
     for seed in e.seeds:
         seed_cfg = cfg.model_copy(update={"seed": seed, "output_dir": str(out / f"seed{seed}")}, deep=True)
         for arm in e.arms:
             arm_cfg = arm_config(seed_cfg, arm)
-            if arm == "none":
-                init_dir = init_dir or build_init(cfg, out)
-                results[arm].append(evaluate(arm_cfg, {arm: init_dir})[arm])
+            if arm == "none":   # untrained: every seed would sample the same model on the same problems
+                results[arm].append(results[arm][0] if results[arm] else evaluate_arm(cfg, arm_cfg, init_dir))
                 continue
-            if arm == "expert_iteration" and arm not in pools:
-                init_dir = init_dir or build_init(cfg, out)
-                pools[arm] = expert_pool(cfg, init_dir, out)
-            data = draw(pools[arm], budget, seed)
-            trained_rows[arm] = len(data)
-            if data.empty:
-                log(f"experiment: arm {arm} has no rows to train on; skipped")
-                continue
-            dataset = write_rows(data, Path(arm_cfg.output_dir) / "dataset")
-            student = train(arm_cfg, dataset)["student"]
-            results[arm].append(evaluate(arm_cfg, {arm: student})[arm])
+            if arm == "expert_iteration":
+                student, expert_rounds[seed] = expert_iteration(arm_cfg, problems, first, budget, e.expert_rounds)
+                # the last student's rows: the pool only grows, so no earlier round trained on more
+                trained_rows[arm] = max(r["trained_rows"] for r in expert_rounds[seed])
+            else:
+                student, trained_rows[arm] = train_on(arm_cfg, pools[arm], budget)
+            if student:
+                results[arm].append(evaluate_arm(cfg, arm_cfg, student))
     teacher_models = {label: model for label, model in default_eval_models(cfg).items() if label.startswith("teacher")}
     teachers = evaluate(cfg.model_copy(update={"output_dir": str(out / "teachers")}, deep=True), teacher_models)
     report = {"name": cfg.name, "budget": budget, "seeds": list(e.seeds), "k": list(cfg.eval.k),
               "pools": {arm: len(pool) for arm, pool in pools.items()}, "trained_rows": trained_rows,
+              "expert_rounds": expert_rounds,
               "generation": {k: v for k, v in generation.items() if k != "per_teacher"},
               "arms": {arm: summarize_arm(runs, cfg.eval.k) for arm, runs in results.items() if runs},
               "teachers": teachers, "runs": results}
     write_experiment_report(report, out)
     return report
+
+
+def evaluate_arm(cfg: RunConfig, arm_cfg: RunConfig, student: str) -> dict:
+    """pass@k of an arm's student on the held-out problems and with the sampling of ``cfg.seed``, as the teachers
+    are evaluated (another seed's problems would differ, and could include ``cfg.seed``'s train problems)."""
+    arm = Path(arm_cfg.output_dir).name
+    return evaluate(arm_cfg.model_copy(update={"seed": cfg.seed}), {arm: student})[arm]
 
 
 def arm_config(seed_cfg: RunConfig, arm: str) -> RunConfig:
@@ -156,14 +217,27 @@ def render_table(report: dict) -> str:
     rows = [[arm, report["trained_rows"].get(arm, 0), *(seeds_cell(s[f"pass@{k}"]) for k in ks)]
             for arm, s in report["arms"].items()]
     rows += [[arm, 0, *(["nothing to train on: no verified samples"] + ["-"] * (len(ks) - 1))]
-             for arm in report["pools"] if arm not in report["arms"] and arm != "none"]
+             for arm in report["trained_rows"] if arm not in report["arms"]]
     rows += [[f"{label} (few-shot)", "-", *(interval(t[f"pass@{k}"]) for k in ks)]
              for label, t in report["teachers"].items()]
     lines = [f"# EKT experiment: {report['name']}", "",
              f"Same budget per trained arm: {report['budget']} rows; seeds {report['seeds']}. pass@k is the mean "
              "over seeds of the mean over held-out problems; ± is the spread (std) over seeds; the interval is "
              "seed 0's 95% interval over problems.", ""]
-    return "\n".join(lines + table(["arm", "rows trained", *(f"pass@{k}" for k in ks)], rows, right=1 + len(ks))) + "\n"
+    lines += table(["arm", "rows trained", *(f"pass@{k}" for k in ks)], rows, right=1 + len(ks))
+    return "\n".join(lines + expert_rounds_table(report.get("expert_rounds", {}))) + "\n"
+
+
+def expert_rounds_table(expert_rounds: dict) -> list[str]:
+    """Expert iteration round by round: what each round's student sampled and verified, and the pool after it."""
+    if not expert_rounds:
+        return []
+    rows = [[seed, r["round"], r["samples"], r["verified"], r["pool"], r.get("note", r["trained_rows"])]
+            for seed, history in expert_rounds.items() for r in history]
+    return ["", "## Expert iteration, round by round", "",
+            "Round 0's student is the untrained one; round r's is the one trained after round r - 1 (a round that "
+            "adds no new program trains no new student).", ""] + \
+        table(["seed", "round", "samples", "verified", "pool", "rows trained"], rows, right=4)
 
 
 def seeds_cell(s: dict) -> str:
