@@ -276,6 +276,9 @@ def _die_with_parent() -> None:
 def main() -> None:
     """The child's loop: build the engine from the first message, then answer generate requests until stdin
     closes. Replies go to the original stdout; everything printed (vLLM's logs, its workers') goes to stderr."""
+    # SIGTERM (ours on close, or the kernel's when the actor dies: _die_with_parent) exits through Python, so
+    # that vLLM's exit handlers stop its EngineCore process instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
