@@ -182,14 +182,13 @@ def test_costly_answers_are_refused_quickly_and_spare_their_neighbours():
                     Check("p3", program.format(entry="sol"), sat=sat)]
     hostile *= 2
     honest = [HONEST_GSM, HONEST_P3] * 7
-    import time
     with Verifier(SandboxLimits(timeout_s=10), workers=1) as v:
-        start = time.monotonic()
         out = v.verify(_interleaved(hostile, honest))
-        took = time.monotonic() - start
-    assert not any(x.passed for x in out[1:2 * len(hostile):2]), out
+    # Refused on their bytes (before: ~3 s of trusted CPU each, and the honest checks queued behind them
+    # timed out as "worker stopped answering"). No wall-clock bound: the machine may be shared.
+    refused = out[1:2 * len(hostile):2]
+    assert all(x.status == "error" and "bad message" in x.detail for x in refused), refused
     assert all(x.passed for x in out[0::2]), out
-    assert took < 12, took   # (before: ~3 s of trusted CPU per such answer, more on a loaded machine)
 
 
 def test_decoder_bounds():
