@@ -154,7 +154,7 @@ def test_a_killed_sandbox_worker_has_its_checks_retried_on_a_fresh_one():
             time.sleep(0.005)
         os.kill(workers[0].pid, signal.SIGKILL)
         thread.join(timeout=120)
-        retried = set(verifier._retried)
+        retried = set(verifier._requeued)   # checks sent back to the queue (here: the dead worker's)
     # Not vacuous: the worker died holding checks, and those were run again on its replacement.
     assert retried, "the killed worker had no checks in flight"
     verdicts = result["verdicts"]
