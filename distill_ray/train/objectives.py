@@ -151,8 +151,8 @@ class Objective:
     @torch.no_grad()
     def _target_logprobs(self, batch: dict, fwd: Forward) -> torch.Tensor:
         """The teacher's log-probability of each target token [B, T]: stored top-k in rows that have it (NaN,
-        unscored, on their tokens without an entry), else the teacher model. Its own no-grad teacher pass
-        (only the likelihood scorer pays it) keeps this path apart from ``_distill``'s."""
+        unscored, on their tokens without an entry), else the teacher model (``_teacher_logits``, a no-grad pass
+        only the likelihood scorer pays)."""
         mask = fwd.mask
         labels = fwd.labels.clamp(min=0)
         stored = fwd.window(batch["topk_mask"]) & mask if "topk_mask" in batch else torch.zeros_like(mask)
@@ -164,10 +164,7 @@ class Objective:
         if rows.any():
             if self.teacher is None:
                 raise ValueError("swing's likelihood scorer needs stored teacher_topk or a teacher model")
-            out = self.teacher(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
-                               position_ids=batch["position_ids"][rows], use_cache=False,
-                               logits_to_keep=fwd.logits.shape[1] + 1)
-            teacher = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, labels[rows][..., None])
+            teacher = torch.log_softmax(self._teacher_logits(batch, fwd, rows), dim=-1).gather(-1, labels[rows][..., None])
             logprobs[rows] = torch.where(mask[rows], teacher.squeeze(-1), logprobs[rows])
         return logprobs
 
