@@ -26,13 +26,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_dashboard(port: int, head: subprocess.Popen, seconds: float = 120) -> None:
+def start_head(env: dict, attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """A head node on ports of its own, and its dashboard port once that port answers.
+
+    A free port can be taken by another process between our probe and Ray's bind (another cluster on the
+    machine, this session's own workers), and `ray start --block` then exits: such a start is retried on
+    fresh ports. Each attempt's output is kept, so a head that never starts says why."""
+    reasons = []
+    for _ in range(attempts):
+        dashboard = free_port()
+        temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")
+        # Every port its own: the test session's cluster already holds Ray's defaults (agent 52365, ...).
+        ports = [f"--{name}={free_port()}" for name in ("port", "dashboard-agent-listen-port",
+                                                          "dashboard-agent-grpc-port", "metrics-export-port",
+                                                          "ray-client-server-port", "runtime-env-agent-port")]
+        log = Path(temp_dir) / "head.out"
+        with open(log, "wb") as out:
+            head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", *ports,
+                                     f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
+                                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_for_dashboard(dashboard, head):
+            return head, dashboard
+        reasons.append(f"exit {head.returncode}: {log.read_text(errors='replace')[-3000:]}")
+    raise AssertionError("ray start --head exited early every time:\n" + "\n---\n".join(reasons))
+
+
+def wait_for_dashboard(port: int, head: subprocess.Popen, seconds: float = 120) -> bool:
+    """True once the dashboard answers, False if the head exited first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start --head exited early"
+        if head.poll() is not None:
+            return False
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            return True
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"dashboard did not open port {port}")
@@ -55,20 +83,11 @@ def test_submitted_job_writes_its_dataset(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "DISTILL_RAY_PROGRESS": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
     # A short temp dir: Ray's Unix socket paths under pytest's tmp_path exceed the 107-byte limit.
     # --block keeps the head in the foreground: stopping this one process stops exactly this cluster
     # (`ray stop` would also kill the test session's own cluster).
-    # Every port its own: the test session's cluster already holds Ray's defaults (agent 52365, ...).
-    ports = [f"--{name}={free_port()}" for name in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                      "metrics-export-port", "ray-client-server-port",
-                                                      "runtime-env-agent-port")]
-    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", *ports,
-                             f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
-                             f"--temp-dir={tempfile.mkdtemp(prefix='rj-', dir='/tmp')}", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head, dashboard = start_head(env)
     try:
-        wait_for_dashboard(dashboard, head)
         out = tmp_path / "job-output"
         submit = submit_job(dashboard, env, ["python", "jobs/distill.py", "generate", "--config", "configs/demo.yaml",
                                              "--output-dir", str(out), "--num-train", "3", "--samples", "2",
