@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-done
 # DeepSpeed JIT-compiles a C++ op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup demo test test-fast setup-vllm test-vllm bench clean
+.PHONY: setup demo test test-fast setup-vllm test-vllm bench docs clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test: setup
 # The inner loop: tests not marked slow (no model generation, no Ray cluster).
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow"
+
+# The README's generated sections (stage tables, problem columns, config reference) from the code.
+docs: setup
+	$(VENV)/bin/distill-ray docs
 
 # vLLM's CPU build in its own venv (it pins transformers<5.20): ~2.5 min, 3.9 GB, nothing compiled.
 # Opt-in for now: `make test` skips the vLLM engine tests when .venv-vllm is absent.

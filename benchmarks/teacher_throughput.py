@@ -18,32 +18,36 @@ import time
 import pandas as pd
 import ray
 
-from distill_ray.pipeline import TeacherSpec, build_prompts, teacher_stages
+from distill_ray.config import PromptConfig, TeacherConfig
 from distill_ray.prompts import exemplar_pool
-from distill_ray.stages import apply_stages
-from distill_ray.tasks import load_problems
+from distill_ray.stages import apply_stages, prompt, teacher
+from distill_ray.stages.prompt import build_prompts
+from distill_ray.stages.teacher import engine_options, sampling_settings
+from distill_ray.tasks import PROBLEM_COLUMNS, load_problems
 from distill_ray.teachers import SamplingSettings, make_engine
 
+PROMPT = PromptConfig(num_shots=3, exemplars="fixed")
 
-def measure_raw(spec: TeacherSpec, problems: list[dict], exemplars) -> dict:
+
+def measure_raw(spec: TeacherConfig, problems: list[dict], exemplars) -> dict:
     """The baseline: one engine in this process, a plain loop over batches of ``spec.batch_size``; time and
     tokens from the engine's own ``BatchStats``."""
-    engine = make_engine(spec.engine, spec.model, **(spec.engine_options or {}))
-    batch = build_prompts(pd.DataFrame(problems), exemplars, spec.num_shots, spec.exemplar_strategy, seed=0)
+    engine = make_engine(spec.engine, spec.model, **engine_options(spec))
+    batch = build_prompts(pd.DataFrame(problems), exemplars, PROMPT.num_shots, PROMPT.exemplars, seed=0)
     prompts = [engine.render(json.loads(m), p) for m, p in zip(batch["messages"], batch["response_prefix"])]
     engine.generate(prompts[:2], SamplingSettings(n=1, max_new_tokens=4))  # warm-up
     seconds = tokens = 0.0
     for i in range(0, len(prompts), spec.batch_size):
-        stats = engine.generate(prompts[i:i + spec.batch_size], spec.sampling).stats
+        stats = engine.generate(prompts[i:i + spec.batch_size], sampling_settings(spec, seed=0)).stats
         seconds, tokens = seconds + stats.seconds, tokens + stats.completion_tokens
     return {"seconds": seconds, "tokens": int(tokens)}
 
 
-def measure_pipeline(specs: list[TeacherSpec], problems: list[dict], exemplars) -> dict:
+def measure_pipeline(specs: list[TeacherConfig], problems: list[dict], exemplars) -> dict:
     """Ray Data: the prompt stage and one actor pool per teacher (their rows unioned), timed over the whole
     stream, actor start and model load included."""
-    stages = teacher_stages(specs, exemplars, seed=0)[:2]  # prompt -> teachers
-    ds = apply_stages(ray.data.from_items(problems), list(problems[0]), stages)
+    stages = [prompt.build(PROMPT, exemplars, seed=0), teacher.build(specs, seed=0)]
+    ds = apply_stages(ray.data.from_items(problems), PROBLEM_COLUMNS, stages)
     start = time.perf_counter()
     rows = ds.select_columns(["teacher", "completion_tokens", "gen_seconds"]).to_pandas()
     # gen_seconds is each batch's generate() time spread over its rows: the sum is the engines' busy time,
@@ -53,11 +57,13 @@ def measure_pipeline(specs: list[TeacherSpec], problems: list[dict], exemplars) 
             "rows_per_teacher": rows["teacher"].value_counts().to_dict()}
 
 
-def specs_for(models: list[str], sampling: SamplingSettings, batch_size: int, threads: int) -> list[TeacherSpec]:
+def specs_for(models: list[str], samples: int, max_new_tokens: int, batch_size: int,
+              threads: int) -> list[TeacherConfig]:
     # The teacher actors share one logical CPU (Ray's other CPU runs the prompt tasks: with one CPU per actor,
     # two teachers on 2 CPUs starve the prompt stage and the job hangs), each with the raw engine's threads.
-    return [TeacherSpec(name=m, engine="hf", model=m, sampling=sampling, batch_size=batch_size,
-                        cpus_per_actor=1 / len(models), engine_options={"torch_threads": threads}) for m in models]
+    return [TeacherConfig(name=m, engine="hf", model=m, samples=samples, max_new_tokens=max_new_tokens,
+                          temperature=0.8, batch_size=batch_size, cpus_per_actor=1 / len(models),
+                          torch_threads=threads) for m in models]
 
 
 def measure(quick: bool = False, models: tuple[str, ...] = ("smollm2",)) -> list[dict]:
@@ -66,8 +72,7 @@ def measure(quick: bool = False, models: tuple[str, ...] = ("smollm2",)) -> list
     prompts, samples, tokens = (8, 2, 12) if quick else (32, 4, 24)
     train, _ = load_problems("puzzles", num_train=prompts + 8, num_eval=1, seed=0)
     exemplars, problems = exemplar_pool(train[:8]), train[8:]
-    sampling = SamplingSettings(n=samples, max_new_tokens=tokens, temperature=0.8)
-    specs = specs_for(list(models), sampling, batch_size=8, threads=2)
+    specs = specs_for(list(models), samples, tokens, batch_size=8, threads=2)
     raw = [measure_raw(spec, problems, exemplars) for spec in specs]
     raw_seconds, raw_tokens = sum(r["seconds"] for r in raw), sum(r["tokens"] for r in raw)
     if not ray.is_initialized():
@@ -95,8 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     train, _ = load_problems("puzzles", num_train=args.prompts + 8, num_eval=1, seed=0)
     exemplars, problems = exemplar_pool(train[:8]), train[8:]
-    sampling = SamplingSettings(n=args.samples, max_new_tokens=args.max_new_tokens, temperature=0.8)
-    specs = specs_for(args.teachers.split(","), sampling, args.batch_size, args.threads)
+    specs = specs_for(args.teachers.split(","), args.samples, args.max_new_tokens, args.batch_size, args.threads)
     raw = [measure_raw(spec, problems, exemplars) for spec in specs]
     raw_total = {"seconds": sum(r["seconds"] for r in raw), "tokens": sum(r["tokens"] for r in raw)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="bench-"))

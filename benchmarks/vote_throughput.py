@@ -15,9 +15,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill_ray.pipeline import vote_stage  # noqa: E402
+from distill_ray.config import TeacherConfig, VoteConfig  # noqa: E402
 from distill_ray.stages import apply_stages  # noqa: E402
-from distill_ray.vote import vote_group  # noqa: E402
+from distill_ray.stages import vote  # noqa: E402
+from distill_ray.stages.vote import vote_group  # noqa: E402
 
 
 def candidates(tasks: int, samples: int, seed: int = 0) -> pd.DataFrame:
@@ -57,7 +58,7 @@ def measure(quick: bool = False, tasks: int | None = None, samples: int = 8) -> 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = candidates(tasks or (500 if quick else 4000), samples)
-    stage = vote_stage(require_majority=False, partitions=2)
+    stage = vote.build(VoteConfig(require_majority=False, partitions=2), [TeacherConfig()])
     pipeline(rows.head(samples * 20), stage)   # warm-up: workers started, code imported
     return [{"stage": "vote", "case": f"{len(rows) // samples} prompts x {samples} samples", "unit": "rows/s",
              "workers": None, "ours": pipeline(rows, stage), "baseline": plain_loop(rows, stage),

@@ -11,8 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from distill_ray.config import ConfigError, RunConfig, load_config, reference
-from distill_ray.markdown import table
+from distill_ray.config import ConfigError, RunConfig, load_config
 
 # flag -> config field it overrides
 NAMED_FLAGS = {
@@ -49,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
                              help="evaluate this model (repeatable; default: teacher and students of the run)")
     commands.add_parser("config-reference", help="print every config field with its default and meaning")
+    commands.add_parser("docs", help="rewrite the README's generated sections (stage tables, config reference)")
     bench = commands.add_parser("bench", help="throughput of every stage against its simplest baseline")
     bench.add_argument("--stages", default="teacher,verify,vote,puzzles,train",
                        help="comma-separated stages (teacher, verify, vote, puzzles, train)")
@@ -100,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill-ray bench: report in {args.output}/bench.md")
         return 0
     if args.command == "config-reference":
-        rows = [[f"`{field}`", f"`{default}`", description] for field, default, description in reference()]
-        print("\n".join(table(["field", "default", "description"], rows)))
+        from distill_ray.docs import config_reference
+
+        print(config_reference())
+        return 0
+    if args.command == "docs":
+        from distill_ray.docs import README, write_readme
+
+        print(f"distill-ray docs: {', '.join(write_readme()) or 'nothing'} changed in {README}")
         return 0
     try:
         cfg = config_from_args(args)

@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 from distill_ray.config import RunConfig
 from distill_ray.evaluate.report import plot_arms, write_outputs
 from distill_ray.markdown import interval, table
-from distill_ray.vote import normalize_program, weighted_distribution
+from distill_ray.stages.vote import normalize_program, weighted_distribution
 from distill_ray.workflow import (build_student_init, connect_ray, default_eval_models, evaluate, generate, load_task,
-                                  log, sample_problems, teacher_spec, train)
+                                  log, sample_problems, train)
 
 TEACHER_ARMS = ("unfiltered", "verified", "verified_soft")
 
@@ -86,11 +86,11 @@ def train_on(arm_cfg: RunConfig, pool: pd.DataFrame, budget: int) -> tuple[str |
 def self_samples(cfg: RunConfig, problems: list[dict], model: str, round_dir: Path, seed: int) -> dict:
     """One round of a student sampling ``problems`` zero-shot with the teacher's sampling settings, verified and
     voted (duplicates dropped) into ``round_dir/samples``: its kept rows, and how many it sampled and verified."""
-    spec = teacher_spec(cfg.teacher, 0, cfg.prompt.exemplars, seed, name=round_dir.name, model=model)
+    student = cfg.teacher.model_copy(update=dict(name=round_dir.name, model=model, top_k_logprobs=0))
     # Never resumed: the student at a round's path is retrained by every run (and train.* is not in the
     # parameters a resumed dataset is checked against).
-    rows, _ = sample_problems(problems, [spec], [], cfg.model_copy(update={"resume": False}), round_dir / "samples",
-                              vote=True)
+    rows, _ = sample_problems(problems, [student], [], cfg.model_copy(update={"resume": False}), round_dir / "samples",
+                              vote=True, num_shots=0, sampling_seed=seed)
     return {"kept": rows[rows["keep"]], "samples": len(rows), "verified": int(rows["passed"].sum())}
 
 

@@ -20,9 +20,8 @@ from typing import Callable
 
 import pyarrow as pa
 
-from distill_ray.pipeline import to_arrow
 from distill_ray.shards import Manifest, ShardSet, chunk_ranges
-from distill_ray.stages import Stage, apply_stages
+from distill_ray.stages import Columns, Stage, apply_stages, check_flow, to_arrow
 
 # Settings that change how fast rows are made, never which rows: a resumed run may use others.
 RESOURCE_KEYS = frozenset({"actors", "cpus_per_actor", "gpus_per_actor", "batch_size", "torch_threads",
@@ -38,9 +37,10 @@ def row_params(config: dict) -> dict:
     return config
 
 
-def run_in_shards(problems: list[dict], stages: list[Stage], out_dir: Path, params: dict, chunk_size: int,
-                  resume: bool = True, log: Callable[[str], None] = print) -> float:
-    """Run ``stages`` over ``problems`` into ``out_dir/part-NNNNNN.parquet``; returns the seconds spent.
+def run_in_shards(problems: list[dict], source: Columns, stages: list[Stage], out_dir: Path, params: dict,
+                  chunk_size: int, resume: bool = True, log: Callable[[str], None] = print) -> float:
+    """Run ``stages`` over ``problems`` (whose columns and types are ``source``) into
+    ``out_dir/part-NNNNNN.parquet``, typed as the stages declare; returns the seconds spent.
 
     With ``resume=False`` an existing output is deleted first; otherwise it is continued (same ``params``
     required, else ValueError naming both)."""
@@ -57,13 +57,14 @@ def run_in_shards(problems: list[dict], stages: list[Stage], out_dir: Path, para
     done = shards.done()
     if done:
         log(f"resuming {out_dir}: {len(done)} of {len(chunks)} shards already written, skipping them")
+    types = check_flow(source, stages)
     start = time.perf_counter()
     for index, chunk in enumerate(chunks):
         if index in done:
             continue
         part = problems[chunk.start:chunk.stop]
-        ds = apply_stages(ray.data.from_items(part), list(part[0]), stages).map_batches(to_arrow,
-                                                                                         batch_format="pandas")
+        ds = apply_stages(ray.data.from_items(part), source, stages).map_batches(
+            to_arrow, fn_kwargs=dict(types=types), batch_format="pandas")
         tables = ray.get(ds.to_arrow_refs())
         # Blocks agree on every declared column type; "permissive" only unifies columns nobody declared.
         shards.write(index, pa.concat_tables(tables, promote_options="permissive"))

@@ -21,12 +21,12 @@ from distill_ray.config import RunConfig, TeacherConfig
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
-from distill_ray.pipeline import TeacherSpec, VerifySpec, sampling_stages, teacher_weights, vote_stage
+from distill_ray.pipelines.distill import distill_stages
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
 from distill_ray.resumable import row_params, run_in_shards
 from distill_ray.shards import Manifest
 from distill_ray.stages import apply_stages
-from distill_ray.teachers import SamplingSettings
+from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
 
 def log(message: str) -> None:
@@ -91,46 +91,18 @@ def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
     return path
 
 
-def teacher_spec(cfg: TeacherConfig, num_shots: int, strategy: str, seed: int, name: str | None = None,
-                 model: str | None = None, samples: int | None = None, temperature: float | None = None,
-                 max_new_tokens: int | None = None, top_k_logprobs: int = 0) -> TeacherSpec:
-    sampling = SamplingSettings(n=samples or cfg.samples, temperature=cfg.temperature if temperature is None
-                                else temperature, top_p=cfg.top_p,
-                                max_new_tokens=max_new_tokens or cfg.max_new_tokens, seed=seed,
-                                top_k_logprobs=top_k_logprobs)
-    options = dict(cfg.engine_options)
-    if cfg.torch_threads and cfg.engine == "hf":
-        options["torch_threads"] = cfg.torch_threads
-    return TeacherSpec(name=name or cfg.name, engine=cfg.engine, model=model or cfg.model, sampling=sampling,
-                       num_shots=num_shots, exemplar_strategy=strategy, actors=cfg.actors,
-                       cpus_per_actor=cfg.cpus_per_actor, gpus_per_actor=cfg.gpus_per_actor,
-                       batch_size=cfg.batch_size, engine_options=options, prompt_style=cfg.prompt_style,
-                       weight=cfg.weight)
-
-
-def teacher_specs(cfg: RunConfig, seed: int) -> list[TeacherSpec]:
-    """One spec per teacher of the job (``teachers``, or the single ``teacher``)."""
-    return [teacher_spec(t, cfg.prompt.num_shots, cfg.prompt.exemplars, seed, top_k_logprobs=t.top_k_logprobs)
-            for t in cfg.teacher_list()]
-
-
-def verify_spec(cfg: RunConfig) -> VerifySpec:
-    v = cfg.verify
-    return VerifySpec(limits={"timeout_s": v.timeout_s, "memory_mb": v.memory_mb},
-                      workers_per_actor=v.workers_per_actor, actors=v.actors, cpus_per_actor=v.cpus_per_actor,
-                      batch_size=v.batch_size)
-
-
-def sample_problems(problems: list[dict], spec: TeacherSpec | list[TeacherSpec], exemplars, cfg: RunConfig,
-                    out_dir: Path, vote: bool):
-    """prompt -> teacher -> extract -> verify (-> vote) over Ray Data, written as Parquet shards to ``out_dir``.
-    The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at a
-    given path changes from run to run)."""
-    stages = sampling_stages(spec, exemplars, verify_spec(cfg), cfg.seed)
-    if vote:
-        stages.append(vote_stage(cfg.vote.require_majority, cfg.vote.partitions, teacher_weights(spec)))
+def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exemplars, cfg: RunConfig, out_dir: Path,
+                    vote: bool, num_shots: int | None = None, sampling_seed: int | None = None):
+    """prompt -> teachers -> extract -> verify (-> vote) over Ray Data, written as Parquet shards to ``out_dir``.
+    ``num_shots`` (default ``prompt.num_shots``; 0 for students) and ``sampling_seed`` (default ``seed``) vary
+    per use. The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at
+    a given path changes from run to run)."""
+    prompt_cfg = cfg.prompt if num_shots is None else cfg.prompt.model_copy(update={"num_shots": num_shots})
+    stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
+                            sampling_seed=sampling_seed)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume"}))
-    seconds = run_in_shards(problems, stages, out_dir, params, cfg.chunk_size, resume=vote and cfg.resume, log=log)
+    seconds = run_in_shards(problems, PROBLEM_COLUMNS, stages, out_dir, params, cfg.chunk_size,
+                            resume=vote and cfg.resume, log=log)
     return pq.read_table(out_dir).to_pandas(), seconds
 
 
@@ -144,11 +116,11 @@ def generate(cfg: RunConfig) -> dict:
         raise ValueError(f"task source {cfg.task.source!r} gave no train problems to generate from (HumanEval "
                          "has none: use it with `distill-ray evaluate`)")
     out = Path(cfg.output_dir) / "dataset"
-    specs = teacher_specs(cfg, cfg.seed)
-    log(f"generate: {len(train)} train problems x " + ", ".join(f"{s.sampling.n} samples from teacher {s.name!r}"
-                                                                  for s in specs))
-    rows, seconds = sample_problems(train, specs, exemplars, cfg, out, vote=True)
-    stats = generation_stats(rows, seconds, sum(s.sampling.n for s in specs))
+    teachers = cfg.teacher_list()
+    log(f"generate: {len(train)} train problems x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}"
+                                                                  for t in teachers))
+    rows, seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
+    stats = generation_stats(rows, seconds, sum(t.samples for t in teachers))
     write_manifest(out, cfg, stats)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
@@ -208,13 +180,13 @@ def reverify(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     """Re-run every row's own check (rows are self-contained) and compare with the stored verdicts."""
     import ray
 
-    from distill_ray.pipeline import CHECK_COLUMNS, verify_stage
+    from distill_ray.stages import verify
 
     connect_ray(cfg)
     dataset_dir = dataset_dir or str(Path(cfg.output_dir) / "dataset")
     stored = ray.data.read_parquet(dataset_dir)
-    stage = verify_stage(verify_spec(cfg))
-    fresh = apply_stages(stored.drop_columns(list(stage.writes)), ("program", *CHECK_COLUMNS), [stage])
+    stage = verify.build(cfg.verify)
+    fresh = apply_stages(stored.drop_columns(list(stage.writes)), stage.reads, [stage])
     rows = fresh.to_pandas()
     before = pq.read_table(dataset_dir, columns=["task_id", "teacher", "sample_index", "passed"]).to_pandas()
     merged = rows.merge(before, on=["task_id", "teacher", "sample_index"], suffixes=("", "_stored"))
@@ -366,12 +338,12 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
     results = {}
     for label, model in models.items():
         is_teacher = label == "teacher" or label.startswith("teacher:")
-        spec = teacher_spec(eval_teacher_config(cfg, label), cfg.prompt.num_shots if is_teacher else 0,
-                            cfg.prompt.exemplars,
-                            cfg.seed + 1, name=label, model=model, samples=e.samples, temperature=e.temperature,
-                            max_new_tokens=e.max_new_tokens)
+        sampler = eval_teacher_config(cfg, label).model_copy(update=dict(
+            name=label, model=model, samples=e.samples, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
+            top_k_logprobs=0))
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
-        rows, _ = sample_problems(eval_problems, spec, exemplars, cfg, out / "eval" / label, vote=False)
+        rows, _ = sample_problems(eval_problems, [sampler], exemplars, cfg, out / "eval" / label, vote=False,
+                                  num_shots=None if is_teacher else 0, sampling_seed=cfg.seed + 1)
         counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
         results[label] = summarize_passk(counts, e.k)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")

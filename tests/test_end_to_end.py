@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill_ray.config import load_config
-from distill_ray.pipeline import row_check
+from distill_ray.stages.verify import row_check
 from distill_ray.verify import verify_one
 from tests.conftest import REPO
 

@@ -10,10 +10,9 @@ import pandas as pd
 import psutil
 import pytest
 
-from distill_ray.pipeline import TeacherSpec, VerifySpec, teacher_stages, verify_stage
-from distill_ray.stages import apply_stages
+from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig
+from distill_ray.stages import apply_stages, extract, prompt, teacher, verify
 from distill_ray.tasks import PROBLEM_COLUMNS, load_problems
-from distill_ray.teachers import SamplingSettings
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +63,11 @@ def test_a_killed_teacher_actor_is_restarted_and_every_prompt_keeps_exactly_its_
     import ray
 
     problems, _ = load_problems("puzzles", num_train=24, num_eval=0, seed=5)
-    sampling = SamplingSettings(n=2, temperature=0.8, max_new_tokens=6, seed=1)
-    spec = TeacherSpec(name="smollm2", engine="hf", model="smollm2", sampling=sampling, num_shots=0,
-                       batch_size=2, cpus_per_actor=1.0, engine_options={"torch_threads": 1})
+    spec = TeacherConfig(name="smollm2", engine="hf", model="smollm2", samples=2, temperature=0.8, max_new_tokens=6,
+                         batch_size=2, cpus_per_actor=1.0, torch_threads=1)
     restarts_before = restarts_of("TeacherActor")
-    ds = apply_stages(ray.data.from_items(problems, override_num_blocks=12), PROBLEM_COLUMNS,
-                      teacher_stages(spec, [], seed=0))
+    stages = [prompt.build(PromptConfig(num_shots=0), [], seed=0), teacher.build([spec], seed=1), extract.build()]
+    ds = apply_stages(ray.data.from_items(problems, override_num_blocks=12), PROBLEM_COLUMNS, stages)
     rows, killed = drain_killing_once(ds, "TeacherActor")
 
     assert killed and restarts_of("TeacherActor") > restarts_before
@@ -87,9 +85,9 @@ def test_a_killed_verifier_actor_is_restarted_and_no_verdict_is_lost_or_doubled(
     rows = [{"id": i, "kind": "p3", "sat": f"def sat(x: int):\n    return x == {i}", "ans_type": "int",
              "program": f"def sol():\n{loop}    return {i if i % 3 else i + 1}", "expected": None, "tests": "",
              "entry_point": "", "source": "model-written"} for i in range(48)]
-    spec = VerifySpec(limits={"timeout_s": 5.0}, workers_per_actor=1, actors=1, cpus_per_actor=0.5, batch_size=4)
+    spec = VerifyConfig(timeout_s=5.0, workers_per_actor=1, actors=1, cpus_per_actor=0.5, batch_size=4)
     restarts_before = restarts_of("VerifierActor")
-    stage = verify_stage(spec)
+    stage = verify.build(spec)
     ds = apply_stages(ray.data.from_items(rows, override_num_blocks=12), list(rows[0]), [stage])
     out, killed = drain_killing_once(ds, "VerifierActor")
 
@@ -124,7 +122,7 @@ def test_an_actor_out_of_memory_is_restarted_and_the_job_finishes(ray_cluster, t
 
     # Ray's workers cannot import this test module: ship GreedyStage by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    stage = ActorStage("greedy", reads=("x",), writes=("y",), cls=GreedyStage,
+    stage = ActorStage("greedy", reads=("x",), writes={"y": None}, cls=GreedyStage,
                        init_kwargs={"marker": str(tmp_path / "ran-out")}, cpus_per_actor=0.5, batch_size=4)
     ds = apply_stages(ray.data.from_items([{"x": i} for i in range(40)], override_num_blocks=10), ["x"], [stage])
     rows = ds.to_pandas()

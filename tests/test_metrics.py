@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from distill_ray.stages import ActorStage, BatchStage, apply_stages
@@ -49,8 +50,8 @@ def test_every_stage_exports_rows_batches_tokens_and_verdicts(ray_cluster):
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import this test module
-    stages = [BatchStage("double", reads=("x",), writes=("y",), fn=double, batch_size=10),
-              ActorStage("judge", reads=("x",), writes=("status", "completion_tokens"), cls=Judge,
+    stages = [BatchStage("double", reads=("x",), writes={"y": pa.int64()}, fn=double, batch_size=10),
+              ActorStage("judge", reads=("x",), writes={"status": pa.string(), "completion_tokens": pa.int64()}, cls=Judge,
                          cpus_per_actor=0.5, batch_size=10)]
     rows = apply_stages(ray.data.from_items([{"x": i} for i in range(60)]), ["x"], stages).to_pandas()
     assert len(rows) == 60

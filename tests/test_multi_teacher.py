@@ -108,26 +108,27 @@ def test_two_teachers_on_gsm8k_vote_into_agreement_and_disagreement_sets(ray_clu
 
 
 def test_two_teachers_are_two_pools_between_one_prompt_stage_and_extract():
-    from distill_ray.pipeline import TeacherSpec, UnionStage, VerifySpec, sampling_stages, vote_stage
-    from distill_ray.stages import check_flow, describe
-    from distill_ray.teachers import SamplingSettings
+    from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig, VoteConfig
+    from distill_ray.pipelines.distill import distill_stages
+    from distill_ray.stages import UnionStage, check_flow, describe
+    from distill_ray.tasks import PROBLEM_COLUMNS
 
-    specs = [TeacherSpec(name=n, engine="hf", model=m, sampling=SamplingSettings(n=2), prompt_style=s)
-             for n, m, s in (("a", "smollm2", "chat"), ("b", "gemma3", "plain"))]
-    stages = sampling_stages(specs, [], VerifySpec(limits={}), seed=0) + [vote_stage(False, weights={"a": 1, "b": 2})]
+    specs = [TeacherConfig(name=n, engine="hf", model=m, samples=2, prompt_style=s, weight=w)
+             for n, m, s, w in (("a", "smollm2", "chat", 1.0), ("b", "gemma3", "plain", 2.0))]
+    stages = distill_stages(specs, PromptConfig(), VerifyConfig(), [], seed=0, vote_cfg=VoteConfig())
     assert [row["stage"] for row in describe(stages)] == ["prompt", "teachers[a | b]", "extract", "verify", "vote"]
     union = stages[1]
     assert isinstance(union, UnionStage) and [b[0].name for b in union.branches] == ["teacher:a", "teacher:b"]
-    assert [b[0].init_kwargs["prompt_style"] for b in union.branches] == ["chat", "plain"]
-    columns = check_flow(("task_id", "kind", "family", "question", "sat", "ans_type", "expected", "tests",
-                          "entry_point"), stages)
+    assert [b[0].init_kwargs["teacher"].prompt_style for b in union.branches] == ["chat", "plain"]
+    assert stages[-1].fn_kwargs["weights"] == {"a": 1.0, "b": 2.0}
+    columns = check_flow(PROBLEM_COLUMNS, stages)
     assert {"teacher", "label_weight", "label_distribution", "teacher_counts"} <= set(columns)
     with pytest.raises(ValueError, match="unique"):
-        sampling_stages([specs[0], specs[0]], [], VerifySpec(limits={}), seed=0)
+        distill_stages([specs[0], specs[0]], PromptConfig(), VerifyConfig(), [], seed=0)
 
 
 def test_an_unlabelled_gsm8k_row_keeps_its_answer_and_gets_no_verdict():
-    from distill_ray.pipeline import unlabelled_verdict
+    from distill_ray.stages.verify import unlabelled_verdict
     from distill_ray.verify import Verdict
 
     answered = unlabelled_verdict(Verdict(False, "fail", "12", "answer 12 != expected 0", 0.1))
@@ -141,12 +142,13 @@ def test_an_unlabelled_gsm8k_row_keeps_its_answer_and_gets_no_verdict():
 
 
 def test_evaluation_samples_each_teacher_with_its_own_settings(tmp_path):
-    from distill_ray.workflow import default_eval_models, eval_teacher_config, teacher_specs
+    from distill_ray.stages.teacher import engine_options
+    from distill_ray.workflow import default_eval_models, eval_teacher_config
 
     cfg = load_config(REPO / "configs" / "two_teachers.yaml", [f"output_dir={tmp_path}"])
     assert default_eval_models(cfg) == {"teacher:smollm2": "smollm2", "teacher:gemma3": "gemma3"}
     assert eval_teacher_config(cfg, "teacher:gemma3").prompt_style == "plain"
     assert eval_teacher_config(cfg, "student").model == "smollm2"  # students sample like `teacher`
-    specs = teacher_specs(cfg, seed=0)
-    assert [(s.name, s.weight, s.prompt_style, s.engine_options) for s in specs] == [
+    specs = cfg.teacher_list()
+    assert [(s.name, s.weight, s.prompt_style, engine_options(s)) for s in specs] == [
         ("smollm2", 1.0, "chat", {"torch_threads": 1}), ("gemma3", 2.0, "plain", {"torch_threads": 1})]

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from distill_ray.extract import extract_program
-from distill_ray.pipeline import build_prompts
+from distill_ray.stages.prompt import build_prompts
 from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, response_prefix
 
 POOL = [Exemplar(f"def sat(x: int) -> bool:\n    return x + {i} == 10", f"def sol():\n    return 10 - {i}")

@@ -3,30 +3,51 @@ import json
 import pandas as pd
 import pytest
 
-from distill_ray.pipeline import TeacherActor, TeacherSpec, VerifySpec, build_prompts, sampling_stages, vote_stage
+import pyarrow as pa
+
+from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig, VoteConfig
+from distill_ray.pipelines.distill import distill_stages, output_columns
 from distill_ray.prompts import Exemplar
-from distill_ray.stages import BatchStage, check_flow, describe
-from distill_ray.teachers import SamplingSettings
+from distill_ray.stages import BatchStage, check_flow, describe, to_arrow
+from distill_ray.stages.prompt import build_prompts
+from distill_ray.stages.teacher import TeacherActor
+from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
-SPEC = TeacherSpec(name="t", engine="hf", model="smollm2", sampling=SamplingSettings(n=2))
-PROBLEM_COLUMNS = ("task_id", "kind", "family", "question", "sat", "ans_type", "expected", "tests", "entry_point")
+TEACHER = TeacherConfig(name="t", samples=2)
 
 
-def test_the_pipeline_data_flow_is_consistent():
-    stages = sampling_stages(SPEC, [], VerifySpec(limits={}), seed=0) + [vote_stage(False)]
-    columns = check_flow(PROBLEM_COLUMNS, stages)
+def stages(vote: bool = True):
+    return distill_stages([TEACHER], PromptConfig(), VerifyConfig(), [], seed=0, vote_cfg=VoteConfig() if vote else None)
+
+
+def test_the_pipeline_data_flow_is_consistent_and_every_column_has_one_type():
+    columns = check_flow(PROBLEM_COLUMNS, stages())
     for column in ("prompt", "completion", "program", "passed", "answer", "vote_answer", "keep"):
         assert column in columns
-    assert [row["stage"] for row in describe(stages)] == ["prompt", "teacher", "extract", "verify", "vote"]
+    assert all(isinstance(t, pa.DataType) for t in columns.values()), [c for c, t in columns.items() if t is None]
+    assert [row["stage"] for row in describe(stages())] == ["prompt", "teacher", "extract", "verify", "vote"]
 
 
 def test_a_stage_reading_an_unwritten_column_is_rejected_before_any_work():
-    stages = sampling_stages(SPEC, [], VerifySpec(limits={}), seed=0)
     with pytest.raises(ValueError, match="'verify' reads \\['sat'\\]"):
-        check_flow(tuple(c for c in PROBLEM_COLUMNS if c != "sat"), stages)
-    bad = [BatchStage("x", reads=("nope",), writes=(), fn=lambda b: b)]
+        check_flow(tuple(c for c in PROBLEM_COLUMNS if c != "sat"), stages(vote=False))
+    bad = [BatchStage("x", reads=("nope",), writes={}, fn=lambda b: b)]
     with pytest.raises(ValueError, match="nope"):
         check_flow(PROBLEM_COLUMNS, bad)
+
+
+def test_an_all_missing_column_keeps_its_declared_type():
+    # A batch where no program answered: pandas sees an object column of None, Arrow would infer `null`, and a
+    # dataset's shards would disagree. The declared type wins.
+    batch = pd.DataFrame({"task_id": ["a"], "answer": [None], "expected": [None], "passed": [False]})
+    table = to_arrow(batch, output_columns(stages()))
+    assert table.schema.field("answer").type == pa.string() and table.schema.field("expected").type == pa.float64()
+
+
+def test_the_readme_stage_table_is_generated_from_the_declarations():
+    from distill_ray.docs import generated_sections, readme_sections
+
+    assert readme_sections() == generated_sections(), "README drifted: run `make docs`"
 
 
 @pytest.mark.slow
@@ -36,8 +57,8 @@ def test_teacher_actor_samples_n_candidates_per_prompt_with_the_real_model():
                                           "def sat(s: str) -> bool:\n    return s == 'ab' * 2"]})
     shots = [Exemplar("def sat(x: int) -> bool:\n    return x - 1 == 4", "def sol():\n    return 4 + 1")]
     batch = build_prompts(problems, shots, num_shots=1, strategy="fixed", seed=0)
-    actor = TeacherActor("smollm2", "hf", "smollm2", {"n": 3, "max_new_tokens": 8, "temperature": 0.8,
-                                                      "top_k_logprobs": 2})
+    actor = TeacherActor(TeacherConfig(name="smollm2", samples=3, max_new_tokens=8, temperature=0.8,
+                                       top_k_logprobs=2), seed=0)
     rows = actor(batch)
     assert len(rows) == 6
     assert list(rows["task_id"]) == ["a"] * 3 + ["b"] * 3
@@ -55,7 +76,7 @@ def test_teacher_actor_samples_n_candidates_per_prompt_with_the_real_model():
 
 @pytest.mark.parametrize("missing", [None, float("nan"), pd.NA])
 def test_row_check_treats_any_missing_expected_as_none(missing):
-    from distill_ray.pipeline import row_check
+    from distill_ray.stages.verify import row_check
 
     row = pd.DataFrame({"kind": ["p3"], "program": ["def sol():\n    return 1"], "sat": ["def sat(x: int):\n    return x == 1"],
                         "ans_type": ["int"], "expected": pd.array([missing], dtype=object), "tests": [""],

@@ -300,9 +300,9 @@ def test_all_sources_share_one_arrow_schema(gsm8k_dir, p3_dir):
             + load_problems("p3", num_train=5, num_eval=5, path=str(p3_dir))[1]
             + load_problems("gsm8k", num_train=5, num_eval=0, path=str(gsm8k_dir))[0] + GSM8K_EXEMPLARS)
     for row in rows:
-        assert tuple(row) == PROBLEM_COLUMNS
+        assert tuple(row) == tuple(PROBLEM_COLUMNS)
         check_problem(row)
     table = pa.Table.from_pylist(rows)
-    assert tuple(table.column_names) == PROBLEM_COLUMNS
+    assert tuple(table.column_names) == tuple(PROBLEM_COLUMNS)
     assert table.schema.field("expected").type == pa.float64()
     assert table.schema.field("difficulty").type == pa.int64()

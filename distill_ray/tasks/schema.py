@@ -8,29 +8,30 @@ from __future__ import annotations
 import json
 import math
 
-# Keys of every problem dict, in this order (downstream code builds Arrow schemas from it).
-PROBLEM_COLUMNS: tuple[str, ...] = (
-    "task_id",      # str, stable and unique: "puzzles/add_const/d1/s17", "gsm8k/train/12", "p3/Study_1:0"
-    "split",        # "train" | "eval"
-    "source",       # "puzzles" | "gsm8k" | "p3"
-    "family",       # puzzle family, P3 family, or "gsm8k"
-    "difficulty",   # int, 1 = trivial
-    "kind",         # "p3": find x with sat(x) is True | "gsm8k": solution() returns the number |
-                    # "asserts": the program's functions pass the tests
-    "question",     # what a prompt shows (the sat source, or the word problem)
-    "sat",          # p3: source of `def sat(x: T, ...)`; "" otherwise
-    "ans_type",     # p3: "int", "str", "List[int]", ...; "" otherwise
-    "expected",     # gsm8k: the final number as float; None otherwise
-    "tests",        # asserts: assert lines, or HumanEval's check(candidate) code; "" otherwise
-    "entry_point",  # asserts: the function under test ("" for plain assert lines that name it); "" otherwise
-    "reference",    # a correct candidate in the exact form a model must write (few-shot exemplar)
-)
+import pyarrow as pa
+
+# Keys of every problem dict, in this order, with their Arrow types (the pipeline's source columns).
+PROBLEM_COLUMNS: dict[str, pa.DataType] = {
+    "task_id": pa.string(),      # stable and unique: "puzzles/add_const/d1/s17", "gsm8k/train/12", "p3/Study_1:0"
+    "split": pa.string(),        # "train" | "eval"
+    "source": pa.string(),       # "puzzles" | "gsm8k" | "p3" | "humaneval" | "mbpp" | "jsonl"
+    "family": pa.string(),       # puzzle family, P3 family, or "gsm8k"
+    "difficulty": pa.int64(),    # 1 = trivial
+    "kind": pa.string(),         # "p3": find x with sat(x) is True | "gsm8k": solution() returns the number |
+                                 # "asserts": the program's functions pass the tests
+    "question": pa.string(),     # what a prompt shows (the sat source, or the word problem)
+    "sat": pa.string(),          # p3: source of `def sat(x: T, ...)`; "" otherwise
+    "ans_type": pa.string(),     # p3: "int", "str", "List[int]", ...; "" otherwise
+    "expected": pa.float64(),    # gsm8k: the final number; None otherwise
+    "tests": pa.string(),        # asserts: assert lines, or HumanEval's check(candidate) code; "" otherwise
+    "entry_point": pa.string(),  # asserts: the function under test ("" for plain assert lines that name it)
+    "reference": pa.string(),    # a correct candidate in the exact form a model must write (few-shot exemplar)
+}
 
 SPLITS = ("train", "eval")
 KINDS = ("p3", "gsm8k", "asserts")
 
-_STR_COLUMNS = ("task_id", "split", "source", "family", "kind", "question", "sat", "ans_type", "tests",
-                "entry_point", "reference")
+_STR_COLUMNS = tuple(c for c, t in PROBLEM_COLUMNS.items() if t == pa.string())
 
 
 def make_problem(*, task_id: str, split: str, source: str, family: str, difficulty: int, kind: str,

@@ -11,12 +11,18 @@ import json
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 
+import pyarrow as pa
+
 from distill_ray.teachers.base import Batch, SamplingSettings
 
-# Columns that ``candidate_columns`` adds to each candidate row (besides the teacher's name, which the
-# pipeline owns).
-CANDIDATE_COLUMNS = ("prompt", "sample_index", "completion", "finished", "prompt_tokens", "completion_tokens",
-                     "gen_seconds", "gen_error", "logprobs", "engine", "engine_model", "engine_version", "sampling")
+# The columns ``candidate_columns`` adds to each candidate row, with their Arrow types (besides the teacher's
+# name, which the teacher stage adds).
+CANDIDATE_COLUMNS = {
+    "prompt": pa.string(), "sample_index": pa.int64(), "completion": pa.string(), "finished": pa.bool_(),
+    "prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "gen_seconds": pa.float64(),
+    "gen_error": pa.string(), "logprobs": pa.string(),
+    "engine": pa.string(), "engine_model": pa.string(), "engine_version": pa.string(), "sampling": pa.string(),
+}
 
 
 def package_version(package: str) -> str:

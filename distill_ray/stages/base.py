@@ -1,13 +1,18 @@
-"""The pipeline is a list of small stages; each declares the columns it reads and writes.
+"""The stage layer: stage kinds, the flow check, and the wrapper every stage's function runs in.
 
-``check_flow`` validates the whole data flow before any work starts (a stage that reads a column nobody
-wrote is a configuration error, not a crash an hour into a job); ``apply_stages`` turns the list into Ray
-Data operators. Three kinds cover the pipeline:
+A pipeline is a list of stages; each declares the columns it reads and the columns it writes with their Arrow
+types. ``check_flow`` validates the whole data flow before any work starts (a stage that reads a column nobody
+wrote is a configuration error, not a crash an hour into a job) and returns every column's type, from which
+the output schema is built; ``apply_stages`` turns the list into Ray Data operators. The kinds:
 
 - ``BatchStage``: a plain function over a pandas batch (stateless, runs as Ray tasks);
 - ``ActorStage``: a callable class over batches, on a fixed pool of actors (models, sandboxes: state that
   is expensive to build once per batch);
-- ``GroupStage``: a function over all rows that share a key (voting over a prompt's samples).
+- ``GroupStage``: a function over all rows that share a key (voting over a prompt's samples);
+- ``UnionStage``: parallel branches over the same rows, unioned (one teacher pool per branch).
+
+Every function and actor call is metered (``metrics.py``), and an actor that runs out of memory exits so that
+Ray restarts it and retries its batch.
 """
 
 from __future__ import annotations
@@ -17,16 +22,22 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import pandas as pd
+import pyarrow as pa
 import ray.data
 
 from distill_ray.metrics import StageMeter
+
+Columns = dict[str, pa.DataType]   # column name -> its Arrow type, in the order a stage adds them
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     reads: tuple[str, ...]
-    writes: tuple[str, ...]
+    writes: Columns   # every column the stage adds (or rewrites), with its type
+
+    kind = "stage"    # how the README's stage table describes it
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         raise NotImplementedError
@@ -34,6 +45,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class BatchStage(Stage):
+    kind = "task (Ray Data `map_batches`)"
     fn: Callable = None
     fn_kwargs: dict = field(default_factory=dict)
     batch_size: int | None = None
@@ -45,6 +57,7 @@ class BatchStage(Stage):
 
 @dataclass(frozen=True)
 class ActorStage(Stage):
+    kind = "actor pool"
     cls: type = None
     init_kwargs: dict = field(default_factory=dict)
     actors: int = 1
@@ -116,29 +129,66 @@ class GroupStage(Stage):
     fn_kwargs: dict = field(default_factory=dict)
     partitions: int | None = None  # shuffle partitions (Ray's default, 200, is all overhead on small runs)
 
+    @property
+    def kind(self) -> str:
+        return f"group by `{self.key}`"
+
     def apply(self, ds):
         return ds.groupby(self.key, num_partitions=self.partitions).map_groups(
             metered(self.fn, self.name), fn_kwargs=self.fn_kwargs, batch_format="pandas")
 
 
-def check_flow(source_columns: tuple[str, ...] | list[str], stages: list[Stage]) -> list[str]:
-    """Columns available after all stages; raises if a stage reads a column nothing upstream wrote."""
-    available = list(source_columns)
+@dataclass(frozen=True)
+class UnionStage(Stage):
+    """Parallel branches over the same input rows, their outputs unioned (Ray Data ``union``): one teacher
+    pool per branch. Each branch's flow is checked like a stage list."""
+
+    kind = "actor pools, one per branch, unioned"
+    branches: tuple[tuple[Stage, ...], ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        for branch in self.branches:
+            check_flow(self.reads, list(branch))
+
+    def apply(self, ds):
+        outputs = []
+        for branch in self.branches:
+            out = ds
+            for stage in branch:
+                out = stage.apply(out)
+            outputs.append(out)
+        return outputs[0].union(*outputs[1:]) if len(outputs) > 1 else outputs[0]
+
+
+def check_flow(source: Columns | tuple[str, ...] | list[str], stages: list[Stage]) -> Columns:
+    """Every column after all stages, with its type (None: not declared, Arrow infers it); raises if a stage
+    reads a column nothing upstream wrote. ``source``: the input's columns (names, or names with types)."""
+    available: Columns = dict(source) if isinstance(source, dict) else dict.fromkeys(source)
     for stage in stages:
         missing = [c for c in stage.reads if c not in available]
         if missing:
             raise ValueError(f"stage {stage.name!r} reads {missing}, which no earlier stage writes")
-        available += [c for c in stage.writes if c not in available]
+        if not isinstance(stage.writes, dict):
+            raise TypeError(f"stage {stage.name!r}: writes must map each column to its Arrow type (None: inferred)")
+        available.update(stage.writes)
     return available
 
 
-def apply_stages(ds: ray.data.Dataset, source_columns, stages: list[Stage]) -> ray.data.Dataset:
-    check_flow(source_columns, stages)
+def apply_stages(ds: ray.data.Dataset, source, stages: list[Stage]) -> ray.data.Dataset:
+    check_flow(source, stages)
     for stage in stages:
         ds = stage.apply(ds)
     return ds
 
 
+def to_arrow(batch: pd.DataFrame, types: Columns) -> pa.Table:
+    """``batch`` with the declared column types. Explicit types matter: a batch where every value is missing
+    (no answer obtained, no expected number) would otherwise be inferred as Arrow's null type, and the Parquet
+    shards of one dataset would disagree."""
+    schema = pa.schema([(c, types.get(c) or pa.Array.from_pandas(batch[c]).type) for c in batch.columns])
+    return pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
+
+
 def describe(stages: list[Stage]) -> list[dict[str, Any]]:
     """The data flow in one table, one row per stage (the README shows it)."""
-    return [{"stage": s.name, "kind": type(s).__name__, "reads": list(s.reads), "writes": list(s.writes)} for s in stages]
+    return [{"stage": s.name, "kind": s.kind, "reads": list(s.reads), "writes": list(s.writes)} for s in stages]

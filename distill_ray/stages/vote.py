@@ -1,4 +1,4 @@
-"""Vote across the samples and teachers of one prompt (a stage after verification).
+"""vote: across the samples and teachers of one prompt, after verification (a group-by-``task_id`` stage).
 
 Each sample casts a vote key: for programs (gsm8k) the value they return, for puzzles (p3) whether they
 verified (many different answers satisfy one ``sat``); a sample without an answer abstains.
@@ -24,10 +24,31 @@ import json
 from collections import Counter
 
 import pandas as pd
+import pyarrow as pa
 
-VOTE_READS = ("task_id", "teacher", "sample_index", "kind", "expected", "answer", "passed", "program")
-VOTE_COLUMNS = ("vote_answer", "vote_share", "answer_share", "agreement", "label_type", "label_distribution",
-                "teacher_counts", "label_weight", "duplicate", "keep")
+from distill_ray.config import TeacherConfig, VoteConfig
+from distill_ray.stages.base import GroupStage
+
+READS = ("task_id", "teacher", "sample_index", "kind", "expected", "answer", "passed", "program")
+WRITES = {
+    "vote_answer": pa.string(),         # the prompt's winning key (None: nobody voted)
+    "vote_share": pa.float64(),         # the winner's share of the soft label
+    "answer_share": pa.float64(),       # this row's key's share
+    "agreement": pa.bool_(),            # agreement set (hard label) or disagreement set (soft label)
+    "label_type": pa.string(),          # "hard" | "soft"
+    "label_distribution": pa.string(),  # JSON: key -> share, the soft label
+    "teacher_counts": pa.string(),      # JSON: teacher -> key -> votes
+    "label_weight": pa.float64(),       # the weight the ``soft`` objective reads (0: not kept)
+    "duplicate": pa.bool_(),            # the same program (whitespace aside) as an earlier row of the prompt
+    "keep": pa.bool_(),                 # trained on
+}
+
+
+def build(vote: VoteConfig, teachers: list[TeacherConfig]) -> GroupStage:
+    return GroupStage("vote", reads=READS, writes=WRITES, key="task_id", fn=vote_group,
+                      fn_kwargs=dict(require_majority=vote.require_majority,
+                                     weights={t.name: t.weight for t in teachers}),
+                      partitions=vote.partitions)
 
 
 def vote_group(group: pd.DataFrame, require_majority: bool = False,

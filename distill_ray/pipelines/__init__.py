@@ -1,0 +1,2 @@
+"""Pipelines as plain lists of stages: ``distill`` (problems -> verified, voted candidates) and ``puzzles``
+(the streaming puzzle job)."""

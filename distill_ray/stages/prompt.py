@@ -1,0 +1,35 @@
+"""prompt: few-shot chat messages and the response prefix for each problem (``prompts.py`` chooses and
+renders the exemplars)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+
+from distill_ray.config import PromptConfig
+from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, response_prefix
+from distill_ray.stages.base import BatchStage
+
+READS = ("kind", "question", "family")
+WRITES = {"messages": pa.string(),          # JSON list of chat messages (model-agnostic)
+          "response_prefix": pa.string()}   # the answer's opening, appended after the rendered prompt
+
+
+def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int, strategy: str,
+                  seed: int) -> pd.DataFrame:
+    """Few-shot chat messages for each problem (``num_shots=0`` is the zero-shot student prompt)."""
+    messages = []
+    for kind, question, family in zip(batch["kind"], batch["question"], batch["family"]):
+        shots = choose_exemplars(exemplars, num_shots, strategy, seed, question, family) if num_shots else []
+        messages.append(json.dumps(build_messages(kind, question, shots)))
+    batch["messages"] = messages
+    batch["response_prefix"] = [response_prefix(k, q) for k, q in zip(batch["kind"], batch["question"])]
+    return batch
+
+
+def build(prompt: PromptConfig, exemplars: list[Exemplar], seed: int) -> BatchStage:
+    return BatchStage("prompt", reads=READS, writes=WRITES, fn=build_prompts,
+                      fn_kwargs=dict(exemplars=exemplars, num_shots=prompt.num_shots, strategy=prompt.exemplars,
+                                     seed=seed))

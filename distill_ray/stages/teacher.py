@@ -1,0 +1,81 @@
+"""teacher: each prompt becomes ``samples`` candidate rows from a teacher's engine; several teachers are one
+actor pool each, over the same prompts, their rows unioned and labelled with the ``teacher`` column."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import replace
+
+import pandas as pd
+import pyarrow as pa
+
+from distill_ray.config import TeacherConfig
+from distill_ray.prompts import PLAIN_STOP, default_bos, render_plain
+from distill_ray.stages.base import ActorStage, Stage, UnionStage
+from distill_ray.teachers import SamplingSettings, make_engine
+from distill_ray.teachers.provenance import CANDIDATE_COLUMNS, candidate_columns
+
+READS = ("task_id", "messages", "response_prefix")
+WRITES = {"teacher": pa.string(), **CANDIDATE_COLUMNS}
+
+
+def sampling_settings(teacher: TeacherConfig, seed: int) -> SamplingSettings:
+    """The engine's call parameters from the teacher's settings (a plain prompt also stops where the model
+    starts the next problem)."""
+    stop = PLAIN_STOP if teacher.prompt_style == "plain" else ()
+    return SamplingSettings(n=teacher.samples, temperature=teacher.temperature, top_p=teacher.top_p,
+                            max_new_tokens=teacher.max_new_tokens, seed=seed,
+                            top_k_logprobs=teacher.top_k_logprobs, stop=stop)
+
+
+def engine_options(teacher: TeacherConfig) -> dict:
+    options = dict(teacher.engine_options)
+    if teacher.torch_threads and teacher.engine == "hf":
+        options["torch_threads"] = teacher.torch_threads
+    return options
+
+
+class TeacherActor:
+    """One engine per actor; each input row becomes ``teacher.samples`` candidate rows."""
+
+    def __init__(self, teacher: TeacherConfig, seed: int):
+        self.name = teacher.name
+        self.engine = make_engine(teacher.engine, teacher.model, **engine_options(teacher))
+        self.sampling = sampling_settings(teacher, seed)
+        self.prompt_style = teacher.prompt_style
+
+    def render(self, messages: str, prefix: str) -> str:
+        """chat: the model's own template (instruct models); plain: few-shot text (base models)."""
+        if self.prompt_style == "plain":
+            return default_bos(getattr(self.engine, "tokenizer", None)) + render_plain(json.loads(messages), prefix)
+        return self.engine.render(json.loads(messages), prefix)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        prompts = [self.render(m, p) for m, p in zip(batch["messages"], batch["response_prefix"])]
+        # Seed per batch from its content: reruns are reproducible and batches differ from each other.
+        sampling = replace(self.sampling, seed=self.sampling.seed + zlib.crc32("".join(batch["task_id"]).encode()))
+        generations = self.engine.generate(prompts, sampling)
+        rows = batch.loc[batch.index.repeat(sampling.n)].reset_index(drop=True)
+        rows["teacher"] = self.name
+        for column, values in candidate_columns(prompts, generations, sampling, self.engine.provenance()).items():
+            rows[column] = values
+        return rows
+
+
+def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage:
+    """One teacher's actor pool."""
+    return ActorStage(name, reads=READS, writes=WRITES, cls=TeacherActor, init_kwargs=dict(teacher=teacher, seed=seed),
+                      actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
+                      gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size)
+
+
+def build(teachers: list[TeacherConfig], seed: int) -> Stage:
+    """One teacher: its actor pool. Several: one pool (branch) each, unioned. ``seed``: the sampling seed."""
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher names must be unique, got {names}")
+    if len(teachers) == 1:
+        return pool(teachers[0], seed)
+    branches = tuple((pool(t, seed, f"teacher:{t.name}"),) for t in teachers)
+    return UnionStage(f"teachers[{' | '.join(names)}]", reads=READS, writes=WRITES, branches=branches)

@@ -1,0 +1,73 @@
+"""verify: every candidate program checked in the sandbox (``verify/``), in parallel sandbox processes per
+actor. Each row carries its own check, so anyone can re-run it from the row alone (``distill-ray verify``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pyarrow as pa
+
+from distill_ray.config import VerifyConfig
+from distill_ray.stages.base import ActorStage
+
+CHECK_COLUMNS = ("kind", "sat", "ans_type", "expected", "tests", "entry_point")
+READS = ("program", *CHECK_COLUMNS)
+WRITES = {"passed": pa.bool_(), "status": pa.string(), "answer": pa.string(), "detail": pa.string(),
+          "verify_seconds": pa.float64()}
+
+TRUSTED_SAT_SOURCES = ("puzzles", "p3", "gsm8k")   # not "jsonl": a user file may hold model-written puzzles
+
+
+class VerifierActor:
+    """A sandboxed verifier per actor; checks of a batch run in parallel sandbox processes."""
+
+    def __init__(self, limits: dict, workers: int = 1):
+        from distill_ray.verify import SandboxLimits, Verifier
+
+        self.verifier = Verifier(SandboxLimits(**limits), workers=workers)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        checks = [row_check(row) for row in batch.itertuples(index=False)]
+        unlabelled = [c.kind == "gsm8k" and c.expected is None for c in checks]
+        # No expected number: run the program against a placeholder and keep only its answer (the vote
+        # decides these rows); the placeholder's verdict is discarded below.
+        checks = [replace(c, expected=0.0) if u else c for c, u in zip(checks, unlabelled)]
+        verdicts = [unlabelled_verdict(v) if u else v for v, u in zip(self.verifier.verify(checks), unlabelled)]
+        batch["passed"] = [v.passed for v in verdicts]
+        batch["status"] = [v.status for v in verdicts]
+        batch["answer"] = [v.answer for v in verdicts]
+        batch["detail"] = [v.detail for v in verdicts]
+        batch["verify_seconds"] = [v.seconds for v in verdicts]
+        return batch
+
+
+def unlabelled_verdict(verdict):
+    """An unlabelled gsm8k row: status ``answered`` with the number it returned, never passed; a program
+    that returned no finite number keeps its error/fail status and has no answer."""
+    try:
+        number = float(verdict.answer) if verdict.status in ("pass", "fail") and verdict.answer else None
+    except ValueError:
+        number = None
+    if number is not None and math.isfinite(number):
+        return replace(verdict, passed=False, status="answered", detail="no expected answer: answer recorded")
+    return replace(verdict, passed=False, answer=None)
+
+
+def row_check(row):
+    """The self-contained check of a dataset row."""
+    from distill_ray.verify import Check
+
+    expected = None if pd.isna(row.expected) else float(row.expected)  # None, NaN or pd.NA: no number
+    # sat from our puzzle families or real P3 is curated, not model-written: judged in a persistent process
+    trusted = getattr(row, "source", None) in TRUSTED_SAT_SOURCES
+    return Check(kind=row.kind, program=row.program, sat=row.sat, ans_type=row.ans_type, expected=expected,
+                 tests=row.tests, entry_point=row.entry_point, trusted_sat=trusted)
+
+
+def build(verify: VerifyConfig) -> ActorStage:
+    return ActorStage("verify", reads=READS, writes=WRITES, cls=VerifierActor,
+                      init_kwargs=dict(limits={"timeout_s": verify.timeout_s, "memory_mb": verify.memory_mb},
+                                       workers=verify.workers_per_actor),
+                      actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size)
