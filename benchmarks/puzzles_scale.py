@@ -74,7 +74,9 @@ def run(num: int, out: Path, extra: list[str]) -> dict:
 def breakdown(num: int) -> dict:
     """Single-process seconds per puzzle of each step (the job runs them in parallel on 2 cores)."""
     from distill_ray.synth.dedupe import Deduper
-    from distill_ray.synth.rows import PuzzleVerifier, add_keys, procedural_rows
+    from distill_ray.stages.check import PuzzleVerifier
+    from distill_ray.stages.generate import procedural_rows
+    from distill_ray.synth.dedupe import add_keys
     from distill_ray.tasks import list_families
 
     times = {}

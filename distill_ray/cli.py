@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             cfg = puzzle_config(args)
-        except ValueError as error:   # pydantic's ValidationError names each bad field
+        except ValueError as error:   # ConfigError: names each bad field
             print(f"distill-ray puzzles: {error}", file=sys.stderr)
             return 2
         run_job(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -244,8 +244,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides or []:
         apply_override(data, item)
+    return validate(RunConfig, data, path)
+
+
+def validate(model: type[BaseModel], data: dict, path=None):
+    """``data`` as ``model`` (a run's or the puzzle job's settings), or a ConfigError naming each bad field."""
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_errors(error, path)) from None
 

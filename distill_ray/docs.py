@@ -16,6 +16,10 @@ from distill_ray.markdown import table
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")   # a stage name like "teachers[a | b]" inside a table cell
+
+
 def _columns(names) -> str:
     return ", ".join(f"`{n}`" for n in names)
 
@@ -23,7 +27,8 @@ def _columns(names) -> str:
 def stage_table(stages) -> str:
     from distill_ray.stages import describe
 
-    rows = [[row["stage"], row["kind"], _columns(row["reads"]), _columns(row["writes"])] for row in describe(stages)]
+    rows = [[_cell(row["stage"]), _cell(row["kind"]), _columns(row["reads"]), _columns(row["writes"])]
+            for row in describe(stages)]
     return "\n".join(table(["stage", "kind", "reads", "writes"], rows))
 
 
@@ -32,6 +37,14 @@ def distill_stage_table() -> str:
     from distill_ray.pipelines.distill import distill_stages
 
     return stage_table(distill_stages([TeacherConfig()], PromptConfig(), VerifyConfig(), [], 0, VoteConfig()))
+
+
+def puzzle_stage_table() -> str:
+    from distill_ray.pipelines.puzzles import puzzle_stages
+    from distill_ray.synth.config import Plan, PuzzleJobConfig
+
+    cfg = PuzzleJobConfig(num=1, output="DIR", teacher_prompts=1)
+    return stage_table(puzzle_stages(cfg, Plan.of(cfg), frozenset()))
 
 
 def problem_columns() -> str:
@@ -50,6 +63,7 @@ def config_reference() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "distill-stages": distill_stage_table,
     "problem-columns": problem_columns,
+    "puzzle-stages": puzzle_stage_table,
     "config-reference": config_reference,
 }
 

@@ -8,8 +8,6 @@ Each step reads the typed config and passes plain values to the library; outputs
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -35,18 +33,9 @@ def log(message: str) -> None:
 
 def connect_ray(cfg: RunConfig):
     """Join ``ray.address`` / ``RAY_ADDRESS`` if given, else start a local cluster."""
-    import ray
+    from distill_ray.cluster import connect_ray as connect
 
-    if ray.is_initialized():
-        return ray
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="distill-ray-"))
-    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("DISTILL_RAY_PROGRESS", "1") == "1"
-    return ray
+    return connect(cfg.ray.address, cfg.ray.num_cpus)
 
 
 # Sources whose exemplars are fixed (GSM8K's hand-written ones, MBPP's prompt split) or absent (HumanEval): no

@@ -85,3 +85,38 @@ def test_row_check_treats_any_missing_expected_as_none(missing):
     assert check.expected is None and check.kind == "p3" and check.sat.startswith("def sat")
     number = row.assign(expected=[42])
     assert row_check(next(number.itertuples(index=False))).expected == 42.0
+
+
+def test_the_puzzle_pipeline_is_one_stage_list_with_its_teacher_branch_only_when_asked():
+    from distill_ray.pipelines.puzzles import SOURCE, puzzle_stages
+    from distill_ray.stages import UnionStage
+    from distill_ray.synth.config import Plan, PuzzleJobConfig
+
+    procedural = PuzzleJobConfig(num=10, output="x")
+    names = [s.name for s in puzzle_stages(procedural, Plan.of(procedural), frozenset())]
+    assert names == ["generate", "check", "sink"]
+    both = PuzzleJobConfig(num=10, output="x", teacher_prompts=3)
+    stages = puzzle_stages(both, Plan.of(both), frozenset())
+    assert isinstance(stages[0], UnionStage)
+    assert [[s.name for s in b] for b in stages[0].branches] == [["generate"], ["puzzle_prompts", "puzzle_teacher"]]
+    assert {"fate", "count"} <= set(check_flow(SOURCE, stages))
+
+
+def test_a_union_whose_branch_misses_a_column_is_rejected():
+    from distill_ray.stages import UnionStage
+
+    short = BatchStage("short", reads=("id",), writes={"a": pa.int64()}, fn=lambda b: b)
+    full = BatchStage("full", reads=("id",), writes={"a": pa.int64(), "b": pa.int64()}, fn=lambda b: b)
+    with pytest.raises(ValueError, match="'short' does not write \\['b'\\]"):
+        UnionStage("u", reads=("id",), writes=full.writes, branches=((full,), (short,)))
+
+
+def test_the_teacher_branch_takes_only_prompt_ids_and_generate_only_seeds():
+    from distill_ray.stages.generate import procedural_rows
+    from distill_ray.stages.puzzle_teacher import prompt_rows
+
+    ids = pd.DataFrame({"id": range(12)})
+    seeds = procedural_rows(ids.copy(), ["add_const"], [1], seed=0, chunk_size=5, done=frozenset({1}), num=8)
+    assert sorted(int(i.rsplit("s", 1)[1]) for i in seeds["id"]) == [0, 1, 2, 3, 4]   # 5..7: chunk 1 is done
+    prompts = prompt_rows(ids.copy(), num=8, procedural_chunks=2, prompts_per_chunk=2, done=frozenset({3}))
+    assert prompts["prompt"].tolist() == [0, 1] and prompts["chunk"].tolist() == [2, 2]   # 2, 3: chunk 3 is done

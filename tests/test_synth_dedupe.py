@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 
 from distill_ray.synth.config import Plan
 from distill_ray.synth.dedupe import Deduper, KeyIndex, KeyMaker
-from distill_ray.synth.rows import add_keys, procedural_rows
-from distill_ray.synth.sink import PuzzleSink, rejected_dir
-from distill_ray.synth.teacher import ROW_COLUMNS
+from distill_ray.stages.generate import PUZZLE_COLUMNS, procedural_rows
+from distill_ray.synth.dedupe import add_keys
+from distill_ray.stages.sink import PuzzleSink, rejected_dir
 from distill_ray.tasks import list_families
 
 SAT = "def sat(li: List[int], target=19) -> bool:\n    return len(li) == 3 and sum(li) == target and li[0] > 2"
@@ -56,7 +56,7 @@ def test_key_index_is_exact_across_compactions():
 def rows(ids, chunk, sats, source="teacher") -> pd.DataFrame:
     df = pd.DataFrame([dict(id=i, chunk=chunk, source=source, family=source, difficulty=0, ans_type="List[int]",
                             sat=s, sol="def sol():\n    return [3, 8, 8]", trusted=False, reject="", detail="")
-                       for i, s in zip(ids, sats)], columns=ROW_COLUMNS)
+                       for i, s in zip(ids, sats)], columns=list(PUZZLE_COLUMNS))
     return add_keys(df, scope="teacher", threshold=0.6)
 
 

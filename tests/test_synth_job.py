@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from distill_ray.synth.dedupe import KeyMaker
-from distill_ray.synth.sink import rejected_dir
+from distill_ray.stages.sink import rejected_dir
 
 REPO = Path(__file__).resolve().parents[1]
 NUM, CHUNK = 3000, 300

@@ -10,9 +10,10 @@ import pyarrow.dataset as pads
 import pytest
 
 from distill_ray.synth.config import PuzzleJobConfig
-from distill_ray.synth.rows import PuzzleVerifier, procedural_rows
-from distill_ray.synth.sink import rejected_dir
-from distill_ray.synth.teacher import ROW_COLUMNS, example_pool, parse_pair, prompt_messages
+from distill_ray.stages.check import PuzzleVerifier
+from distill_ray.stages.generate import PUZZLE_COLUMNS, procedural_rows
+from distill_ray.stages.sink import rejected_dir
+from distill_ray.synth.teacher import example_pool, parse_pair, prompt_messages
 from distill_ray.tasks import list_families
 from distill_ray.verify import Check, Verifier
 
@@ -37,7 +38,7 @@ def test_every_teacher_row_gets_a_fate():
     parsed = [parse_pair(t) for t in (GOOD, P3_NAMES, TRIVIAL, WRONG, CUT)]
     batch = pd.DataFrame([dict(id=f"t{i}", chunk=0, source="teacher", family="teacher", difficulty=0,
                                ans_type=a, sat=s, sol=g, trusted=False, reject=r, detail="")
-                          for i, (s, g, a, r) in enumerate(parsed)], columns=ROW_COLUMNS)
+                          for i, (s, g, a, r) in enumerate(parsed)], columns=list(PUZZLE_COLUMNS))
     out = PuzzleVerifier(dict(timeout_s=2.0), workers=1)(batch)
     assert out["reject"].tolist() == ["", "", "trivial", "verify_fail", "missing_sat_or_sol"]
 

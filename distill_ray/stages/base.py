@@ -45,14 +45,15 @@ class Stage:
 
 @dataclass(frozen=True)
 class BatchStage(Stage):
-    kind = "task (Ray Data `map_batches`)"
+    kind = "tasks"
     fn: Callable = None
     fn_kwargs: dict = field(default_factory=dict)
-    batch_size: int | None = None
+    batch_size: int | None = None   # None: one call per block
+    cpus: float | None = None       # logical CPUs per task (None: Ray Data's default, 1)
 
     def apply(self, ds):
         return ds.map_batches(metered(self.fn, self.name), fn_kwargs=self.fn_kwargs, batch_format="pandas",
-                              batch_size=self.batch_size)
+                              batch_size=self.batch_size, num_cpus=self.cpus)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ActorStage(Stage):
     actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    batch_size: int = 8
+    batch_size: int | None = 8      # None: one call per block
     # No restart settings: Ray Data restarts a dead pool actor (killed, OOM-killed, lost node) and retries its
     # batch by default. Setting them explicitly would stop Ray Data from fusing the prompt stage into the
     # teacher actor, and the prompt tasks would then need a CPU of their own (a deadlock on 2 CPUs).
@@ -143,12 +144,17 @@ class UnionStage(Stage):
     """Parallel branches over the same input rows, their outputs unioned (Ray Data ``union``): one teacher
     pool per branch. Each branch's flow is checked like a stage list."""
 
-    kind = "actor pools, one per branch, unioned"
     branches: tuple[tuple[Stage, ...], ...] = field(default_factory=tuple)
+
+    @property
+    def kind(self) -> str:
+        return "union of " + "; ".join(" -> ".join(f"{s.name} ({s.kind})" for s in branch) for branch in self.branches)
 
     def __post_init__(self):
         for branch in self.branches:
-            check_flow(self.reads, list(branch))
+            missing = [c for c in self.writes if c not in check_flow(self.reads, list(branch))]
+            if missing:
+                raise ValueError(f"stage {self.name!r}: a branch ending in {branch[-1].name!r} does not write {missing}")
 
     def apply(self, ds):
         outputs = []

@@ -181,3 +181,32 @@ class Deduper:
     @property
     def nbytes(self) -> int:
         return self.exact.nbytes + self.bands.nbytes
+
+
+def add_keys(batch, scope: str, threshold: float):
+    """Dedupe keys of a frame's live rows: ``exact_key`` always, ``band_keys`` for rows in the near-duplicate
+    scope. Computed where rows are made, before verification: keys of rows that later fail are simply unused."""
+    maker = _maker(threshold)
+    exact, bands = [], []
+    for sat, source, reject in zip(batch["sat"], batch["source"], batch["reject"]):
+        alive = not reject
+        exact.append(maker.exact_key(sat) if alive else 0)
+        bands.append(maker.band_keys(sat) if alive and near_scope(source, scope) else [])
+    batch["exact_key"] = exact
+    batch["band_keys"] = bands
+    return batch
+
+
+_MAKERS: dict = {}
+
+
+def _maker(threshold: float) -> "KeyMaker":
+    """One KeyMaker per process and threshold (building one draws the MinHash permutations)."""
+    if threshold not in _MAKERS:
+        _MAKERS[threshold] = KeyMaker(threshold)
+    return _MAKERS[threshold]
+
+
+def near_scope(source: str, scope: str) -> bool:
+    """Does a row of this source get the near-duplicate check? (``scope``: "teacher" or "all")."""
+    return scope == "all" or source == "teacher"

@@ -1,11 +1,4 @@
-"""``distill-ray puzzles``: the streaming Ray Data job that writes verified, deduplicated puzzles to Parquet.
-
-    ray.data.range(num) seeds --procedural_rows-->  \\
-                                                     union -> PuzzleVerifier (actor pool, sandbox)
-    ray.data.range(M) prompts --TeacherPuzzleActor-> /        -> PuzzleSink (one actor)
-
-Dedupe keys are computed where rows are made (generation tasks, teacher actor), in parallel; the sink only
-looks them up.
+"""``distill-ray puzzles``: runs the puzzle pipeline (``pipelines/puzzles.py``) and reports on it.
 
 The sink deduplicates across the whole job and writes one shard per chunk (``distill_ray.shards``); the driver
 only sums the per-batch counts the sink returns, prints progress, and writes ``DIR.manifest.json`` (parameters,
@@ -16,73 +9,19 @@ same output resumes: chunks whose shard exists are skipped at the source.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import Counter
-from dataclasses import asdict
 
 from distill_ray.shards import Manifest, ShardSet
+from distill_ray.stages.sink import KEPT, rejected_dir
 from distill_ray.synth.config import Plan, PuzzleJobConfig
-from distill_ray.synth.sink import KEPT, rejected_dir
 
 
 def build_dataset(cfg: PuzzleJobConfig, plan: Plan, done: frozenset):
-    """The stages. CPU reservations are logical: actors hold 0.85 CPU in all (verifier 0.25, its sandbox
-    processes are not counted; sink 0.1; teacher 0.5), which leaves a whole CPU for the 1-CPU read+generate
-    tasks (``ray.data.range``'s read tasks take 1 CPU; generation fuses with them), so 2 CPUs never deadlock
-    (more verifier actors, or a teacher with more of them, need more CPUs)."""
-    import ray.data
+    from distill_ray.pipelines.puzzles import SOURCE, puzzle_stages, source
+    from distill_ray.stages import apply_stages
 
-    from distill_ray.synth.rows import PuzzleVerifier, procedural_rows, prompt_rows
-    from distill_ray.synth.sink import PuzzleSink
-
-    families = cfg.families or list(_all_families())
-    parts = []
-    if plan.num:
-        blocks = max(1, min(plan.num // 500, 4 * plan.procedural_chunks))   # ~chunk-aligned blocks, never tiny
-        parts.append(ray.data.range(plan.num, override_num_blocks=blocks).map_batches(
-            procedural_rows, batch_size=None, batch_format="pandas", num_cpus=0.5,
-            fn_kwargs=dict(families=families, difficulties=cfg.difficulties, seed=cfg.seed,
-                           chunk_size=plan.chunk_size, done=done, scope=cfg.near_dup_scope,
-                           threshold=cfg.near_dup_threshold)))
-    if plan.teacher_prompts:
-        parts.append(_teacher_dataset(cfg, plan, done, prompt_rows))
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    limits = dict(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
-    ds = ds.map_batches(PuzzleVerifier, fn_constructor_kwargs=dict(limits=limits, workers=cfg.verify_workers,
-                                                                  trusted_batch=cfg.trusted_batch),
-                        compute=ray.data.ActorPoolStrategy(size=cfg.verify_actors), num_cpus=0.25,
-                        batch_size=cfg.verify_batch, batch_format="pandas")
-    return ds.map_batches(PuzzleSink, fn_constructor_kwargs=dict(output=cfg.output, plan=asdict(plan),
-                                                                  scope=cfg.near_dup_scope,
-                                                                  threshold=cfg.near_dup_threshold),
-                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1, batch_size=None,
-                          batch_format="pandas")
-
-
-def _teacher_dataset(cfg: PuzzleJobConfig, plan: Plan, done: frozenset, prompt_rows):
-    import ray.data
-
-    from distill_ray.synth.teacher import TeacherPuzzleActor
-
-    sampling = dict(n=cfg.teacher_samples, temperature=cfg.teacher_temperature, top_p=0.95,
-                    max_new_tokens=cfg.teacher_max_new_tokens, seed=cfg.seed)
-    prompts = ray.data.range(plan.teacher_prompts).map_batches(
-        prompt_rows, batch_format="pandas",
-        fn_kwargs=dict(procedural_chunks=plan.procedural_chunks, prompts_per_chunk=plan.prompts_per_chunk,
-                       done=done))
-    return prompts.map_batches(
-        TeacherPuzzleActor, fn_constructor_kwargs=dict(model=cfg.teacher_model, sampling=sampling,
-                                                       p3_path=cfg.p3_path, shots=cfg.teacher_shots,
-                                                       seed=cfg.seed, scope=cfg.near_dup_scope,
-                                                       threshold=cfg.near_dup_threshold),
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, batch_size=4, batch_format="pandas")
-
-
-def _all_families():
-    from distill_ray.tasks.families import FAMILIES
-
-    return FAMILIES
+    return apply_stages(source(plan), SOURCE, puzzle_stages(cfg, plan, done))
 
 
 def summarize(output: str, plan: Plan) -> dict:
@@ -104,8 +43,7 @@ def summarize(output: str, plan: Plan) -> dict:
 
 def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
     """Run (or resume) the job; returns the summary written to ``DIR.manifest.json``."""
-    import ray
-    import ray.data
+    from distill_ray.cluster import connect_ray
 
     plan = Plan.of(cfg)
     shards = ShardSet(cfg.output)
@@ -118,11 +56,7 @@ def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
     log(f"[puzzles] {plan.total_rows} rows in {plan.total_chunks} chunks; {len(done)} already written, {todo} to do")
     start, counts = time.perf_counter(), Counter()
     if todo:
-        if not ray.is_initialized():
-            address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-            local = {} if address else dict(num_cpus=cfg.num_cpus, include_dashboard=False)
-            ray.init(address=address, log_to_driver=False, **local)
-        ray.data.DataContext.get_current().enable_progress_bars = False   # our progress line replaces them
+        connect_ray(cfg.ray_address, cfg.num_cpus, progress_bars=False)   # our progress line replaces them
         counts = _drive(build_dataset(cfg, plan, done), cfg, plan, len(done), log)
     seconds = time.perf_counter() - start
     rows_run = sum(n for (fam, fate), n in counts.items() if not fate.startswith("_"))
@@ -170,12 +104,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> PuzzleJobConfig:
-    import yaml
+    from distill_ray.config import apply_override, validate
 
     fields = dict(num=args.num, output=args.output, families=args.families, teacher_prompts=args.teacher_prompts)
     if args.difficulty:
         fields["difficulties"] = args.difficulty
     for item in args.set:
-        key, _, value = item.partition("=")
-        fields[key] = yaml.safe_load(value)
-    return PuzzleJobConfig(**fields)
+        apply_override(fields, item)
+    return validate(PuzzleJobConfig, fields)

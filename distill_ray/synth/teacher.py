@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import ast
 import random
-from dataclasses import asdict
 from pathlib import Path
-
-import pandas as pd
 
 from distill_ray.tasks.p3 import read_p3, reference_of
 
@@ -99,41 +96,3 @@ def parse_pair(completion: str) -> tuple[str, str, str, str]:
     if default_answer(ans_type) is None:
         return sat, sol, ans_type, "unsupported_answer_type"
     return sat, sol, ans_type, ""
-
-
-class TeacherPuzzleActor:
-    """Ray Data actor: teacher prompts (``prompt`` index, ``chunk``) in, ``samples`` candidate rows per prompt out."""
-
-    def __init__(self, model: str, sampling: dict, p3_path: str, shots: int, seed: int, engine: str = "hf",
-                 scope: str = "teacher", threshold: float = 0.85):
-        from distill_ray.teachers import SamplingSettings, make_engine
-
-        self.engine = make_engine(engine, model)
-        self.sampling = SamplingSettings(**sampling)
-        self.pool = example_pool(p3_path)
-        self.shots, self.seed = shots, seed
-        self.scope, self.threshold = scope, threshold
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from distill_ray.teachers import SamplingSettings
-
-        indices = [int(p) for p in batch["prompt"]]
-        prompts = [self.engine.render(prompt_messages(self.pool, p, self.shots, self.seed), RESPONSE_PREFIX)
-                   for p in indices]
-        # Seeded by the batch's first prompt: a rerun of the same chunk samples the same completions.
-        sampling = SamplingSettings(**{**asdict(self.sampling), "seed": self.sampling.seed + indices[0]})
-        generations = self.engine.generate(prompts, sampling) if prompts else []
-        rows = []
-        for p, chunk, gens in zip(indices, batch["chunk"], generations):
-            for k, g in enumerate(gens):
-                sat, sol, ans_type, reject = parse_pair(g.text)
-                rows.append(dict(id=f"teacher/p{p}/k{k}", chunk=int(chunk), source="teacher", family="teacher",
-                                 difficulty=0, ans_type=ans_type, sat=sat, sol=sol, trusted=False, reject=reject,
-                                 detail=g.text[:300] if reject else ""))
-        from distill_ray.synth.rows import add_keys
-
-        return add_keys(pd.DataFrame(rows, columns=ROW_COLUMNS), self.scope, self.threshold)
-
-
-ROW_COLUMNS = ["id", "chunk", "source", "family", "difficulty", "ans_type", "sat", "sol", "trusted", "reject",
-               "detail"]

@@ -1,4 +1,4 @@
-"""The job's one sink actor: deduplicates across the whole job and writes each chunk's shards when it is complete.
+"""sink: the puzzle job's one sink actor, which deduplicates across the whole job and writes each chunk's shards when it is complete.
 
 Every row of a chunk (kept or rejected) reaches the sink, so a chunk is complete when ``Plan.rows_in(chunk)``
 rows have arrived; then its rejected rows go to ``DIR.rejected/part-C.parquet`` and its kept rows to
@@ -13,23 +13,31 @@ the shards already written, so a resumed job never keeps a puzzle twice.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
 from distill_ray.shards import ShardSet
-from distill_ray.synth.config import Plan
-from distill_ray.synth.dedupe import Deduper, KeyMaker
-from distill_ray.synth.rows import near_scope
+from distill_ray.stages.base import ActorStage
+from distill_ray.stages.generate import PUZZLE_COLUMNS, WRITES as ROW_COLUMNS
+from distill_ray.synth.config import Plan, PuzzleJobConfig
+from distill_ray.synth.dedupe import Deduper, KeyMaker, near_scope
 
-OUTPUT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("family", pa.string()),
-                           ("difficulty", pa.int64()), ("ans_type", pa.string()), ("sat", pa.string()),
-                           ("sol", pa.string())])
-REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("family", pa.string()),
-                           ("difficulty", pa.int64()), ("reason", pa.string()), ("detail", pa.string()),
-                           ("sat", pa.string()), ("sol", pa.string())])
+READS = tuple(c for c in ROW_COLUMNS if c not in ("trusted",))
+# The sink turns rows into counts: per batch, how many rows of each family met each fate, and two levels.
+WRITES = {"family": pa.string(), "fate": pa.string(), "count": pa.int64()}
 KEPT = "kept"
+
+
+def _schema(names: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([(n, PUZZLE_COLUMNS.get(n, pa.string())) for n in names])
+
+
+# What the job writes: kept puzzles, and rejected rows with their reason.
+OUTPUT_SCHEMA = _schema(("id", "source", "family", "difficulty", "ans_type", "sat", "sol"))
+REJECT_SCHEMA = _schema(("id", "source", "family", "difficulty", "reason", "detail", "sat", "sol"))
 
 
 def rejected_dir(output: str | Path) -> Path:
@@ -49,7 +57,7 @@ def rebuild(deduper: Deduper, shards: ShardSet, scope: str, threshold: float) ->
 
 
 class PuzzleSink:
-    """Ray Data actor (pool of exactly one): dedupe + shard writing. Returns per-batch counts for progress."""
+    """Dedupe + shard writing, in a pool of exactly one actor. Returns per-batch counts for progress."""
 
     def __init__(self, output: str, plan: dict, scope: str, threshold: float):
         self.plan = Plan(**plan)
@@ -98,3 +106,10 @@ class PuzzleSink:
 def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     columns = list(zip(*rows)) if rows else [[] for _ in schema]
     return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(columns, schema)], schema=schema)
+
+
+def build(cfg: PuzzleJobConfig, plan: Plan) -> ActorStage:
+    return ActorStage("sink", reads=READS, writes=WRITES, cls=PuzzleSink,
+                      init_kwargs=dict(output=cfg.output, plan=asdict(plan), scope=cfg.near_dup_scope,
+                                       threshold=cfg.near_dup_threshold),
+                      actors=1, cpus_per_actor=0.1, batch_size=None)
