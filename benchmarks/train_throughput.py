@@ -71,7 +71,7 @@ def baseline(init_dir: Path, rows: list[dict], steps: int, batch_size: int, sett
 def ray_run(init_dir: Path, data: Path, work: Path, workers: int, args) -> tuple:
     from distill_ray.train import TrainSettings, train_student
 
-    settings = TrainSettings(num_workers=workers, cpus_per_worker=min(0.5, 1.6 / workers),
+    settings = TrainSettings(workers=workers, cpus_per_worker=min(0.5, 1.6 / workers),
                              zero_stage=args.zero_stage, batch_size=args.global_batch // workers, lr=1e-3,
                              max_steps=args.steps, epochs=1, log_every=0)
     result = train_student(init_dir, data, work / f"student-{workers}", settings)

@@ -116,7 +116,8 @@ class TrainConfig(Section):
                                          "storing them (large students: less memory, ~30% more compute).")
     storage_path: str | None = Field(None, description="Ray Train storage for checkpoints; on a multi-node "
                                      "cluster a path every node shares (NFS, s3://...). Null: under output_dir.")
-    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: plain data parallel; 3 "
+                                            "partitions the weights too).")
     epochs: int = Field(3, ge=1, description="Passes over the verified samples.")
     batch_size: int = Field(4, ge=1, description="Micro-batch per worker.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")

@@ -240,20 +240,11 @@ def build_student_init(cfg: RunConfig, out: Path) -> Path:
 
 
 def train_settings(cfg: RunConfig, teacher_dir: Path | None = None, **changes) -> "TrainSettings":
-    """The trainer's settings from ``train`` (``changes`` override single fields)."""
+    """The trainer's settings: ``train``, the run's seed and teacher (``changes`` override single fields)."""
     from distill_ray.train import TrainSettings
 
-    t = cfg.train
-    fields = dict(num_workers=t.workers, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
-                  zero_stage=t.zero_stage, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum,
-                  lr=t.lr, warmup_steps=t.warmup_steps, max_length=t.max_length, seed=cfg.seed,
-                  max_steps=t.max_steps, objectives=dict(t.objectives),
-                  teacher_dir=str(teacher_dir) if teacher_dir else None, kd_temperature=t.kd_temperature,
-                  swing_max_temperature=t.swing_max_temperature, swing_noise=t.swing_noise,
-                  privacy_patterns=list(t.privacy_patterns), privacy_scorer=t.privacy_scorer,
-                  privacy_terms=list(t.privacy_terms), icl_shots=t.icl_shots,
-                  gradient_checkpointing=t.gradient_checkpointing, storage_path=t.storage_path)
-    return TrainSettings(**{**fields, **changes})
+    return TrainSettings(**{**cfg.train.model_dump(), "seed": cfg.seed,
+                            "teacher_dir": str(teacher_dir) if teacher_dir else None, **changes})
 
 
 def same_vocabulary_teachers(cfg: RunConfig, student_dir: Path) -> dict[str, Path]:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from distill_ray.cli import config_from_args, parser
@@ -87,3 +89,17 @@ def test_two_teacher_config_validates():
     cfg = load_config(REPO / "configs" / "two_teachers.yaml")
     assert [(t.name, t.model, t.prompt_style, t.samples) for t in cfg.teacher_list()] == [
         ("smollm2", "smollm2", "chat", 4), ("gemma3", "gemma3", "plain", 4)]
+
+
+def test_the_trainer_settings_are_the_train_section_plus_the_run_s_own():
+    from distill_ray.config import TrainConfig
+    from distill_ray.train import TrainSettings
+    from distill_ray.workflow import train_settings
+
+    # One source of defaults: the trainer's settings extend the config section instead of mirroring it.
+    assert all(TrainSettings.model_fields[name].default == field.default
+               for name, field in TrainConfig.model_fields.items())
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["train.epochs=5", "train.max_length=200", "seed=7"])
+    settings = train_settings(cfg, teacher_dir=Path("/t"), lr=0.5)
+    assert (settings.epochs, settings.max_length, settings.seed, settings.teacher_dir, settings.lr) == (5, 200, 7, "/t", 0.5)
+    assert settings.model_dump(include=set(TrainConfig.model_fields)) == {**cfg.train.model_dump(), "lr": 0.5}

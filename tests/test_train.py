@@ -150,7 +150,7 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
 
     from distill_ray.train import train_student
 
-    settings = TrainSettings(num_workers=2, zero_stage=2, epochs=3, batch_size=4, lr=3e-3, log_every=0)
+    settings = TrainSettings(workers=2, zero_stage=2, epochs=3, batch_size=4, lr=3e-3, log_every=0)
     result = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "student", settings)
 
     # 32 rows split over 2 workers, 4 per micro-batch: 4 optimizer steps per epoch.
@@ -177,7 +177,7 @@ def test_zero3_run_resumes_after_a_worker_failure(ray_cluster, tiny_dir, tmp_pat
 
     from distill_ray.train import train_student
 
-    settings = TrainSettings(num_workers=2, zero_stage=3, epochs=2, batch_size=4, lr=3e-3, log_every=0,
+    settings = TrainSettings(workers=2, zero_stage=3, epochs=2, batch_size=4, lr=3e-3, log_every=0,
                              checkpoint_every=2, max_failures=1, fail_at_step=3)
     result = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "student", settings)
 
@@ -206,7 +206,7 @@ def test_accumulation_weighs_every_target_token_the_same(ray_cluster, tiny_dir, 
 
     from distill_ray.train import train_student
 
-    common = dict(num_workers=1, zero_stage=2, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
+    common = dict(workers=1, zero_stage=2, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
     whole = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "whole",
                           TrainSettings(batch_size=4, grad_accum=1, **common))
     accumulated = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "accumulated",
@@ -229,7 +229,7 @@ def test_healing_makes_a_cut_student_a_language_model_again(ray_cluster, teacher
     from distill_ray.train.heal import general_text_rows, heal_student
 
     cut = build_student(teacher_dir, tmp_path / "cut", num_layers=4)
-    settings = TrainSettings(num_workers=2, zero_stage=2, batch_size=2, lr=5e-4, log_every=0, max_length=128)
+    settings = TrainSettings(workers=2, zero_stage=2, epochs=1, batch_size=2, lr=5e-4, log_every=0, max_length=128)
     healed = heal_student(cut, teacher_dir, tmp_path / "healed", steps=6, settings=settings)
     held_out = general_text_rows(8, chars=300, seed=12345)
     before, after = _mean_nll(cut, held_out), _mean_nll(healed, held_out)

@@ -201,7 +201,7 @@ def test_each_objective_trains_on_two_ray_train_workers(ray_cluster, tiny_dirs, 
         rows = [{k: v for k, v in row.items() if k != "teacher_topk"} for row in rows]
     # swing's private tokens train at T up to 8, where a weight update moves logits/T slowly: more steps.
     epochs, fall = (6, 0.97) if "swing" in objectives else (4, 0.9)
-    settings = TrainSettings(num_workers=2, zero_stage=2, epochs=epochs, batch_size=4, lr=1e-2, log_every=0,
+    settings = TrainSettings(workers=2, zero_stage=2, epochs=epochs, batch_size=4, lr=1e-2, log_every=0,
                              objectives=objectives, teacher_dir=str(teacher_dir), icl_shots=2)
     result = train_student(student_dir, ray.data.from_items(rows), tmp_path / "student", settings)
 

@@ -3,49 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+
+from distill_ray.config import TrainConfig
 
 
-@dataclass
-class TrainSettings:
-    num_workers: int = 2
-    cpus_per_worker: float = 0.5      # fractional: a pool that takes every CPU starves Ray Data's read tasks and hangs
-    use_gpu: bool = False
-    zero_stage: int = 2               # 0 (plain data parallel), 1, 2 or 3
-    epochs: int = 1
-    batch_size: int = 4                # per worker micro-batch
-    grad_accum: int = 1                # micro-batches per optimizer step (an epoch's last step may have fewer)
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0         # 0 disables clipping
-    max_length: int = 512              # prompt+target tokens; longer rows truncated from the left of the prompt (keep target)
-    seed: int = 0
-    max_steps: int | None = None
-    storage_path: str | None = None    # Ray Train storage (checkpoints); default under output_dir
-    max_failures: int = 0
-    # --- additions ---
-    # objective name -> weight (objectives.OBJECTIVES); the loss is the weighted sum of the terms
-    objectives: dict = field(default_factory=lambda: {"sft": 1.0})
-    teacher_dir: str | None = None     # HF teacher loaded in each worker for kd/swing rows without teacher_topk
-    kd_temperature: float = 2.0        # T of kd (and swing's temperature on non-private tokens)
-    swing_max_temperature: float = 8.0  # swing's temperature on surely-private tokens (privacy score 1)
-    swing_noise: float = 1.0           # std of the Gaussian noise swing adds to teacher logits
-    privacy_scorer: str = "regex"      # privacy.SCORERS: "regex", "list" or "likelihood" (swing's token scores)
-    privacy_patterns: list = field(default_factory=list)  # extra regexes the regex scorer treats as private
-    privacy_terms: list = field(default_factory=list)     # exact strings the list scorer treats as private
-    icl_shots: int = 2                 # demonstrations per icl input (other rows of the micro-batch)
-    lr_schedule: str = "constant"      # after warmup: "constant", "linear" or "cosine" (decay to 0 at the last step)
-    weight_decay: float = 0.0
-    bf16: bool | None = None           # None: bf16 on GPU, fp32 on CPU
-    gradient_checkpointing: bool = False  # recompute activations in backward (large students on small GPUs)
-    checkpoint_every: int | None = None  # optimizer steps between checkpoints; None: only the final one
-    keep_checkpoints: int = 2          # Ray Train CheckpointConfig.num_to_keep
-    log_every: int = 10                # rank 0 prints progress every this many steps (0: never)
-    run_name: str | None = None        # Ray Train run name; reusing one in the same storage resumes that run
-    torch_threads: int | None = None   # torch threads per worker (Ray Train's default is 1)
-    prefetch_batches: int = 4          # Ray Data chunks each worker prefetches (hides per-block fetch latency)
-    shuffle_buffer: int = 10_000       # rows each worker permutes at a time, seeded per epoch (0: split order)
-    deepspeed: dict = field(default_factory=dict)  # extra DeepSpeed config keys, merged over ours
-    fail_at_step: int | None = None    # testing fault tolerance: raise once after this step (not after a resume)
+class TrainSettings(TrainConfig):
+    """One training run: every ``train.*`` field of the run config (its defaults are defined there, once), plus
+    what the run decides (seed, teacher) and the trainer's own knobs, which the run config does not expose."""
+
+    seed: int = Field(0, description="Seeds the shuffle and the noise of swing.")
+    teacher_dir: str | None = Field(None, description="HF teacher loaded in each worker for kd/swing rows without "
+                                    "stored top-k.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: none).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="After warm-up; linear "
+                                                                  "and cosine decay to 0 at the last step.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    bf16: bool | None = Field(None, description="None: bf16 on GPU, fp32 on CPU.")
+    max_failures: int = Field(0, ge=0, description="Ray Train worker-group restarts from the last checkpoint.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Optimizer steps between checkpoints (None: "
+                                         "only the final one).")
+    keep_checkpoints: int = Field(2, ge=1, description="Ray Train CheckpointConfig.num_to_keep.")
+    log_every: int = Field(10, ge=0, description="Rank 0 prints progress every this many steps (0: never).")
+    run_name: str | None = Field(None, description="Ray Train run name; reusing one in the same storage resumes "
+                                 "that run.")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (Ray Train's default: 1).")
+    prefetch_batches: int = Field(4, ge=0, description="Ray Data chunks each worker prefetches.")
+    shuffle_buffer: int = Field(10_000, ge=0, description="Rows each worker permutes at a time, seeded per epoch "
+                                "(0: split order).")
+    deepspeed: dict = Field({}, description="Extra DeepSpeed config keys, merged over ours.")
+    fail_at_step: int | None = Field(None, description="Testing fault tolerance: raise once after this step (not "
+                                     "after a resume).")
 
 
 @dataclass

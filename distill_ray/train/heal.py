@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import sysconfig
-from dataclasses import replace
 from pathlib import Path
 
 from distill_ray.train.config import TrainSettings
@@ -40,10 +39,10 @@ def heal_student(cut_dir: str | Path, full_dir: str | Path, out_dir: str | Path,
 
     from distill_ray.train.trainer import train_student
 
-    rows_needed = steps * settings.batch_size * settings.num_workers * settings.grad_accum
-    heal_settings = replace(settings, objectives={"kd": 1.0}, teacher_dir=str(full_dir), max_steps=steps,
-                            epochs=1, kd_temperature=1.0, checkpoint_every=None, lr_schedule="constant",
-                            max_length=min(settings.max_length, 256), run_name=None)
+    rows_needed = steps * settings.batch_size * settings.workers * settings.grad_accum
+    heal_settings = settings.model_copy(update=dict(
+        objectives={"kd": 1.0}, teacher_dir=str(full_dir), max_steps=steps, epochs=1, kd_temperature=1.0,
+        checkpoint_every=None, lr_schedule="constant", max_length=min(settings.max_length, 256), run_name=None))
     rows = general_text_rows(rows_needed, seed=settings.seed)
     train_student(cut_dir, ray.data.from_items(rows), out_dir, heal_settings)
     return Path(out_dir)

@@ -119,7 +119,7 @@ def lr_lambda(settings: TrainSettings, total_steps: int | None):
 def train_loop_per_worker(config: dict) -> dict:
     import ray.train
 
-    settings = TrainSettings(**config["settings"])
+    settings = TrainSettings.model_validate(config["settings"])
     _configure_process(settings, config.get("torch_extensions_dir"))
     rank = ray.train.get_context().get_world_rank()
 

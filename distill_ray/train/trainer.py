@@ -47,7 +47,7 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
         resumed_from=list(metrics.get("resumed_from", [])), peak_rss_mb=metrics.get("peak_rss_mb", 0.0),
     )
     (output_dir / RESULT_FILE).write_text(json.dumps(
-        {"init_dir": str(init_dir), "settings": asdict(settings), "result": asdict(train_result)}, indent=2))
+        {"init_dir": str(init_dir), "settings": settings.model_dump(), "result": asdict(train_result)}, indent=2))
     return train_result
 
 
@@ -62,7 +62,7 @@ def split_for_workers(dataset, settings: TrainSettings) -> list:
     ordered = keyed.sort(ORDER_COLUMN).drop_columns([ORDER_COLUMN])
     # Without it the map after the sort hands blocks on in completion order, undoing the sort.
     ordered.context.execution_options.preserve_order = True
-    return ordered.materialize().split(settings.num_workers, equal=True)
+    return ordered.materialize().split(settings.workers, equal=True)
 
 
 ORDER_COLUMN = "_distill_order"
@@ -89,12 +89,12 @@ def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: Trai
         train_loop_per_worker,
         train_loop_config={
             "init_dir": str(init_dir),
-            "settings": asdict(settings),
+            "settings": settings.model_dump(),
             "total_steps": _total_steps(splits, settings),
             # Workers started by an existing cluster may not inherit it; the op build is reused through it.
             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
         },
-        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
