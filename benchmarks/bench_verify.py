@@ -15,11 +15,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from verify_throughput import bench_exec, bench_ours, make_checks, program  # noqa: E402
+from benchmarks.verify_throughput import bench_exec, bench_ours, make_checks, program
 
 HEAVY_LOOPS = 600_000  # about 50 ms of CPU per candidate on this machine
 

@@ -13,18 +13,16 @@ while each stage runs, and writes ``bench.json``, ``bench.md`` and ``bench.png``
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 from distill_ray.markdown import table
 
-REPO = Path(__file__).resolve().parents[1]
 # stage -> script in benchmarks/ (the scripts are the implementation; this is only the harness)
 STAGES = {"teacher": "teacher_throughput", "verify": "verify_throughput", "vote": "vote_throughput",
           "puzzles": "puzzles_scale", "train": "train_throughput"}
@@ -35,14 +33,10 @@ PROCESS_KINDS = (("teacher actor", "TeacherActor"), ("verifier actor", "Verifier
 
 
 def load_benchmark(stage: str):
+    """The stage's module of the ``benchmarks`` package (installed beside ``distill_ray``)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    path = REPO / "benchmarks" / f"{STAGES[stage]}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks.{STAGES[stage]}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{STAGES[stage]}")
 
 
 class ResourceSampler:
