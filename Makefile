@@ -48,7 +48,7 @@ setup-vllm: setup
 	bash scripts/setup_vllm.sh
 
 test-vllm: setup-vllm
-	$(PY) -m pytest -q -ra tests/test_vllm_engine.py
+	$(PY) -m pytest -q -ra tests/teachers/test_vllm_engine.py
 
 bench: setup
 	$(VENV)/bin/distill-ray bench --output outputs/bench

@@ -30,7 +30,7 @@ seeded generator for a partially prefilled request: ``CPU Generator does not use
 
 This module imports without vLLM; everything around the call, the sampling mapping (``sampling_params``) and
 the conversion of vLLM's output objects into our ``Generation`` (``generations_from_output``), is plain code,
-unit-tested with stand-in output objects; ``tests/test_vllm_engine.py`` runs the real engine from
+unit-tested with stand-in output objects; ``tests/teachers/test_vllm_engine.py`` runs the real engine from
 ``.venv-vllm``.
 
 Why not Ray's ``ray.data.llm`` vLLM processor (``vLLMEngineProcessorConfig`` + ``build_processor``)?

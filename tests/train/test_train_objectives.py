@@ -126,7 +126,7 @@ def test_batch_places_stored_topk_on_target_tokens(tokenizer):
             assert batch["topk_ids"][row, first + j, :len(pairs)].tolist() == [p[0] for p in pairs]
     assert batch["topk_logprobs"][0, first_of(labels, 0) + 1, 1] == float("-inf")
     # privacy: only target tokens are scored; "42" matches the user's pattern (the default scorer leaves
-    # short numbers alone: tests/test_privacy.py).
+    # short numbers alone: tests/train/test_privacy.py).
     private = batch["privacy"][1][labels[1] != IGNORE_INDEX].tolist()
     assert private[0] == 0.0 and max(private) == 1.0
     assert (batch["privacy"][labels == IGNORE_INDEX] == 0).all()

@@ -19,7 +19,7 @@ import pytest
 from distill_ray.resumable import row_params, run_in_shards
 from distill_ray.shards import Manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM_TRAIN, SAMPLES, CHUNK = 8, 2, 4
 
 

@@ -1,6 +1,6 @@
 """Engine plumbing every engine shares (stats, logprob shape, provenance rows), the vLLM conversion on
 stand-in vLLM output objects, and the vLLM engine itself where vLLM is installed in this interpreter (the CPU
-build in .venv-vllm, run from a child process: tests/test_vllm_engine.py)."""
+build in .venv-vllm, run from a child process: tests/teachers/test_vllm_engine.py)."""
 
 import importlib.util
 import json

@@ -17,7 +17,7 @@ import pytest
 from distill_ray.synth.dedupe import KeyMaker
 from distill_ray.stages.sink import rejected_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM, CHUNK = 3000, 300
 
 

@@ -104,7 +104,7 @@ def test_puzzle_hash_seed_independent():
     """String seeds go through SHA-512, so another interpreter (other PYTHONHASHSEED) gives the same puzzle."""
     code = "from distill_ray.tasks import generate_puzzle; print(generate_puzzle('repeat_str', 5, 3).sat)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123"}, cwd=Path(__file__).resolve().parents[1])
+                         env={"PYTHONHASHSEED": "123"}, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == generate_puzzle("repeat_str", 5, 3).sat
 
 

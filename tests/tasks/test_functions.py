@@ -90,7 +90,7 @@ def test_the_teacher_is_evaluated_on_humaneval_and_generates_on_mbpp(ray_cluster
     import pyarrow.parquet as pq
 
     from distill_ray import workflow
-    from tests.test_end_to_end import small_config
+    from tests.pipelines.test_end_to_end import small_config
 
     cfg = small_config(tmp_path / "he", **{"task.source": "humaneval", "task.path": str(shared_data / "humaneval"),
                                           "eval.max_new_tokens": 32})
