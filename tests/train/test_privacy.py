@@ -17,15 +17,6 @@ CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from distill_ray.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("smollm2"))
-
-
-@pytest.fixture(scope="module")
 def tiny(tokenizer, tmp_path_factory):
     """A tiny random llama with the real SmolLM2 tokenizer."""
     from transformers import AutoModelForCausalLM

@@ -28,13 +28,6 @@ def teacher_dir():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(teacher_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(teacher_dir)
-
-
-@pytest.fixture(scope="module")
 def tiny_dir(teacher_dir, tmp_path_factory):
     """A 3.3M-parameter random llama with the real SmolLM2 tokenizer."""
     return build_student_from_config(teacher_dir, tmp_path_factory.mktemp("tiny"), hidden_size=64, num_layers=2)

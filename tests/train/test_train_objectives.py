@@ -82,15 +82,6 @@ def test_swing_temperature_rises_with_privacy_and_noise_is_seeded():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from distill_ray.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("smollm2"))
-
-
-@pytest.fixture(scope="module")
 def tiny_dirs(tokenizer, tmp_path_factory):
     """Two tiny random llamas with the real SmolLM2 tokenizer: a student and a (different) teacher."""
     from distill_ray.models import resolve_model
