@@ -1,35 +1,10 @@
 """The forker's batched path for p3/gsm8k: a zygote forks the candidates, the forker watches them.
 
 (Where the C helper is loaded and no check of the batch needs a fresh judge, watching_zygote.py runs it instead:
-there the zygote watches too, and a trusted check costs ~0.72 ms of CPU, 63 page faults per candidate. This
-module is the path for untrusted sats, and without the helper; the history below is this path's.)
+there the zygote watches too. This module is the path for untrusted sats, and without the helper. Why the work
+is split this way, with the measurements behind it: docs/verify-performance.md.)
 
-Where the time goes (trusted-sat P3 checks, 2 workers, CPU per check summed over all processes, measured with a
-per-process-kind breakdown on this 2-core machine, which another job kept loaded): ~2.05 ms before this layout
-was tuned, ~1.2-1.5 ms now (benchmarks/verify_throughput.py, same run: 1.98 -> 1.30 ms; untrusted sat 3.94 ->
-2.42 ms). Most of it is the kernel's fork/exit and copy-on-write page faults (~2-3 us each): after a fork *every*
-page either process writes is copied once more, and an exiting child unmaps everything. (One thing got dearer:
-an untrusted sat's judge now gets the answer over a pipe, not in forked memory, so a 1.2 MB answer costs ~10%
-more CPU than before; trusted sats with such answers ~13% less.)
-
-| process | before | now |
-|---|---|---|
-| candidate (fork return, sandbox entry, program, answer, exit) | 0.92 ms, 224 faults | 0.64-0.75 ms, ~140 faults |
-| zygote (fork syscall + its loop between forks) | 0.42 ms, 82 faults | 0.19-0.25 ms, ~9 faults (C loop) |
-| forker (watching, killing, cleaning up, replies) | 0.30 ms | 0.25-0.29 ms |
-| persistent judge / worker / Verifier | 0.14 / 0.17 / 0.10 ms | 0.07 / 0.08 / 0.02 ms |
-
-What a fork copies and an exit unmaps is the forker's memory, i.e. the worker's as it was at start-up: its page
-table entries (~6 MB of anonymous memory) and its ~110 memory mappings (~5 per loaded C module or library). So
-the worker runs without `site` (-S, see pool.py: the .pth files of a big environment import pathlib, urllib, ...)
-and imports nothing candidates do not need (no tempfile or shutil, which load zlib, bz2 and lzma; no ast): 7.6 ->
-6.1 MB, 147 -> ~110 mappings, and per trusted check zygote 0.22 -> 0.19 ms, candidate 0.68 -> 0.64 ms, whole
-check 1.34 -> 1.27 ms (same loaded machine, A/B interleaved; untrusted 2.65 -> 2.43 ms). (Tried, no better:
-giving the library code mappings an anonymous page so that fork copies their page table entries too, which would
-save a candidate its ~40 faults on library code: copying and unmapping them all costs more, 1.24 -> 1.33 ms;
-malloc_trim in the forker: frees nothing.)
-
-Hence: the forking is done by a zygote, forked from the forker once per batch, whose loop between forks is a
+The forking is done by a zygote, forked from the forker once per batch, whose loop between forks is a
 few syscalls (fork, report the pid, reap, report the status; in C where the helper could be built, native.py,
 else ~50 faults of Python per fork); the forker does all the watching and, no longer forking per check, keeps
 its pages its own. Everything the zygote and the candidates need is made before the zygote is forked: the

@@ -1,9 +1,8 @@
 """Optional C helper (zygote.c) for the zygotes' fork loops and sandbox entry; without a C compiler, pure Python.
 
-Why: after each fork every page either process writes is copied (~4 us each here, freeing included). The
-zygote's Python loop writes ~50 pages per fork (frames, reference counts, ctypes' call machinery); as C it
-writes ~10, and the zygote's CPU per trivial check fell from ~0.30-0.36 to ~0.22-0.25 ms (whole check: 1.44-1.50
--> 1.24-1.41 ms, measured A/B interleaved).
+Why: after each fork every page either process writes is copied. The zygote's Python loop writes ~50 pages per
+fork (frames, reference counts, ctypes' call machinery); as C it writes ~10 (measurements:
+docs/verify-performance.md).
 
 - `zygote_loop` is `batch._zygote` + `sandbox.enter` step for step (same syscalls, same order, same wire format);
   a candidate whose sandbox entry fails exits with status 70 before any Python runs, as in `sandbox.fork_planned`.
@@ -12,10 +11,10 @@ writes ~10, and the zygote's CPU per trivial check fell from ~0.30-0.36 to ~0.22
   meanwhile passes the zygote's records on to the worker, in C too.
 - `fork_enter` is fork + `sandbox.enter` alone, for the other sandboxed forks (judges) where the plan allows it.
 - A candidate's small allocations go to memory its zygote reserved untouched (a wrapper around CPython's
-  allocator, see zygote.c): -0.05 ms per trusted check (A/B interleaved, 1.08 -> 1.03 ms).
+  allocator, see zygote.c).
 - Built with Python's headers (else without these, and Python does them): a trusted-path candidate's program is
-  run and its answer encoded in C (`run_program`, `put_plain`: 1.03 -> 0.72 ms with the steps between), and
-  random's generator advanced (`random_skip`, checked against getrandbits first).
+  run and its answer encoded in C (`run_program`, `put_plain`), and random's generator advanced (`random_skip`,
+  checked against getrandbits first).
 Set DISTILL_RAY_VERIFY_NATIVE=0 to use the pure-Python path.
 
 The shared object is built once per source version into a private cache dir (mode 0700, owned by us: nobody

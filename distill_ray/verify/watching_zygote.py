@@ -8,7 +8,7 @@ a zygote that never runs Python: it does all of that itself, step for step as ba
 record per check (records.py) to a log it shares with the forker. A candidate returns into Python only to run
 its own program: C execs the precompiled code in a copy of the namespace, calls the entry function and encodes
 the answer or the exception (zygote.c: run_program, put_plain); Python glue around it wrote ~30 pages per
-candidate, i.e. ~30 page copies (per trusted check 0.84 -> 0.72 ms of CPU, A/B interleaved). The forker, in C
+candidate, i.e. ~30 page copies (docs/verify-performance.md). The forker, in C
 as well until the zygote exits, only passes the log's new bytes on to the worker, as they are, a few records
 per message: it writes nearly nothing the zygote shares.
 

@@ -133,3 +133,47 @@ def test_c_random_skip_is_getrandbits():
         lib.random_skip(ours, words)
         theirs.getrandbits(32 * words)
         assert [ours.random() for _ in range(3)] == [theirs.random() for _ in range(3)], words
+
+
+def _corpus() -> list[Check]:
+    """Every family's puzzle with its solution and a wrong answer (trusted and untrusted sat), GSM8K programs,
+    assert tests, and the ways a candidate ends without an answer: what both paths must judge alike."""
+    from distill_ray.tasks import generate_puzzle, list_families
+
+    checks = []
+    for i, family in enumerate(list_families()):
+        p = generate_puzzle(family, seed=i, difficulty=1 + i % 3)
+        for program in (p.sol, "def sol():\n    return None\n"):
+            checks.append(Check("p3", program, sat=p.sat, ans_type=p.ans_type, trusted_sat=bool(i % 2)))
+    checks += [Check("gsm8k", f"def solution():\n    return {n} * 3\n", expected=30) for n in (10, 11)]
+    checks += [Check("asserts", "def add(a, b):\n    return a + b\n", tests="assert add(2, 3) == 5\n"),
+               Check("asserts", "def add(a, b):\n    return a - b\n", tests="assert add(2, 3) == 5\n"),
+               Check("gsm8k", "def solution():\n    raise ValueError('no')\n", expected=1),
+               Check("gsm8k", "def solution():\n    return 'x' * (1 << 40)\n", expected=1),
+               Check("gsm8k", "def solution(:\n", expected=1),
+               Check("gsm8k", "import sys\ndef solution():\n    sys.exit(3)\n", expected=1),
+               Check("p3", "def sol():\n    return 3\n", sat=SAT, ans_type="str")]
+    return checks
+
+
+def test_the_python_and_native_paths_agree_check_for_check(monkeypatch):
+    from distill_ray.tasks import list_families
+
+    """The conformance test: one corpus through the pure-Python path and through the C helper (and, for the
+    batches without a fresh judge, the watching zygote); every verdict's status, pass and answer must agree."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: only the pure-Python path exists here")
+    corpus, results = _corpus(), {}
+    for mode in ("python", "native"):
+        if mode == "python":
+            monkeypatch.setenv("DISTILL_RAY_VERIFY_NATIVE", "0")
+        else:
+            monkeypatch.delenv("DISTILL_RAY_VERIFY_NATIVE", raising=False)
+        monkeypatch.setattr(pool, "_NATIVE", [])
+        with Verifier(SandboxLimits(timeout_s=3), workers=2) as v:
+            assert v.protections["native_fork"].startswith("on" if mode == "native" else "off")
+            results[mode] = [(x.status, x.passed, x.answer) for x in v.verify(corpus)]
+    disagree = [(c.kind, c.program[:40], p, n) for c, p, n in zip(corpus, results["python"], results["native"]) if p != n]
+    assert not disagree, disagree
+    assert {s for s, _, _ in results["native"]} == {"pass", "fail", "error", "memory"}
+    assert sum(p for _, p, _ in results["native"]) == len(list_families()) + 2   # every solution, add, 10 * 3
