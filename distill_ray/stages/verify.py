@@ -3,9 +3,6 @@ actor. Each row carries its own check, so anyone can re-run it from the row alon
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 import pandas as pd
 import pyarrow as pa
 
@@ -29,12 +26,7 @@ class VerifierActor:
         self.verifier = Verifier(SandboxLimits(**limits), workers=workers)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        checks = [row_check(row) for row in batch.itertuples(index=False)]
-        unlabelled = [c.kind == "gsm8k" and c.expected is None for c in checks]
-        # No expected number: run the program against a placeholder and keep only its answer (the vote
-        # decides these rows); the placeholder's verdict is discarded below.
-        checks = [replace(c, expected=0.0) if u else c for c, u in zip(checks, unlabelled)]
-        verdicts = [unlabelled_verdict(v) if u else v for v, u in zip(self.verifier.verify(checks), unlabelled)]
+        verdicts = self.verifier.verify([row_check(row) for row in batch.itertuples(index=False)])
         batch["passed"] = [v.passed for v in verdicts]
         batch["status"] = [v.status for v in verdicts]
         batch["answer"] = [v.answer for v in verdicts]
@@ -43,27 +35,17 @@ class VerifierActor:
         return batch
 
 
-def unlabelled_verdict(verdict):
-    """An unlabelled gsm8k row: status ``answered`` with the number it returned, never passed; a program
-    that returned no finite number keeps its error/fail status and has no answer."""
-    try:
-        number = float(verdict.answer) if verdict.status in ("pass", "fail") and verdict.answer else None
-    except ValueError:
-        number = None
-    if number is not None and math.isfinite(number):
-        return replace(verdict, passed=False, status="answered", detail="no expected answer: answer recorded")
-    return replace(verdict, passed=False, answer=None)
-
-
 def row_check(row):
-    """The self-contained check of a dataset row."""
+    """The self-contained check of a dataset row. An unlabelled GSM8K row (no expected number) records the
+    number its program returns (status ``answered``): the vote decides those rows."""
     from distill_ray.verify import Check
 
     expected = None if pd.isna(row.expected) else float(row.expected)  # None, NaN or pd.NA: no number
     # sat from our puzzle families or real P3 is curated, not model-written: judged in a persistent process
     trusted = getattr(row, "source", None) in TRUSTED_SAT_SOURCES
     return Check(kind=row.kind, program=row.program, sat=row.sat, ans_type=row.ans_type, expected=expected,
-                 tests=row.tests, entry_point=row.entry_point, trusted_sat=trusted)
+                 tests=row.tests, entry_point=row.entry_point, trusted_sat=trusted,
+                 record_answer=row.kind == "gsm8k" and expected is None)
 
 
 def build(verify: VerifyConfig) -> ActorStage:

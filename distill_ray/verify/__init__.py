@@ -72,6 +72,8 @@ Statuses
   returned something that is not plain data (e.g. an object with a lying ``__eq__``), or a harness problem.
 - ``invalid``: the check itself is malformed (unknown kind, missing sat/expected/tests, unsupported ans_type,
   sat that does not define ``sat``).
+- ``answered``: a gsm8k check with ``record_answer`` and no expected number returned a finite number (``answer``);
+  there is nothing to judge it against, so it never passes (the pipeline's vote decides such rows).
 """
 
 from typing import TYPE_CHECKING

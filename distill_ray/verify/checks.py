@@ -117,12 +117,16 @@ def number_text(value) -> str:
     return answer_text(value)
 
 
-def gsm8k_judge(value, expected: float) -> dict:
+def gsm8k_judge(value, expected: float | None) -> dict:
+    """``expected`` None (a check with ``record_answer``): a finite number is recorded as ``answered``; anything
+    else fails without an answer."""
     answer = number_text(value)
     if type(value) not in (int, float):
-        return verdict("fail", f"answer is a {type(value).__name__}, not an int or float", answer)
+        return verdict("fail", f"answer is a {type(value).__name__}, not an int or float", None if expected is None else answer)
     if type(value) is float and not math.isfinite(value):
-        return verdict("fail", f"answer {value!r} is not finite", answer)
+        return verdict("fail", f"answer {value!r} is not finite", None if expected is None else answer)
+    if expected is None:
+        return verdict("answered", "no expected answer: answer recorded", answer)
     if type(value) is int and float(expected).is_integer():
         equal = value == int(expected)
     else:
@@ -286,8 +290,10 @@ class CheckRunner:
                 raise Invalid("p3 check without sat")
             return parse_type(check.get("ans_type") or ans_type_of(check["sat"]))
         expected = check.get("expected")
+        if expected is None and check.get("record_answer") is True:
+            return None
         if type(expected) not in (int, float) or not math.isfinite(expected):
-            raise Invalid("gsm8k check without a finite expected number")
+            raise Invalid("gsm8k check without a finite expected number (or record_answer)")
         return expected
 
     def _judge_reply(self, check: dict, prep, reply: dict):

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 KINDS = ("p3", "gsm8k", "asserts")
 MAX_TIMEOUT_S = 600.0   # largest per-check timeout_s accepted
-STATUSES = ("pass", "fail", "timeout", "error", "memory", "invalid")
+STATUSES = ("pass", "fail", "timeout", "error", "memory", "invalid", "answered")
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,9 @@ class Check:
     sat: str = ""                   # p3: source of `def sat(x: T, ...)`
     ans_type: str = ""              # p3: "int", "List[int]", ...; empty: taken from sat's first annotation
     expected: float | None = None   # gsm8k: the expected number
+    # gsm8k without an expected number: run the program and record the number it returns (status "answered",
+    # never passed); the caller decides by other means (a vote) whether it is right.
+    record_answer: bool = False
     tests: str = ""                 # asserts: assert lines, or HumanEval's `def check(candidate): ...`
     entry_point: str = ""           # asserts: if set, `check(<entry_point>)` runs after the tests code
     timeout_s: float | None = None  # this check's wall-clock limit; None: the Verifier's SandboxLimits.timeout_s

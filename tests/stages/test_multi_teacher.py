@@ -127,20 +127,6 @@ def test_two_teachers_are_two_pools_between_one_prompt_stage_and_extract():
         distill_stages([specs[0], specs[0]], PromptConfig(), VerifyConfig(), [], seed=0)
 
 
-def test_an_unlabelled_gsm8k_row_keeps_its_answer_and_gets_no_verdict():
-    from distill_ray.stages.verify import unlabelled_verdict
-    from distill_ray.verify import Verdict
-
-    answered = unlabelled_verdict(Verdict(False, "fail", "12", "answer 12 != expected 0", 0.1))
-    assert (answered.passed, answered.status, answered.answer) == (False, "answered", "12")
-    lucky = unlabelled_verdict(Verdict(True, "pass", "0", "", 0.1))  # matched the placeholder: still no verdict
-    assert (lucky.passed, lucky.status, lucky.answer) == (False, "answered", "0")
-    not_a_number = unlabelled_verdict(Verdict(False, "fail", "'12'", "answer is a str", 0.1))
-    assert (not_a_number.status, not_a_number.answer) == ("fail", None)
-    crashed = unlabelled_verdict(Verdict(False, "error", None, "NameError", 0.1))
-    assert (crashed.status, crashed.answer) == ("error", None)
-
-
 def test_evaluation_samples_each_teacher_with_its_own_settings(tmp_path):
     from distill_ray.stages.teacher import engine_options
     from distill_ray.workflow import default_eval_models, eval_teacher_config

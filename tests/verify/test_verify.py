@@ -584,6 +584,18 @@ def test_tmp_does_not_carry_over_between_checks():
     assert not os.path.exists(f"/tmp/leak-{TOKEN}")
 
 
+def test_an_unlabelled_gsm8k_check_records_the_number_and_gives_no_verdict(verifier):
+    def unlabelled(body):
+        return Check("gsm8k", f"def solution():\n    {body}\n", record_answer=True)
+
+    out = verifier.verify([unlabelled("return 6 * 2"), unlabelled("return 0"), unlabelled("return '12'"),
+                           unlabelled("return float('nan')"), unlabelled("return undefined")])
+    assert [(v.status, v.passed, v.answer) for v in out] == [
+        ("answered", False, "12"), ("answered", False, "0"),   # any number, 0 included: recorded, never passed
+        ("fail", False, None), ("fail", False, None),          # no finite number: nothing to vote with
+        ("error", False, None)]
+
+
 def test_invalid_checks(verifier):
     out = verifier.verify([Check("bogus", "x"), Check("p3", "def sol():\n    return 1"),
                            Check("gsm8k", "def solution():\n    return 1")])
