@@ -74,7 +74,8 @@ def run(num: int, out: Path, extra: list[str]) -> dict:
 def breakdown(num: int) -> dict:
     """Single-process seconds per puzzle of each step (the job runs them in parallel on 2 cores)."""
     from distill_ray.synth.dedupe import Deduper
-    from distill_ray.stages.check import PuzzleVerifier
+    from distill_ray.stages.check import judge_puzzles
+    from distill_ray.stages.verify import VerifierActor
     from distill_ray.stages.generate import procedural_rows
     from distill_ray.synth.dedupe import add_keys
     from distill_ray.tasks import list_families
@@ -84,7 +85,7 @@ def breakdown(num: int) -> dict:
     rows = procedural_rows(pd.DataFrame({"id": range(num)}), list_families(), [1, 2, 3], 0, num, frozenset())
     times["generate"] = time.perf_counter() - t
     for size, label in ((32, "verify, 32 per sandboxed process"), (1, "verify, one P3 check each")):
-        verifier = PuzzleVerifier({}, workers=2, trusted_batch=size)
+        verifier = VerifierActor({}, workers=2, judge=judge_puzzles, trusted_batch=size)
         t = time.perf_counter()
         verifier(rows.copy())
         times[label + " (2 workers, wall)"] = time.perf_counter() - t

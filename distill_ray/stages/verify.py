@@ -3,6 +3,9 @@ actor. Each row carries its own check, so anyone can re-run it from the row alon
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import pandas as pd
 import pyarrow as pa
 
@@ -18,21 +21,32 @@ TRUSTED_SAT_SOURCES = ("puzzles", "p3", "gsm8k")   # not "jsonl": a user file ma
 
 
 class VerifierActor:
-    """A sandboxed verifier per actor; checks of a batch run in parallel sandbox processes."""
+    """The verifier actor of every pipeline: a sandboxed ``Verifier`` per actor (checks of a batch run in
+    parallel sandbox processes) and a ``judge(verifier, batch, **options)`` that turns the batch's rows into
+    checks and the verdicts back into columns: ``judge_rows`` here, the puzzle job's ``check.judge_puzzles``."""
 
-    def __init__(self, limits: dict, workers: int = 1):
+    def __init__(self, limits: dict, workers: int = 1, judge: Callable | None = None, **options):
         from distill_ray.verify import SandboxLimits, Verifier
 
         self.verifier = Verifier(SandboxLimits(**limits), workers=workers)
+        self.judge = functools.partial(judge or judge_rows, **options)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        verdicts = self.verifier.verify([row_check(row) for row in batch.itertuples(index=False)])
-        batch["passed"] = [v.passed for v in verdicts]
-        batch["status"] = [v.status for v in verdicts]
-        batch["answer"] = [v.answer for v in verdicts]
-        batch["detail"] = [v.detail for v in verdicts]
-        batch["verify_seconds"] = [v.seconds for v in verdicts]
-        return batch
+        return self.judge(self.verifier, batch)
+
+    def close(self) -> None:
+        self.verifier.close()
+
+
+def judge_rows(verifier, batch: pd.DataFrame) -> pd.DataFrame:
+    """Each candidate row's own check (``row_check``), its verdict in the WRITES columns."""
+    verdicts = verifier.verify([row_check(row) for row in batch.itertuples(index=False)])
+    batch["passed"] = [v.passed for v in verdicts]
+    batch["status"] = [v.status for v in verdicts]
+    batch["answer"] = [v.answer for v in verdicts]
+    batch["detail"] = [v.detail for v in verdicts]
+    batch["verify_seconds"] = [v.seconds for v in verdicts]
+    return batch
 
 
 def row_check(row):

@@ -10,7 +10,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from distill_ray.synth.config import PuzzleJobConfig
-from distill_ray.stages.check import PuzzleVerifier
+from distill_ray.stages.check import judge_puzzles
+from distill_ray.stages.verify import VerifierActor
 from distill_ray.stages.generate import PUZZLE_COLUMNS, procedural_rows
 from distill_ray.stages.sink import rejected_dir
 from distill_ray.synth.teacher import example_pool, parse_pair, prompt_messages
@@ -39,7 +40,7 @@ def test_every_teacher_row_gets_a_fate():
     batch = pd.DataFrame([dict(id=f"t{i}", chunk=0, source="teacher", family="teacher", difficulty=0,
                                ans_type=a, sat=s, sol=g, trusted=False, reject=r, detail="")
                           for i, (s, g, a, r) in enumerate(parsed)], columns=list(PUZZLE_COLUMNS))
-    out = PuzzleVerifier(dict(timeout_s=2.0), workers=1)(batch)
+    out = VerifierActor(dict(timeout_s=2.0), workers=1, judge=judge_puzzles)(batch)
     assert out["reject"].tolist() == ["", "", "trivial", "verify_fail", "missing_sat_or_sol"]
 
 
@@ -49,7 +50,7 @@ def test_trusted_rows_batched_path_matches_one_by_one():
     batch.loc[100, "sol"] = "def sol():\n    while True:\n        pass"           # never returns
     fates = {}
     for size in (8, 1):
-        out = PuzzleVerifier(dict(timeout_s=1.0), workers=2, trusted_batch=size)(batch.copy())
+        out = VerifierActor(dict(timeout_s=1.0), workers=2, judge=judge_puzzles, trusted_batch=size)(batch.copy())
         fates[size] = out["reject"].tolist()
     assert fates[8] == fates[1]
     assert {i: f for i, f in enumerate(fates[8]) if f} == {7: "verify_fail", 100: "verify_timeout"}
