@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/distill-ray run --config configs/demo.yaml
 
-test: setup
-	$(PY) -m pytest -q -ra
+# The whole suite, vLLM's CPU engine included (its own venv, below).
+test: setup setup-vllm
+	$(PY) -m pytest -q -ra --durations=15
 
 # The inner loop: tests not marked slow (no model generation, no Ray cluster).
 test-fast: setup
@@ -42,8 +43,7 @@ test-fast: setup
 docs: setup
 	$(VENV)/bin/distill-ray docs
 
-# vLLM's CPU build in its own venv (it pins transformers<5.20): ~2.5 min, 3.9 GB, nothing compiled.
-# Opt-in for now: `make test` skips the vLLM engine tests when .venv-vllm is absent.
+# vLLM's CPU build in its own venv (it pins transformers<5.20): ~2.5 min, 3.9 GB, nothing compiled; idempotent.
 setup-vllm: setup
 	bash scripts/setup_vllm.sh
 
