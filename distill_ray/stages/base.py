@@ -64,18 +64,23 @@ class ActorStage(Stage):
     actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    # Memory Ray reserves per actor (None: none, Ray's default); or a function that gives it when the stage runs
+    # (an estimate that needs the model on disk: building a stage list stays cheap).
+    memory_gib: float | Callable[[], float | None] | None = None
     batch_size: int | None = 8      # None: one call per block
     # No restart settings: Ray Data restarts a dead pool actor (killed, OOM-killed, lost node) and retries its
     # batch by default. Setting them explicitly would stop Ray Data from fusing the prompt stage into the
     # teacher actor, and the prompt tasks would then need a CPU of their own (a deadlock on 2 CPUs).
 
     def apply(self, ds):
+        memory_gib = self.memory_gib() if callable(self.memory_gib) else self.memory_gib
         return ds.map_batches(
             pool_actor(self.cls, self.name),
             fn_constructor_kwargs=self.init_kwargs,
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_cpus=self.cpus_per_actor,
             num_gpus=self.gpus_per_actor or None,
+            memory=int(memory_gib * 2**30) if memory_gib else None,
             batch_size=self.batch_size,
             batch_format="pandas",
         )

@@ -3,6 +3,7 @@ prompt, each with its fate so far (``synth/teacher.py`` builds the prompts and p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from distill_ray.stages.base import ActorStage, BatchStage
 from distill_ray.stages.generate import PUZZLE_COLUMNS, WRITES as ROW_WRITES
+from distill_ray.stages.teacher import actor_memory_gib
 from distill_ray.synth.config import Plan, PuzzleJobConfig
 from distill_ray.synth.dedupe import add_keys
 from distill_ray.synth.teacher import RESPONSE_PREFIX, example_pool, parse_pair, prompt_messages
@@ -66,5 +68,6 @@ def build(cfg: PuzzleJobConfig, plan: Plan, done: frozenset) -> tuple[BatchStage
                          init_kwargs=dict(model=cfg.teacher_model, sampling=sampling, p3_path=cfg.p3_path,
                                           shots=cfg.teacher_shots, seed=cfg.seed, scope=cfg.near_dup_scope,
                                           threshold=cfg.near_dup_threshold),
-                         actors=1, cpus_per_actor=0.5, batch_size=4)
+                         actors=1, cpus_per_actor=0.5, batch_size=4,
+                         memory_gib=functools.partial(actor_memory_gib, "hf", cfg.teacher_model))
     return prompts, teacher

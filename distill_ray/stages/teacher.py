@@ -3,6 +3,7 @@ actor pool each, over the same prompts, their rows unioned and labelled with the
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from dataclasses import replace
@@ -27,6 +28,24 @@ def sampling_settings(teacher: TeacherConfig, seed: int) -> SamplingSettings:
     return SamplingSettings(n=teacher.samples, temperature=teacher.temperature, top_p=teacher.top_p,
                             max_new_tokens=teacher.max_new_tokens, seed=seed,
                             top_k_logprobs=teacher.top_k_logprobs, stop=stop)
+
+
+def actor_memory_gib(engine: str, model: str, setting: float | None = None) -> float | None:
+    """The memory a teacher actor reserves: ``setting``, else twice the model's weights (the loaded copy and
+    generation's working memory) + 0.5 GiB of runtime; a remote engine holds no weights. None (no reservation)
+    for a model whose weights cannot be found here."""
+    if setting:
+        return setting
+    if engine == "openai":
+        return 0.5
+    from distill_ray.models import resolve_model
+
+    try:
+        model_dir = resolve_model(model)
+    except (FileNotFoundError, ValueError):
+        return None
+    weights = sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in model_dir.glob(pattern))
+    return round(0.5 + 2 * weights / 2**30, 2) if weights else None
 
 
 def engine_options(teacher: TeacherConfig) -> dict:
@@ -67,7 +86,9 @@ def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage
     """One teacher's actor pool."""
     return ActorStage(name, reads=READS, writes=WRITES, cls=TeacherActor, init_kwargs=dict(teacher=teacher, seed=seed),
                       actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
-                      gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size)
+                      gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size,
+                      memory_gib=functools.partial(actor_memory_gib, teacher.engine, teacher.model,
+                                                   teacher.actor_memory_gib))
 
 
 def build(teachers: list[TeacherConfig], seed: int) -> Stage:

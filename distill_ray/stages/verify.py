@@ -66,4 +66,5 @@ def build(verify: VerifyConfig) -> ActorStage:
     return ActorStage("verify", reads=READS, writes=WRITES, cls=VerifierActor,
                       init_kwargs=dict(limits={"timeout_s": verify.timeout_s, "memory_mb": verify.memory_mb},
                                        workers=verify.workers_per_actor),
-                      actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size)
+                      actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size,
+                      memory_gib=verify.actor_memory_gib)

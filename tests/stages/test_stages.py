@@ -8,7 +8,7 @@ import pyarrow as pa
 from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig, VoteConfig
 from distill_ray.pipelines.distill import distill_stages, output_columns
 from distill_ray.prompts import Exemplar
-from distill_ray.stages import BatchStage, check_flow, describe, to_arrow
+from distill_ray.stages import ActorStage, BatchStage, check_flow, describe, to_arrow
 from distill_ray.stages.prompt import build_prompts
 from distill_ray.stages.teacher import TeacherActor
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
@@ -120,3 +120,24 @@ def test_the_teacher_branch_takes_only_prompt_ids_and_generate_only_seeds():
     assert sorted(int(i.rsplit("s", 1)[1]) for i in seeds["id"]) == [0, 1, 2, 3, 4]   # 5..7: chunk 1 is done
     prompts = prompt_rows(ids.copy(), num=8, procedural_chunks=2, prompts_per_chunk=2, done=frozenset({3}))
     assert prompts["prompt"].tolist() == [0, 1] and prompts["chunk"].tolist() == [2, 2]   # 2, 3: chunk 3 is done
+
+
+def test_actor_pools_reserve_the_memory_their_engines_need(monkeypatch):
+    from distill_ray.stages import teacher as teacher_stage
+
+    estimate, calls = teacher_stage.actor_memory_gib, []
+    monkeypatch.setattr(teacher_stage, "actor_memory_gib", lambda *a: calls.append(a) or 1.5)
+    pools = [s for s in stages() if isinstance(s, ActorStage)]
+    assert not calls   # building the list loads no model: the estimate runs when the stage does
+    assert [p.memory_gib() if callable(p.memory_gib) else p.memory_gib for p in pools] == [1.5, 0.5]
+    assert calls == [("hf", "smollm2", None)]
+    assert estimate("openai", "served-model") == 0.5   # the weights live on the server
+    assert estimate("hf", "smollm2", 3.0) == 3.0       # the setting wins
+
+
+@pytest.mark.slow
+def test_the_teacher_memory_estimate_follows_the_model_size():
+    from distill_ray.stages.teacher import actor_memory_gib
+
+    small, large = actor_memory_gib("hf", "smollm2"), actor_memory_gib("hf", "gemma3")
+    assert 1.0 < small < large < 4.0   # 135M and 270M parameters in float32, twice, plus the runtime
