@@ -30,11 +30,11 @@ def sampling_settings(teacher: TeacherConfig, seed: int) -> SamplingSettings:
                             top_k_logprobs=teacher.top_k_logprobs, stop=stop)
 
 
-def actor_memory_gib(engine: str, model: str, setting: float | None = None) -> float | None:
-    """The memory a teacher actor reserves: ``setting``, else twice the model's weights (the loaded copy and
-    generation's working memory) + 0.5 GiB of runtime; a remote engine holds no weights. None (no reservation)
-    for a model whose weights cannot be found here."""
-    if setting:
+def actor_memory_gib(engine: str, model: str, setting: float | str | None = "auto") -> float | None:
+    """The memory a teacher actor reserves: ``setting`` in GiB, or for "auto" twice the model's weights (the
+    loaded copy and generation's working memory) + 0.5 GiB of runtime (a remote engine holds no weights: 0.5);
+    None: no reservation (also for "auto" where the weights cannot be found here)."""
+    if setting != "auto":
         return setting
     if engine == "openai":
         return 0.5
@@ -87,8 +87,9 @@ def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage
     return ActorStage(name, reads=READS, writes=WRITES, cls=TeacherActor, init_kwargs=dict(teacher=teacher, seed=seed),
                       actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
                       gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size,
+                      # Only where asked: a reservation stops Ray Data fusing the prompt tasks into the pool.
                       memory_gib=functools.partial(actor_memory_gib, teacher.engine, teacher.model,
-                                                   teacher.actor_memory_gib))
+                                                   teacher.actor_memory_gib) if teacher.actor_memory_gib else None)
 
 
 def build(teachers: list[TeacherConfig], seed: int) -> Stage:
