@@ -89,7 +89,7 @@ def breakdown(num: int) -> dict:
         t = time.perf_counter()
         verifier(rows.copy())
         times[label + " (2 workers, wall)"] = time.perf_counter() - t
-        verifier.verifier.close()
+        verifier.close()
     t = time.perf_counter()
     keyed = add_keys(rows, scope="teacher", threshold=0.85)
     times["exact keys (AST canonical form)"] = time.perf_counter() - t
