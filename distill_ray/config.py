@@ -105,6 +105,10 @@ class VoteConfig(Section):
 
 class TrainConfig(Section):
     enabled: bool = Field(True, description="Train a student (false: stop after the dataset).")
+    mode: Literal["offline", "on_policy"] = Field(
+        "offline", description="offline: train on the dataset's kept candidates (objectives); on_policy: the student "
+        "samples, the teachers score its tokens, the verifier judges, and it minimises the divergence on its own "
+        "samples (the on_policy section).")
     student: str = Field("teacher", description="The student's starting model: 'teacher' (the first teacher's "
                          "own model: the teacher *system* of few-shot prompts, n samples, a verifier and a vote is "
                          "distilled into a zero-shot, one-sample model), 'smollm2' or 'gemma3', a .gguf file, or a "
@@ -167,6 +171,32 @@ class TrainConfig(Section):
         return self
 
 
+class OnPolicyConfig(Section):
+    steps: int = Field(20, ge=1, description="Optimizer steps of on-policy distillation.")
+    prompts_per_step: int = Field(4, ge=1, description="Problems each training worker samples per step.")
+    samples: int = Field(2, ge=1, description="Student completions per problem.")
+    temperature: float = Field(1.0, gt=0, description="The student's sampling temperature.")
+    max_new_tokens: int = Field(48, ge=1, description="Token budget per student completion.")
+    top_k: int = Field(20, ge=1, le=200, description="Teacher log-probs scored at each student token (its k most "
+                       "likely tokens); the divergence is k-way over them (several teachers: over their union).")
+    beta: float = Field(1.0, ge=0, le=1, description="GKD's generalised JSD: 1 = reverse KL(student || teacher), "
+                        "the on-policy distillation loss; 0 = forward KL; between: the beta-mixture JSD.")
+    teacher_context: Literal["few_shot", "zero_shot"] = Field(
+        "few_shot", description="The prompt the teachers score the student's tokens in: their few-shot prompt "
+        "(prompt section) or the student's own zero-shot one.")
+    sync_every: int = Field(1, ge=1, description="Optimizer steps between pushes of the student's weights to "
+                            "the samplers (the step after a push samples with them; staleness is recorded).")
+    verifier: Literal["none", "weight", "filter"] = Field(
+        "weight", description="How the verifier's verdict enters the loss: none; weight (a rejected completion's "
+        "divergence counts wrong_weight); filter (rejected completions are left out).")
+    wrong_weight: float = Field(0.1, ge=0, le=1, description="Weight of a rejected completion with verifier=weight.")
+    sft_weight: float = Field(0.0, ge=0, description="Cross-entropy on the student's own verified completions, "
+                              "added to the divergence (0: none).")
+    samplers: int = Field(1, ge=1, description="Student sampler actors (the training workers share them).")
+    actor_cpus: float = Field(0.25, gt=0, description="CPUs reserved per sampler, teacher scorer and verifier "
+                              "actor.")
+
+
 class EvalConfig(Section):
     samples: int = Field(4, ge=1, description="Samples per eval problem (n of pass@k).")
     k: list[int] = Field([1, 2, 4], description="The k of pass@k; each must be <= samples.")
@@ -215,6 +245,7 @@ class RunConfig(Section):
     verify: VerifyConfig = VerifyConfig()
     vote: VoteConfig = VoteConfig()
     train: TrainConfig = TrainConfig()
+    on_policy: OnPolicyConfig = OnPolicyConfig()
     eval: EvalConfig = EvalConfig()
     experiment: ExperimentConfig = ExperimentConfig()
 

@@ -275,6 +275,8 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
 
     from distill_ray.train import train_student
 
+    if cfg.train.mode == "on_policy":
+        return train_on_policy(cfg)
     connect_ray(cfg)
     out = Path(cfg.output_dir)
     dataset_dir = dataset_dir or str(out / "dataset")
@@ -296,6 +298,36 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
                "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
                "loss_last": result.loss_history[-1] if result.loss_history else float("nan")}
     log(f"train: {result.steps} steps, loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f} "
+        f"-> {result.output_dir}")
+    return summary
+
+
+def train_on_policy(cfg: RunConfig) -> dict:
+    """On-policy distillation (``train.mode: on_policy``): the student samples the train problems, the teachers
+    score its tokens, the verifier judges; no dataset is read."""
+    from distill_ray.onpolicy import ScoringTeacher, train_on_policy as run_on_policy
+    from distill_ray.onpolicy.problems import on_policy_problems
+
+    connect_ray(cfg)
+    out = Path(cfg.output_dir)
+    op = cfg.on_policy
+    init_dir = build_student_init(cfg, out)
+    exemplars, train_problems, _ = load_task(cfg)
+    teachers = [ScoringTeacher(t.name, str(resolve_model(t.model)), t.weight) for t in cfg.teacher_list()]
+    problems = on_policy_problems(train_problems, exemplars, _tokenizer(str(init_dir)),
+                                  [_tokenizer(t.model_dir) for t in teachers], cfg.prompt, cfg.seed, op.teacher_context)
+    log(f"train: on-policy distillation of {describe_student(cfg)} from {[t.name for t in teachers]}: {op.steps} "
+        f"steps x {cfg.train.workers} workers x {op.prompts_per_step} problems x {op.samples} samples, beta "
+        f"{op.beta}, verifier {op.verifier}")
+    result = run_on_policy(init_dir, problems, teachers, out / "student", train_settings(cfg), op, cfg.verify)
+    history = result.history
+    summary = {"student": result.output_dir, "student_init": str(init_dir), "mode": "on_policy",
+               "base": describe_student(cfg), "steps": result.steps, "samples": result.samples,
+               "tokens": result.tokens, "seconds": result.seconds, "loss_history": result.loss_history,
+               "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
+               "loss_last": result.loss_history[-1] if result.loss_history else float("nan"), "history": history}
+    log(f"train: {result.steps} on-policy steps, reverse KL {history[0]['reverse_kl']:.3f} -> "
+        f"{history[-1]['reverse_kl']:.3f}, verified {history[0]['verified']:.2f} -> {history[-1]['verified']:.2f} "
         f"-> {result.output_dir}")
     return summary
 

@@ -29,6 +29,7 @@ class Generation:
     finished: bool                # ended on a stop token rather than the token budget
     logprobs: list[TokenLogprobs] | None = None  # one entry per completion token, when top_k_logprobs > 0
     error: str | None = None      # why this request failed (then text is empty and finished is False)
+    token_ids: list[int] | None = None  # the completion's tokens, where the engine reports them (hf, vllm)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList,
                           TemperatureLogitsWarper, TopPLogitsWarper)
@@ -113,6 +114,31 @@ class HFEngine:
                             for j, row in enumerate(rows)])
         return results
 
+    @torch.inference_mode()
+    def score(self, prompts: list[str], completions: list[list[int]], top_k: int) -> list[tuple]:
+        """This model's top-k next-token log-probabilities at every position of each completion (token ids in
+        this model's vocabulary), given the prompt: one ``(ids [L, k] int64, logprobs [L, k] float32)`` pair of
+        numpy arrays per completion, L its length; position ``j`` is the distribution that token ``j`` was
+        drawn from. Raw distribution, like ``top_k_logprobs``. One forward pass per batch, no generation."""
+        if not prompts:
+            return []
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        sequences = [p + list(c) for p, c in zip(prompt_ids, completions)]
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        longest = max((len(c) for c in completions), default=0)
+        if longest == 0:
+            return [(np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32)) for _ in completions]
+        # Left padding: every completion ends at the last column; logit i predicts token i + 1.
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                            logits_to_keep=longest + 1).logits[:, :-1].float()
+        values, top = torch.log_softmax(logits, dim=-1).topk(top_k, dim=-1)
+        return [(top[i, longest - len(c):].cpu().numpy(), values[i, longest - len(c):].cpu().numpy())
+                for i, c in enumerate(completions)]
+
     def _prefill_shared(self, batch, n: int):
         """KV cache of every prompt but its last token, computed once and repeated n times; ``generate``
         then feeds only the last prompt token before sampling."""
@@ -142,7 +168,7 @@ class HFEngine:
             text = _cut_at_stop(self.tokenizer.decode(ids[:length], skip_special_tokens=True), stop)
         logprobs = recorder.row(index, length) if recorder else None
         return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=length, finished=finished,
-                          logprobs=logprobs)
+                          logprobs=logprobs, token_ids=ids[:length])
 
     def _stop_string_length(self, ids: list[int], limit: int, stop: tuple[str, ...]) -> tuple[int, bool] | None:
         """(tokens up to and including the one that completed a stop string, True), or None if none did."""

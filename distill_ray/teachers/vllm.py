@@ -97,7 +97,8 @@ def generations_from_output(output, top_k_logprobs: int, stop_ids=()) -> list[Ge
             length -= 1     # the end-of-turn token itself
         generations.append(Generation(text=completion.text, prompt_tokens=prompt_tokens,
                                       completion_tokens=length, finished=completion.finish_reason == "stop",
-                                      logprobs=logprobs[:length] if logprobs is not None else None))
+                                      logprobs=logprobs[:length] if logprobs is not None else None,
+                                      token_ids=list(completion.token_ids[:length])))
     return generations
 
 

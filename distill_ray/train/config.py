@@ -54,6 +54,7 @@ class TrainResult:
     checkpoint_path: str | None = None  # the final Ray Train checkpoint
     resumed_from: list[int] = field(default_factory=list)  # steps at which the run restarted from a checkpoint
     peak_rss_mb: float = 0.0    # rank 0 worker's peak resident memory
+    history: list[dict] = field(default_factory=list)  # per-step records (on-policy: divergence, verified, times)
 
     @property
     def samples_per_s(self) -> float:

@@ -51,6 +51,7 @@ class TrainState:
     epoch_start_seconds: float = 0.0  # rank 0's share of ``seconds`` waiting for each epoch's first batch
     loss_history: list[float] = field(default_factory=list)
     resumed_from: list[int] = field(default_factory=list)  # steps at which this run was restored
+    history: list[dict] = field(default_factory=list)      # per-step records of loops that keep them (on-policy)
 
 
 @dataclass
@@ -120,15 +121,15 @@ def train_loop_per_worker(config: dict) -> dict:
     import ray.train
 
     settings = TrainSettings.model_validate(config["settings"])
-    _configure_process(settings, config.get("torch_extensions_dir"))
+    configure_process(settings, config.get("torch_extensions_dir"))
     rank = ray.train.get_context().get_world_rank()
 
     setup_start = time.perf_counter()
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
         restored = Path(restored) if restored else None
-        engine, tokenizer = _build_engine(config["init_dir"], settings, config.get("total_steps"), restored)
-        state = _load_state(engine, restored)
+        engine, tokenizer = build_engine(config["init_dir"], settings, config.get("total_steps"), restored)
+        state = load_state(engine, restored)
     setup_seconds = time.perf_counter() - setup_start
     if restored:
         state.resumed_from.append(state.step)
@@ -137,12 +138,12 @@ def train_loop_per_worker(config: dict) -> dict:
 
     objective = _build_objective(settings, engine)
     _train(engine, tokenizer, objective, settings, state, rank)
-    metrics = _metrics(state, setup_seconds)
-    _report_final(engine, tokenizer, settings, state, metrics, rank)
+    metrics = run_metrics(state, setup_seconds)
+    report_final(engine, tokenizer, settings, state, metrics, rank)
     return metrics
 
 
-def _configure_process(settings: TrainSettings, torch_extensions_dir: str | None) -> None:
+def configure_process(settings: TrainSettings, torch_extensions_dir: str | None) -> None:
     # DeepSpeed compiles its CPU comm op on first use; reuse the driver's build cache (tests set it).
     if torch_extensions_dir:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
@@ -151,7 +152,7 @@ def _configure_process(settings: TrainSettings, torch_extensions_dir: str | None
     torch.manual_seed(settings.seed)
 
 
-def _build_engine(init_dir: str, settings: TrainSettings, total_steps: int | None, restored: Path | None):
+def build_engine(init_dir: str, settings: TrainSettings, total_steps: int | None, restored: Path | None):
     import deepspeed
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -198,7 +199,7 @@ def _build_objective(settings: TrainSettings, engine) -> Objective:
     return Objective(settings.objectives, params, teacher)
 
 
-def _load_state(engine, restored: Path | None) -> TrainState:
+def load_state(engine, restored: Path | None) -> TrainState:
     if restored is None:
         return TrainState()
     if (restored / DEEPSPEED_DIR).exists():
@@ -306,7 +307,7 @@ def _after_step(engine, state: TrainState, settings: TrainSettings, rank: int) -
     if settings.fail_at_step == state.step and not state.resumed_from and rank == 0:
         raise RuntimeError(f"fail_at_step={state.step}: simulated worker failure")
     if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
-        _report_checkpoint(engine, state, rank)
+        report_checkpoint(engine, state, rank)
     return _done(state, settings)
 
 
@@ -342,14 +343,14 @@ def _log(state: TrainState, settings: TrainSettings, rank: int) -> None:
               f"samples {state.samples} target tokens/s {rate:.1f}", flush=True)
 
 
-def _metrics(state: TrainState, setup_seconds: float) -> dict:
+def run_metrics(state: TrainState, setup_seconds: float) -> dict:
     # ru_maxrss is in KiB on Linux: this worker's peak resident memory (model, optimizer, activations).
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"step": state.step, "loss": state.loss_history[-1] if state.loss_history else None,
             "setup_seconds": setup_seconds, "peak_rss_mb": peak_rss_mb, **asdict(state)}
 
 
-def _report_checkpoint(engine, state: TrainState, rank: int) -> None:
+def report_checkpoint(engine, state: TrainState, rank: int) -> None:
     """Every rank saves its DeepSpeed shard; Ray Train merges the ranks' directories into one checkpoint."""
     import ray.train
 
@@ -357,11 +358,11 @@ def _report_checkpoint(engine, state: TrainState, rank: int) -> None:
         engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR), tag=f"step{state.step}")
         if rank == 0:
             Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report(_metrics(state, 0.0), checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        ray.train.report(run_metrics(state, 0.0), checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_step{state.step:06d}")
 
 
-def _report_final(engine, tokenizer, settings: TrainSettings, state: TrainState, metrics: dict,
+def report_final(engine, tokenizer, settings: TrainSettings, state: TrainState, metrics: dict,
                   rank: int) -> None:
     """The final checkpoint holds the student in Hugging Face format (written by rank 0) and the state."""
     import ray.train

@@ -7,6 +7,8 @@ Every function returns a per-token (or per-row) tensor or a scalar mean, so the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,32 @@ def kl_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs:
     p = teacher_logp.exp()
     terms = torch.where(present, p * (teacher_logp - student_logp), torch.zeros_like(p))  # 0 * -inf is 0
     return (terms.sum(dim=-1) * t.squeeze(-1) ** 2).float()
+
+
+def jsd_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """Per-token generalised Jensen-Shannon divergence of GKD (Agarwal et al., 2024), k-way over the teacher's
+    ids: teacher P and student Q both renormalised over ``topk_ids`` (like ``kl_topk``), M = beta P + (1-beta) Q,
+    JSD_beta = beta KL(P || M) + (1-beta) KL(Q || M). As in TRL's ``GKDTrainer``, the ends are the two KLs:
+    beta = 0 is forward KL(P || Q) and beta = 1 is reverse KL(Q || P), the mode-seeking divergence of on-policy
+    distillation. topk_ids/logprobs [N,K] (missing entries: logprob -inf); student_logits [N,V]."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    present = torch.isfinite(topk_logprobs)
+    teacher = F.log_softmax(topk_logprobs.double(), dim=-1)
+    student = F.log_softmax(student_logits.gather(-1, topk_ids).double().masked_fill(~present, float("-inf")), dim=-1)
+    if beta == 0.0:
+        return _kl(teacher, student, present).float()
+    if beta == 1.0:
+        return _kl(student, teacher, present).float()
+    mixture = torch.logsumexp(torch.stack([teacher + math.log(beta), student + math.log(1 - beta)]), dim=0)
+    return (beta * _kl(teacher, mixture, present) + (1 - beta) * _kl(student, mixture, present)).float()
+
+
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per row over the present entries (absent ones hold probability 0 in both)."""
+    terms = torch.where(present, p_log.exp() * (p_log - q_log), torch.zeros_like(p_log))
+    return terms.sum(dim=-1)
 
 
 def swing_temperatures(privacy: torch.Tensor, base: float, maximum: float) -> torch.Tensor:

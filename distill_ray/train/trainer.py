@@ -35,8 +35,14 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     result = trainer.fit()  # raises TrainingFailedError once max_failures restarts are used up
     wall = time.perf_counter() - started
 
+    export_checkpoint(result.checkpoint, init_dir, output_dir)
+    return write_result(result, init_dir, output_dir, settings, wall)
+
+
+def write_result(result, init_dir: Path, output_dir: Path, settings: TrainSettings, wall: float,
+                 **extra) -> TrainResult:
+    """The run's TrainResult from Ray Train's result; saved with the settings (and ``extra``) beside the student."""
     metrics = result.metrics or {}
-    _export(result.checkpoint, init_dir, output_dir)
     train_result = TrainResult(
         output_dir=str(output_dir), steps=metrics["step"], samples=metrics["samples"],
         tokens=metrics["tokens"], seconds=metrics["seconds"], loss_history=list(metrics["loss_history"]),
@@ -45,9 +51,11 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
         input_tokens=metrics.get("input_tokens", 0),
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
         resumed_from=list(metrics.get("resumed_from", [])), peak_rss_mb=metrics.get("peak_rss_mb", 0.0),
+        history=list(metrics.get("history", [])),
     )
     (output_dir / RESULT_FILE).write_text(json.dumps(
-        {"init_dir": str(init_dir), "settings": settings.model_dump(), "result": asdict(train_result)}, indent=2))
+        {"init_dir": str(init_dir), "settings": settings.model_dump(), **extra, "result": asdict(train_result)},
+        indent=2))
     return train_result
 
 
@@ -79,12 +87,9 @@ def _order_key(batch, seed: int):
 
 
 def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: TrainSettings):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": settings.cpus_per_worker}
-    if settings.use_gpu:
-        resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -94,19 +99,33 @@ def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: Trai
             # Workers started by an existing cluster may not inherit it; the op build is reused through it.
             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
         },
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
-            name=settings.run_name or time.strftime("train-%Y%m%d-%H%M%S"),
-            storage_path=settings.storage_path or str(output_dir / "_ray_train"),
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
-        ),
+        scaling_config=scaling_config(settings),
+        run_config=run_config(settings, output_dir),
         # Each worker reads its own split whole (``loop.DATASET_PREFIX``): no streaming split, whose
         # block-to-worker assignment changes from run to run.
         datasets={f"{DATASET_PREFIX}{rank}": split for rank, split in enumerate(splits)},
         dataset_config=DataConfig(datasets_to_split=[], execution_options=_ordered()),
+    )
+
+
+def scaling_config(settings: TrainSettings):
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.use_gpu:
+        resources["GPU"] = 1
+    return ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu, resources_per_worker=resources)
+
+
+def run_config(settings: TrainSettings, output_dir: Path):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
+        name=settings.run_name or time.strftime("train-%Y%m%d-%H%M%S"),
+        storage_path=settings.storage_path or str(output_dir / "_ray_train"),
+        failure_config=FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
     )
 
 
@@ -125,7 +144,7 @@ def _total_steps(splits: list, settings: TrainSettings) -> int | None:
     return max(1, settings.epochs * math.ceil(micro_batches / settings.grad_accum))
 
 
-def _export(checkpoint, init_dir: Path, output_dir: Path) -> None:
+def export_checkpoint(checkpoint, init_dir: Path, output_dir: Path) -> None:
     """Copy the student from the final checkpoint (written by rank 0 wherever it ran) to ``output_dir``."""
     if checkpoint is None:
         raise RuntimeError("training finished without a final checkpoint")
