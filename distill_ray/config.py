@@ -192,6 +192,8 @@ class OnPolicyConfig(Section):
     wrong_weight: float = Field(0.1, ge=0, le=1, description="Weight of a rejected completion with verifier=weight.")
     sft_weight: float = Field(0.0, ge=0, description="Cross-entropy on the student's own verified completions, "
                               "added to the divergence (0: none).")
+    teachers: list[str] | None = Field(None, description="Names of the teachers that score the student's tokens "
+                                       "(null: every teacher); each must have the student's tokenizer.")
     samplers: int = Field(1, ge=1, description="Student sampler actors (the training workers share them).")
     actor_cpus: float = Field(0.25, gt=0, description="CPUs reserved per sampler, teacher scorer and verifier "
                               "actor.")
@@ -215,7 +217,8 @@ class EvalConfig(Section):
 
 
 class ExperimentConfig(Section):
-    arms: list[Literal["none", "unfiltered", "verified", "verified_soft", "expert_iteration"]] = Field(
+    arms: list[Literal["none", "unfiltered", "verified", "verified_soft", "verified_kd", "expert_iteration",
+                       "on_policy", "on_policy_verified"]] = Field(
         ["none", "unfiltered", "verified", "verified_soft", "expert_iteration"],
         description="Arms of `distill-ray experiment` (see README, 'The EKT experiment').")
     seeds: list[int] = Field([0, 1], min_length=1, description="Seeds: each arm is drawn, trained and evaluated "

@@ -10,6 +10,16 @@ unfiltered samples (distillation by imitation), and may beat its teacher. The ar
   programs: a program's weight is its teacher-weighted share of the verified samples (each teacher's own
   shares, averaged with the teachers' weights, as in ``vote.weighted_distribution``), so a problem's weights
   sum to 1 and what several teachers wrote counts more (the ``soft`` objective reads ``label_weight``).
+- ``verified_kd``: the verified samples with token-level kd on the teacher's stored top-k (off-policy
+  distillation: the teacher's tokens, its distributions; needs a teacher with the student's tokenizer that
+  stored ``top_k_logprobs``).
+- ``on_policy``: on-policy distillation (``train.mode: on_policy``): the student samples the train problems,
+  the teachers score its tokens in their few-shot context, and it minimises the reverse KL on its own samples;
+  the verifier's verdicts are ignored (``on_policy.verifier: none``).
+- ``on_policy_verified``: the same with the verifier beside the divergence: a rejected completion's divergence
+  counts ``on_policy.wrong_weight`` and verified completions also get cross-entropy (``sft_weight`` 1 unless
+  set). The on-policy arms train on as many student completions as the teacher-data arms see rows
+  (budget x epochs): ``on_policy.steps`` is set from it.
 - ``expert_iteration``: P3's self-teaching loop, EKT's baseline, for ``experiment.expert_rounds`` rounds: the
   current student (round 0: the untrained one) samples the train problems zero-shot, its verified samples join
   a pool, and a student is trained on the pool; the last round's student is evaluated (see ``expert_iteration``).
@@ -37,6 +47,7 @@ from distill_ray.workflow import (build_student_init, connect_ray, default_eval_
                                   log, sample_problems, train)
 
 TEACHER_ARMS = ("unfiltered", "verified", "verified_soft")
+ON_POLICY_ARMS = ("on_policy", "on_policy_verified")
 
 
 def teacher_pools(rows: pd.DataFrame, weights: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
@@ -46,7 +57,7 @@ def teacher_pools(rows: pd.DataFrame, weights: dict[str, float] | None = None) -
     shares = verified_program_shares(rows, weights or {}).reindex(verified.index)
     # A row kept by the vote alone (an unlabelled problem) keeps its vote share.
     soft = verified.assign(label_weight=shares.fillna(verified["label_weight"]))
-    return {"unfiltered": written, "verified": verified, "verified_soft": soft}
+    return {"unfiltered": written, "verified": verified, "verified_soft": soft, "verified_kd": verified}
 
 
 def verified_program_shares(rows: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
@@ -159,7 +170,12 @@ def run_experiment(cfg: RunConfig) -> dict:
             if arm == "none":   # untrained: every seed would sample the same model on the same problems
                 results[arm].append(results[arm][0] if results[arm] else evaluate_arm(cfg, arm_cfg, init_dir))
                 continue
-            if arm == "expert_iteration":
+            if arm in ON_POLICY_ARMS:
+                arm_cfg = on_policy_config(arm_cfg, arm, budget)
+                student = train(arm_cfg)["student"]
+                op = arm_cfg.on_policy
+                trained_rows[arm] = op.steps * arm_cfg.train.workers * op.prompts_per_step * op.samples
+            elif arm == "expert_iteration":
                 student, expert_rounds[seed] = expert_iteration(arm_cfg, problems, first, budget, e.expert_rounds)
                 # the last student's rows: the pool only grows, so no earlier round trained on more
                 trained_rows[arm] = max(r["trained_rows"] for r in expert_rounds[seed])
@@ -188,10 +204,24 @@ def evaluate_arm(cfg: RunConfig, arm_cfg: RunConfig, student: str) -> dict:
 
 def arm_config(seed_cfg: RunConfig, arm: str) -> RunConfig:
     update = {"output_dir": str(Path(seed_cfg.output_dir) / arm)}
-    if arm == "verified_soft":
-        train = seed_cfg.train.model_copy(update={"objectives": {"soft": 1.0}})
-        update["train"] = train
+    if arm in ("verified_soft", "verified_kd"):
+        objective = "soft" if arm == "verified_soft" else "kd"
+        update["train"] = seed_cfg.train.model_copy(update={"objectives": {objective: 1.0}})
     return seed_cfg.model_copy(update=update, deep=True)
+
+
+def on_policy_config(arm_cfg: RunConfig, arm: str, budget: int) -> RunConfig:
+    """An on-policy arm's run: as many student completions as the teacher-data arms train on rows (budget x
+    epochs); ``on_policy_verified`` weighs rejected completions down and adds cross-entropy on verified ones."""
+    op, train = arm_cfg.on_policy, arm_cfg.train
+    per_step = train.workers * op.prompts_per_step * op.samples
+    update = {"steps": max(1, -(-budget * train.epochs // per_step))}
+    if arm == "on_policy":
+        update.update(verifier="none", sft_weight=0.0)
+    else:
+        update.update(verifier="weight", sft_weight=op.sft_weight or 1.0)
+    return arm_cfg.model_copy(update={"train": train.model_copy(update={"mode": "on_policy"}),
+                                      "on_policy": op.model_copy(update=update)}, deep=True)
 
 
 def build_init(cfg: RunConfig, out: Path) -> str:

@@ -313,9 +313,15 @@ def train_on_policy(cfg: RunConfig) -> dict:
     op = cfg.on_policy
     init_dir = build_student_init(cfg, out)
     exemplars, train_problems, _ = load_task(cfg)
-    teachers = [ScoringTeacher(t.name, str(resolve_model(t.model)), t.weight) for t in cfg.teacher_list()]
+    chosen = [t for t in cfg.teacher_list() if op.teachers is None or t.name in op.teachers]
+    unknown = set(op.teachers or ()) - {t.name for t in cfg.teacher_list()}
+    if unknown or not chosen:
+        raise ValueError(f"on_policy.teachers {sorted(op.teachers)} must name teachers of this run "
+                         f"({[t.name for t in cfg.teacher_list()]})")
+    teachers = [ScoringTeacher(t.name, str(resolve_model(t.model)), t.weight) for t in chosen]
     problems = on_policy_problems(train_problems, exemplars, _tokenizer(str(init_dir)),
-                                  [_tokenizer(t.model_dir) for t in teachers], cfg.prompt, cfg.seed, op.teacher_context)
+                                  [_tokenizer(t.model_dir) for t in teachers], cfg.prompt, cfg.seed, op.teacher_context,
+                                  [t.prompt_style for t in chosen])
     log(f"train: on-policy distillation of {describe_student(cfg)} from {[t.name for t in teachers]}: {op.steps} "
         f"steps x {cfg.train.workers} workers x {op.prompts_per_step} problems x {op.samples} samples, beta "
         f"{op.beta}, verifier {op.verifier}")
