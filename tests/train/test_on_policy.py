@@ -197,3 +197,29 @@ def test_a_short_on_policy_run_on_two_workers_lowers_the_reverse_kl(ray_cluster,
     assert all(h["staleness"] <= 1 for h in result.history)       # later ones one push behind at most
     assert all(h["sample_s"] > 0 and h["score_s"] > 0 and h["verify_s"] > 0 for h in result.history)
     assert 0.0 <= result.history[-1]["verified"] <= 1.0 and math.isfinite(result.history[-1]["reverse_kl"])
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_by_name(tiny_pair):
+    from distill_ray.models import resolve_model
+    from distill_ray.onpolicy import ScoringTeacher
+    from distill_ray.onpolicy.trainer import require_student_vocabulary
+
+    require_student_vocabulary(tiny_pair[0], [ScoringTeacher("same", str(tiny_pair[1]))])
+    with pytest.raises(ValueError, match="'gemma'.*another tokenizer"):
+        require_student_vocabulary(tiny_pair[0], [ScoringTeacher("gemma", str(resolve_model("gemma3")))])
+
+
+def test_on_policy_arms_train_on_as_many_sequences_as_the_teacher_data_arms():
+    from distill_ray.config import load_config
+    from distill_ray.experiment import on_policy_config
+
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "on_policy.yaml")
+    plain = on_policy_config(cfg, "on_policy", budget=50)
+    per_step = cfg.train.workers * cfg.on_policy.prompts_per_step * cfg.on_policy.samples
+    assert plain.train.mode == "on_policy" and plain.on_policy.verifier == "none" and plain.on_policy.sft_weight == 0
+    assert plain.on_policy.steps == math.ceil(50 * cfg.train.epochs / per_step)
+    verified = on_policy_config(cfg, "on_policy_verified", budget=50)
+    assert verified.on_policy.verifier == "weight" and verified.on_policy.sft_weight == 1.0
+    assert cfg.train.mode == "offline"                                # the run's own config is left alone
