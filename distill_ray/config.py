@@ -186,6 +186,9 @@ class OnPolicyConfig(Section):
         "(prompt section) or the student's own zero-shot one.")
     sync_every: int = Field(1, ge=1, description="Optimizer steps between pushes of the student's weights to "
                             "the samplers (the step after a push samples with them; staleness is recorded).")
+    overlap: bool = Field(True, description="Request the next step's rollouts before training on this step's, so "
+                          "sampling, scoring and verifying overlap training (samples one push behind); false: each "
+                          "step samples with the weights of the step before it, strictly in turn.")
     verifier: Literal["none", "weight", "filter"] = Field(
         "weight", description="How the verifier's verdict enters the loss: none; weight (a rejected completion's "
         "divergence counts wrong_weight); filter (rejected completions are left out).")

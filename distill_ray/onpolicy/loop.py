@@ -7,7 +7,9 @@ one optimizer step on the divergence. The loop does not wait for that chain: ste
 requested before step ``s`` trains, so sampling, scoring and verifying overlap training, and a rollout is
 sampled with weights one push behind (its ``staleness``, recorded per step, is the step it trains at minus the
 step whose weights sampled it). Every ``sync_every`` steps rank 0 pushes the weights to the samplers through
-Ray's object store; a resumed run pushes its restored weights before it samples.
+Ray's object store, and no rank requests a rollout before the push has landed; a resumed run pushes its
+restored weights before it samples. ``overlap: false`` is the strictly sequential loop (request after the push:
+staleness 0 with ``sync_every: 1``), the baseline of ``benchmarks/on_policy_throughput.py``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def on_policy_loop_per_worker(config: dict) -> dict:
         waited = time.perf_counter()
         result = rollouts.collect(pending)
         times = {"wait_s": time.perf_counter() - waited, **result.pop("times")}
-        if state.step + 1 < op.steps:
+        if op.overlap and state.step + 1 < op.steps:
             pending = rollouts.request(state.step + 1)     # overlaps the training step below
         started = time.perf_counter()
         loss = _train_step(engine, result["batch"], op, settings)
@@ -67,6 +69,9 @@ def on_policy_loop_per_worker(config: dict) -> dict:
             sync_start = time.perf_counter()
             push_weights(engine, actors["samplers"], state.step, settings.zero_stage, rank)
             record["sync_s"] = time.perf_counter() - sync_start
+        if not op.overlap and state.step < op.steps:
+            pending = rollouts.request(state.step)         # after the push: sampled with this step's weights
+        record["step_s"] = time.perf_counter() - waited   # the whole iteration, wall clock (this rank)
         _log(state, record, settings, rank)
         if settings.fail_at_step == state.step and not state.resumed_from and rank == 0:
             raise RuntimeError(f"fail_at_step={state.step}: simulated worker failure")
