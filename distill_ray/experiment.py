@@ -163,6 +163,7 @@ def run_experiment(cfg: RunConfig) -> dict:
     results: dict[str, list[dict]] = {arm: [] for arm in e.arms}
     trained_rows: dict[str, int] = {}
     expert_rounds: dict[int, list[dict]] = {}
+    on_policy_runs: dict[str, dict[int, dict]] = {}
     for seed in e.seeds:
         seed_cfg = cfg.model_copy(update={"seed": seed, "output_dir": str(out / f"seed{seed}")}, deep=True)
         for arm in e.arms:
@@ -172,9 +173,11 @@ def run_experiment(cfg: RunConfig) -> dict:
                 continue
             if arm in ON_POLICY_ARMS:
                 arm_cfg = on_policy_config(arm_cfg, arm, budget)
-                student = train(arm_cfg)["student"]
+                summary = train(arm_cfg)
+                student = summary["student"]
                 op = arm_cfg.on_policy
                 trained_rows[arm] = op.steps * arm_cfg.train.workers * op.prompts_per_step * op.samples
+                on_policy_runs.setdefault(arm, {})[seed] = on_policy_summary(summary["history"])
             elif arm == "expert_iteration":
                 student, expert_rounds[seed] = expert_iteration(arm_cfg, problems, first, budget, e.expert_rounds)
                 # the last student's rows: the pool only grows, so no earlier round trained on more
@@ -187,7 +190,7 @@ def run_experiment(cfg: RunConfig) -> dict:
     teachers = evaluate(cfg.model_copy(update={"output_dir": str(out / "teachers")}, deep=True), teacher_models)
     report = {"name": cfg.name, "budget": budget, "seeds": list(e.seeds), "k": list(cfg.eval.k),
               "pools": {arm: len(pool) for arm, pool in pools.items()}, "trained_rows": trained_rows,
-              "expert_rounds": expert_rounds,
+              "expert_rounds": expert_rounds, "on_policy": on_policy_runs,
               "generation": {k: v for k, v in generation.items() if k != "per_teacher"},
               "arms": {arm: summarize_arm(runs, cfg.eval.k) for arm, runs in results.items() if runs},
               "teachers": teachers, "runs": results}
@@ -224,6 +227,19 @@ def on_policy_config(arm_cfg: RunConfig, arm: str, budget: int) -> RunConfig:
                                       "on_policy": op.model_copy(update=update)}, deep=True)
 
 
+STEP_PARTS = ("sample_s", "score_s", "verify_s", "train_s", "sync_s", "wait_s", "step_s")
+
+
+def on_policy_summary(history: list[dict]) -> dict:
+    """An on-policy run in a few numbers: the divergence and the verified share of the student's samples at the
+    first and the last step, the mean staleness, and the mean seconds per step of each part."""
+    first, last = history[0], history[-1]
+    return {"steps": len(history), "reverse_kl": [first["reverse_kl"], last["reverse_kl"]],
+            "verified": [first["verified"], last["verified"]],
+            "staleness": sum(h["staleness"] for h in history) / len(history),
+            **{part: sum(h.get(part, 0.0) for h in history) / len(history) for part in STEP_PARTS}}
+
+
 def build_init(cfg: RunConfig, out: Path) -> str:
     return str(build_student_init(cfg, out))
 
@@ -244,7 +260,7 @@ def write_experiment_report(report: dict, out: Path) -> dict[str, Path]:
 
 def render_table(report: dict) -> str:
     ks = report["k"]
-    rows = [[arm, report["trained_rows"].get(arm, 0), *(seeds_cell(s[f"pass@{k}"]) for k in ks)]
+    rows = [[arm, trained_on(arm, report["trained_rows"].get(arm, 0)), *(seeds_cell(s[f"pass@{k}"]) for k in ks)]
             for arm, s in report["arms"].items()]
     rows += [[arm, 0, *(["nothing to train on: no verified samples"] + ["-"] * (len(ks) - 1))]
              for arm in report["trained_rows"] if arm not in report["arms"]]
@@ -254,8 +270,29 @@ def render_table(report: dict) -> str:
              f"Same budget per trained arm: {report['budget']} rows; seeds {report['seeds']}. pass@k is the mean "
              "over seeds of the mean over held-out problems; ± is the spread (std) over seeds; the interval is "
              "seed 0's 95% interval over problems.", ""]
-    lines += table(["arm", "rows trained", *(f"pass@{k}" for k in ks)], rows, right=1 + len(ks))
-    return "\n".join(lines + expert_rounds_table(report.get("expert_rounds", {}))) + "\n"
+    lines += table(["arm", "trained on", *(f"pass@{k}" for k in ks)], rows, right=1 + len(ks))
+    return "\n".join(lines + expert_rounds_table(report.get("expert_rounds", {}))
+                     + on_policy_table(report.get("on_policy", {}))) + "\n"
+
+
+def trained_on(arm: str, count: int) -> str:
+    return f"{count} student completions" if arm in ON_POLICY_ARMS else f"{count} rows"
+
+
+def on_policy_table(runs: dict) -> list[str]:
+    """Each on-policy run: how the divergence and the verified share of its own samples moved, its staleness,
+    and where a step's time went."""
+    if not runs:
+        return []
+    rows = [[arm, seed, r["steps"], f"{r['reverse_kl'][0]:.3f} -> {r['reverse_kl'][1]:.3f}",
+             f"{r['verified'][0]:.2f} -> {r['verified'][1]:.2f}", f"{r['staleness']:.2f}",
+             " / ".join(f"{r[p]:.1f}" for p in STEP_PARTS)]
+            for arm, seeds in runs.items() for seed, r in seeds.items()]
+    return ["", "## On-policy runs", "",
+            "Reverse KL(student || teacher) per token and the verified share of the student's own samples, first "
+            "step -> last; seconds per step (mean): sample / score / verify / train / sync / wait / whole step "
+            "(sample, score and verify run beside training, so the whole step is less than their sum).", ""] + \
+        table(["arm", "seed", "steps", "reverse KL", "verified", "staleness", "seconds per step"], rows, right=5)
 
 
 def expert_rounds_table(expert_rounds: dict) -> list[str]:

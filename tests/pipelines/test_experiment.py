@@ -80,8 +80,14 @@ def test_experiment_runs_every_arm_on_one_budget(ray_cluster, tmp_path):
         "task.families=[base_convert]", "prompt.num_shots=3", "prompt.exemplars=retrieved", "prompt.pool_size=3",
         "teacher.samples=4", "teacher.max_new_tokens=8", "teacher.torch_threads=2", "train.student=teacher",
         "train.workers=1", "train.epochs=1", "train.max_steps=2", "eval.samples=2", "eval.k=[1, 2]",
-        "eval.max_new_tokens=8", "experiment.seeds=[0]", "experiment.budget=1", "experiment.expert_rounds=2"])
+        "eval.max_new_tokens=8", "experiment.seeds=[0]", "experiment.budget=1", "experiment.expert_rounds=2",
+        f"experiment.arms={ARMS + ['on_policy_verified']}", "on_policy.prompts_per_step=2", "on_policy.samples=2",
+        "on_policy.max_new_tokens=8"])
     report = run_experiment(cfg)
+    on_policy = report["on_policy"]["on_policy_verified"][0]
+    assert report["trained_rows"].pop("on_policy_verified") == 1 * 2 * 2             # one step: 2 problems x 2
+    assert on_policy["steps"] == 1 and 0.0 <= on_policy["verified"][0] <= 1.0 and on_policy["reverse_kl"][0] > 0
+    assert report["arms"].pop("on_policy_verified")["seeds"] == 1
 
     assert report["budget"] == 1 and set(report["arms"]) == set(ARMS)
     assert report["trained_rows"] == {arm: report["budget"] for arm in ARMS[1:]}   # all on the same budget
@@ -96,6 +102,7 @@ def test_experiment_runs_every_arm_on_one_budget(ray_cluster, tmp_path):
     saved = json.loads((tmp_path / "experiment.json").read_text())
     assert saved["budget"] == 1 and saved["expert_rounds"]["0"] == rounds
     table = (tmp_path / "experiment.md").read_text()
-    assert all(f"| {arm} | 1 |" in table for arm in ARMS[1:]) and "| teacher (few-shot) |" in table
+    assert all(f"| {arm} | 1 rows |" in table for arm in ARMS[1:]) and "| teacher (few-shot) |" in table
+    assert "| on_policy_verified | 4 student completions |" in table and "## On-policy runs" in table
     assert "## Expert iteration, round by round" in table and "| 0 | 1 | 16 |" in table
     assert (tmp_path / "experiment.png").stat().st_size > 0

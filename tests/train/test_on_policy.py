@@ -102,24 +102,12 @@ def test_rollout_batch_puts_each_teacher_distribution_on_the_token_it_scored():
     assert cut["input_ids"][0].tolist() == [8, 9, 11, 12]                # the prompt loses its start, not the target
 
 
-@pytest.fixture(scope="module")
-def tiny_pair(tokenizer, tmp_path_factory):
-    """A tiny random student and a different tiny random teacher, both with SmolLM2's tokenizer."""
-    from distill_ray.models import resolve_model
-    from distill_ray.train import build_student_from_config
-
-    root = tmp_path_factory.mktemp("tiny-pair")
-    return [build_student_from_config(resolve_model("smollm2"), root / name, hidden_size=32, num_layers=1,
-                                      num_heads=2, num_kv_heads=1, seed=seed)
-            for name, seed in (("student", 0), ("teacher", 1))]
-
-
-def test_teacher_scores_are_the_logprobs_the_model_samples_from(tiny_pair):
+def test_teacher_scores_are_the_logprobs_the_model_samples_from(tiny_dirs):
     """score() of a completion gives, at each position, the same top-k that generate() recorded while writing it."""
     from distill_ray.teachers import SamplingSettings
     from distill_ray.teachers.hf import HFEngine
 
-    engine = HFEngine(str(tiny_pair[1]))
+    engine = HFEngine(str(tiny_dirs[1]))
     prompts = ["<|im_start|>user\nAdd 2 and 3<|im_end|>\n<|im_start|>assistant\n", "x = "]
     batch = engine.generate(prompts, SamplingSettings(n=2, temperature=1.0, max_new_tokens=6, seed=3, top_k_logprobs=4))
     generations = [g for row in batch for g in row]
@@ -130,14 +118,14 @@ def test_teacher_scores_are_the_logprobs_the_model_samples_from(tiny_pair):
         np.testing.assert_allclose(logprobs, [[lp for _, lp in step] for step in g.logprobs], atol=1e-4)
 
 
-def test_pushed_weights_reach_the_sampler(tiny_pair):
+def test_pushed_weights_reach_the_sampler(tiny_dirs):
     from transformers import AutoModelForCausalLM
 
     from distill_ray.onpolicy.actors import StudentSampler
 
-    sampler = StudentSampler(str(tiny_pair[0]))
+    sampler = StudentSampler(str(tiny_dirs[0]))
     before = sampler.sample(["x = "], 2, 1.0, 8, seed=5)
-    teacher = AutoModelForCausalLM.from_pretrained(tiny_pair[1])
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_dirs[1])
     sampler.load_weights(teacher.state_dict(), version=7)
     after = sampler.sample(["x = "], 2, 1.0, 8, seed=5)
     assert after["version"] == 7 and after["token_ids"] != before["token_ids"]
@@ -161,7 +149,7 @@ def _mean_reverse_kl(student_dir, teacher_dir, prompts, completions, k=20) -> fl
 
 
 @pytest.mark.slow
-def test_a_short_on_policy_run_on_two_workers_lowers_the_reverse_kl(ray_cluster, tiny_pair, tokenizer, tmp_path):
+def test_a_short_on_policy_run_on_two_workers_lowers_the_reverse_kl(ray_cluster, tiny_dirs, tokenizer, tmp_path):
     from distill_ray.config import OnPolicyConfig, PromptConfig
     from distill_ray.onpolicy import ScoringTeacher, train_on_policy
     from distill_ray.onpolicy.actors import StudentSampler
@@ -170,7 +158,7 @@ def test_a_short_on_policy_run_on_two_workers_lowers_the_reverse_kl(ray_cluster,
     from distill_ray.tasks import load_problems
     from distill_ray.train import TrainSettings
 
-    student_dir, teacher_dir = tiny_pair
+    student_dir, teacher_dir = tiny_dirs
     train, _ = load_problems("puzzles", num_train=16, num_eval=1, seed=0)
     problems = on_policy_problems(train[4:], exemplar_pool(train[:4]), tokenizer, [tokenizer],
                                   PromptConfig(num_shots=1), seed=0)
@@ -199,14 +187,14 @@ def test_a_short_on_policy_run_on_two_workers_lowers_the_reverse_kl(ray_cluster,
     assert 0.0 <= result.history[-1]["verified"] <= 1.0 and math.isfinite(result.history[-1]["reverse_kl"])
 
 
-def test_a_teacher_with_another_tokenizer_is_refused_by_name(tiny_pair):
+def test_a_teacher_with_another_tokenizer_is_refused_by_name(tiny_dirs):
     from distill_ray.models import resolve_model
     from distill_ray.onpolicy import ScoringTeacher
     from distill_ray.onpolicy.trainer import require_student_vocabulary
 
-    require_student_vocabulary(tiny_pair[0], [ScoringTeacher("same", str(tiny_pair[1]))])
+    require_student_vocabulary(tiny_dirs[0], [ScoringTeacher("same", str(tiny_dirs[1]))])
     with pytest.raises(ValueError, match="'gemma'.*another tokenizer"):
-        require_student_vocabulary(tiny_pair[0], [ScoringTeacher("gemma", str(resolve_model("gemma3")))])
+        require_student_vocabulary(tiny_dirs[0], [ScoringTeacher("gemma", str(resolve_model("gemma3")))])
 
 
 def test_on_policy_arms_train_on_as_many_sequences_as_the_teacher_data_arms():

@@ -81,18 +81,6 @@ def test_swing_temperature_rises_with_privacy_and_noise_is_seeded():
     assert losses.add_noise(logits, 0.0, None) is logits
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tokenizer, tmp_path_factory):
-    """Two tiny random llamas with the real SmolLM2 tokenizer: a student and a (different) teacher."""
-    from distill_ray.models import resolve_model
-    from distill_ray.train import build_student_from_config
-
-    root = tmp_path_factory.mktemp("tiny")
-    return [build_student_from_config(resolve_model("smollm2"), root / name, hidden_size=32, num_layers=1,
-                                      num_heads=2, num_kv_heads=1, seed=seed)
-            for name, seed in (("student", 0), ("teacher", 1))]
-
-
 def _rows(weights=None, topk=None):
     rows = {"prompt_text": [CHAT.format("Say red"), CHAT.format("Pick"), CHAT.format("x")],
             "target_text": ["red red", "Tom 42", "ok"]}
