@@ -307,6 +307,7 @@ def train_on_policy(cfg: RunConfig) -> dict:
     score its tokens, the verifier judges; no dataset is read."""
     from distill_ray.onpolicy import ScoringTeacher, train_on_policy as run_on_policy
     from distill_ray.onpolicy.problems import on_policy_problems
+    from distill_ray.stages.teacher import engine_options
 
     connect_ray(cfg)
     out = Path(cfg.output_dir)
@@ -318,7 +319,8 @@ def train_on_policy(cfg: RunConfig) -> dict:
     if unknown or not chosen:
         raise ValueError(f"on_policy.teachers {sorted(op.teachers)} must name teachers of this run "
                          f"({[t.name for t in cfg.teacher_list()]})")
-    teachers = [ScoringTeacher(t.name, str(resolve_model(t.model)), t.weight) for t in chosen]
+    teachers = [ScoringTeacher(t.name, str(resolve_model(t.model)), t.weight, t.engine, engine_options(t))
+                for t in chosen]
     problems = on_policy_problems(train_problems, exemplars, _tokenizer(str(init_dir)),
                                   [_tokenizer(t.model_dir) for t in teachers], cfg.prompt, cfg.seed, op.teacher_context,
                                   [t.prompt_style for t in chosen])

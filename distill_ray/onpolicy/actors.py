@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 from distill_ray.teachers.base import SamplingSettings
 
+SCORING_ENGINES = ("hf", "vllm")
+
 
 class StudentSampler:
     def __init__(self, model_dir: str, torch_threads: int | None = None):
@@ -44,10 +46,15 @@ class StudentSampler:
 
 
 class TeacherScorer:
-    def __init__(self, model: str, torch_threads: int | None = None):
-        from distill_ray.teachers.hf import HFEngine
+    """``engine``: ``hf`` or ``vllm`` (both have ``score``: a forward pass, or vLLM's prompt log-probs)."""
 
-        self.engine = HFEngine(model, torch_threads=torch_threads)
+    def __init__(self, model: str, engine: str = "hf", options: dict | None = None):
+        from distill_ray.teachers import make_engine
+
+        if engine not in SCORING_ENGINES:
+            raise ValueError(f"teacher engine {engine!r} cannot score the student's tokens: use one of "
+                             f"{SCORING_ENGINES}")
+        self.engine = make_engine(engine, model, **(options or {}))
 
     def score(self, prompts: list[str], rollout: dict, n: int, top_k: int) -> dict:
         """Top-k log-probs at each token of each completion of ``rollout`` (``n`` per prompt, prompt-major),

@@ -20,6 +20,8 @@ class ScoringTeacher:
     name: str
     model_dir: str        # a Hugging Face directory with the student's tokenizer
     weight: float = 1.0   # its share of the combined distribution (the vote's teacher weight)
+    engine: str = "hf"    # what scores: hf or vllm
+    options: dict | None = None   # the engine's keyword arguments
 
 
 def train_on_policy(init_dir: str | Path, problems: list[dict], teachers: list[ScoringTeacher],
@@ -36,7 +38,8 @@ def train_on_policy(init_dir: str | Path, problems: list[dict], teachers: list[S
     actor = ray.remote(num_cpus=op.actor_cpus)
     actors = {
         "samplers": [actor(StudentSampler).remote(str(init_dir), torch_threads=1) for _ in range(op.samplers)],
-        "scorers": [actor(TeacherScorer).remote(t.model_dir, torch_threads=1) for t in teachers],
+        "scorers": [actor(TeacherScorer).remote(t.model_dir, t.engine, t.options or {"torch_threads": 1})
+                    for t in teachers],
         "teacher_weights": [t.weight for t in teachers],
         "judge": actor(RolloutJudge).remote({"timeout_s": verify.timeout_s, "memory_mb": verify.memory_mb},
                                             verify.workers_per_actor),

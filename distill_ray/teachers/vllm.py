@@ -11,7 +11,8 @@ Where vLLM runs:
   interpreter named by the ``python`` option or ``$DISTILL_RAY_VLLM_PYTHON``). The child holds the ``LLM``;
   requests and results cross its stdin/stdout as pickles of plain lists and dicts (its logs go to stderr, i.e.
   the actor's log). The actor, its Ray Data blocks and the tokenizer that renders prompts stay in ``.venv``.
-  The child ends when the engine is closed, when its stdin closes, or when the actor process dies.
+  The child ends when the engine is closed, when its stdin closes, or when the actor process dies. ``score`` (the
+on-policy loop's teacher scoring) reads vLLM's ``prompt_logprobs`` over prompt + completion.
 
 Both paths tokenize the rendered prompt here, without special tokens (``prompt_token_ids``), like the ``hf``
 engine: the chat template already wrote any BOS, and vLLM's own tokenization would add a second one.
@@ -58,6 +59,8 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+
+import numpy as np
 
 from distill_ray.prompts import render
 from distill_ray.teachers.base import Batch, Generation, SamplingSettings, chat_stop_ids, top_k_pairs
@@ -178,6 +181,16 @@ class VLLMEngine:
             rows = self._child.generate(token_ids, sampling, self.stop_ids)
         return Batch.of(rows, time.perf_counter() - start)
 
+    def score(self, prompts: list[str], completions: list[list[int]], top_k: int) -> list[tuple]:
+        """As ``HFEngine.score``: this model's top-k log-probs at each position of each completion, given the
+        prompt, from vLLM's ``prompt_logprobs`` over prompt + completion (one prefill each, no generation)."""
+        prompt_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        sequences = [p + list(c) for p, c in zip(prompt_ids, completions)]
+        starts = [len(p) for p in prompt_ids]
+        engine = self._local if self._local is not None else self._child
+        return [(np.array(ids, np.int64).reshape(-1, top_k), np.array(lps, np.float32).reshape(-1, top_k))
+                for ids, lps in engine.score(sequences, starts, top_k)]
+
     def close(self) -> None:
         if self._child is not None:
             self._child.close()
@@ -203,6 +216,21 @@ class LocalVLLM:
         params = SamplingParams(**{**sampling_params(sampling, stop_ids), "n": sampling.n // copies})
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=False)
         return [generations_from_output(output, sampling.top_k_logprobs, stop_ids) * copies for output in outputs]
+
+
+    def score(self, sequences: list[list[int]], starts: list[int], top_k: int) -> list[tuple[list, list]]:
+        """Per sequence, the top-k (ids, logprobs) of the distributions that tokens ``start:`` were drawn from."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
+        scored = []
+        for output, start in zip(outputs, starts):
+            # prompt_logprobs[i]: the distribution token i was drawn from (top-k plus token i itself)
+            steps = [top_k_pairs(((t, lp.logprob) for t, lp in step.items()), top_k)
+                     for step in output.prompt_logprobs[start:]]
+            scored.append(([t for step in steps for t, _ in step], [lp for step in steps for _, lp in step]))
+        return scored
 
 
 def vllm_version() -> str:
@@ -247,6 +275,9 @@ class ChildVLLM:
     def generate(self, token_ids: list[list[int]], sampling: SamplingSettings, stop_ids: list[int]) -> list:
         reply = self._call({"token_ids": token_ids, "sampling": asdict(sampling), "stop_ids": stop_ids})
         return [[Generation(**g) for g in row] for row in reply["rows"]]
+
+    def score(self, sequences: list[list[int]], starts: list[int], top_k: int) -> list[tuple[list, list]]:
+        return self._call({"score": sequences, "starts": starts, "top_k": top_k})["scored"]
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -301,6 +332,9 @@ def main() -> None:
         except EOFError:
             break
         try:
+            if "score" in message:
+                reply({"scored": engine.score(message["score"], message["starts"], message["top_k"])})
+                continue
             sampling = SamplingSettings(**{**message["sampling"], "stop": tuple(message["sampling"]["stop"])})
             rows = engine.generate(message["token_ids"], sampling, message["stop_ids"])
             reply({"rows": [[asdict(g) for g in row] for row in rows]})

@@ -78,6 +78,23 @@ def test_greedy_matches_hf_tokens_and_raw_logprobs(vllm_engine, hf_engine):
     assert first_step[0][0] == ours[0][0].logprobs[0][0][0] and abs(first_step[0][1] - ours[0][0].logprobs[0][0][1]) < 1e-4
 
 
+def test_scores_of_a_completion_match_hf(vllm_engine, hf_engine):
+    """The on-policy teacher's scoring: vLLM's prompt_logprobs over prompt + completion give the same top-k, at each
+    completion token, as the hf engine's forward pass (float32 both)."""
+    sampled = hf_engine.generate(prompts(hf_engine)[:2], SamplingSettings(n=1, temperature=1.0, max_new_tokens=10,
+                                                                          seed=3))
+    completions = [row[0].token_ids for row in sampled]
+    ours = vllm_engine.score(prompts(vllm_engine)[:2], completions, 5)
+    theirs = hf_engine.score(prompts(hf_engine)[:2], completions, 5)
+    for completion, (ids, logprobs), (ref_ids, ref_logprobs) in zip(completions, ours, theirs):
+        assert ids.shape == ref_ids.shape == (len(completion), 5)
+        for j in range(len(completion)):
+            assert ids[j, 0] == ref_ids[j, 0]
+            ref = dict(zip(ref_ids[j].tolist(), ref_logprobs[j].tolist()))
+            shared = [(lp, ref[t]) for t, lp in zip(ids[j].tolist(), logprobs[j].tolist()) if t in ref]
+            assert len(shared) >= 4 and all(abs(a - b) < 0.02 for a, b in shared)
+
+
 def test_stop_strings_end_the_completion_before_them(vllm_engine, hf_engine):
     free = vllm_engine.generate(prompts(vllm_engine), SamplingSettings(n=1, temperature=0.0, max_new_tokens=24))
     text = free[2][0].text           # the Python function: a long answer
