@@ -126,6 +126,11 @@ class TrainConfig(Section):
     use_gpu: bool = Field(False, description="Train on GPUs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward instead of "
                                          "storing them (large students: less memory, ~30% more compute).")
+    max_failures: int = Field(0, ge=0, description="Ray Train worker-group restarts from the last checkpoint (a "
+                              "killed worker or node); 0: a failure ends the run.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Optimizer steps between checkpoints a restart "
+                                         "resumes from (null: only the final one).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage (Ray Train's num_to_keep).")
     storage_path: str | None = Field(None, description="Ray Train storage for checkpoints; on a multi-node "
                                      "cluster a path every node shares (NFS, s3://...). Null: under output_dir.")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: plain data parallel; 3 "

@@ -22,10 +22,6 @@ class TrainSettings(TrainConfig):
                                                                   "and cosine decay to 0 at the last step.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     bf16: bool | None = Field(None, description="None: bf16 on GPU, fp32 on CPU.")
-    max_failures: int = Field(0, ge=0, description="Ray Train worker-group restarts from the last checkpoint.")
-    checkpoint_every: int | None = Field(None, ge=1, description="Optimizer steps between checkpoints (None: "
-                                         "only the final one).")
-    keep_checkpoints: int = Field(2, ge=1, description="Ray Train CheckpointConfig.num_to_keep.")
     log_every: int = Field(10, ge=0, description="Rank 0 prints progress every this many steps (0: never).")
     run_name: str | None = Field(None, description="Ray Train run name; reusing one in the same storage resumes "
                                  "that run.")

@@ -185,6 +185,72 @@ def test_zero3_run_resumes_after_a_worker_failure(ray_cluster, tiny_dir, tmp_pat
     assert result.loss_history == pytest.approx(plain.loss_history, rel=1e-4)
 
 
+def _kill_a_train_worker_after(checkpoint: str, root, stop) -> list[int]:
+    """Once a checkpoint named ``checkpoint`` exists under ``root``, SIGKILL one Ray Train worker among this test
+    session's processes (the local cluster's raylet is our child: never another job's worker)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    killed = []
+    while not stop.is_set() and not killed:
+        if any(root.rglob(checkpoint)):
+            workers = [p for p in psutil.Process().children(recursive=True) if _title(p).startswith("ray::RayTrainWorker")]
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+        time.sleep(0.2)
+    return killed
+
+
+def _title(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+@pytest.mark.slow
+def test_the_pipeline_trains_through_a_killed_worker_from_its_checkpoints(ray_cluster, tiny_dir, tmp_path):
+    """``distill-ray train`` with ``train.max_failures`` and ``train.checkpoint_every`` from the config: a Ray
+    Train worker SIGKILLed mid-run restarts from the last checkpoint, and the run's loss history equals an
+    uninterrupted run's, step for step."""
+    import threading
+
+    import pandas as pd
+
+    from distill_ray.config import load_config
+    from distill_ray.workflow import train
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    rows = [{"task_id": f"t{i}", "kind": "p3", "question": f"def sat(x: int):\n    return x == {i}",
+             "program": f"def sol():\n    return {i}", "keep": True} for i in range(24)]
+    pd.DataFrame(rows).to_parquet(dataset / "part-0.parquet")
+    overrides = [f"train.student={tiny_dir}", "train.workers=2", "train.epochs=2", "train.batch_size=3",
+                 "train.lr=3e-3", "train.zero_stage=2", "train.checkpoint_every=1", "train.max_failures=1"]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'killed'}", *overrides])
+    stop = threading.Event()
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.extend(_kill_a_train_worker_after(
+        "checkpoint_step000003", tmp_path / "killed", stop)))
+    killer.start()
+    try:
+        result = train(cfg, str(dataset))
+    finally:
+        stop.set()
+        killer.join()
+    saved = json.loads((tmp_path / "killed" / "student" / "train_result.json").read_text())["result"]
+    assert killed and saved["resumed_from"] and saved["resumed_from"][0] >= 1   # from a checkpoint, not step 0
+    assert result["steps"] == 2 * 24 // (2 * 3)                               # epochs x rows / global batch
+    plain = train(load_config(None, [f"output_dir={tmp_path / 'plain'}", *overrides]), str(dataset))
+    assert result["loss_history"] == pytest.approx(plain["loss_history"], rel=1e-4)
+
+
 def varied_rows() -> list[dict]:
     """Rows whose targets differ in length (1 to 12 words), so micro-batches hold different token counts."""
     return [{"prompt_text": CHAT.format(f"Say {w}"), "target_text": " ".join([w] * (1 + 3 * i % 12))}
