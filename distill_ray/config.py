@@ -142,10 +142,11 @@ class TrainConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     max_length: int = Field(384, ge=16, description="Tokens per training row (prompt + target).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    objectives: dict[Literal["sft", "soft", "kd", "swing", "icl"], float] = Field(
+    objectives: dict[Literal["sft", "soft", "kd", "swing", "icl", "rkd_distance", "rkd_angle"], float] = Field(
         {"sft": 1.0}, description="Objective -> weight; the loss is the weighted sum (e.g. {sft: 1.0, kd: 0.5}). "
         "sft: completion cross-entropy; soft: rows weighted by their vote share (label_weight); kd: token KL "
-        "to the teacher; swing: privacy-aware kd; icl: targets after in-batch demonstrations.")
+        "to the teacher; swing: privacy-aware kd; icl: targets after in-batch demonstrations; rkd_distance, "
+        "rkd_angle: relational KD on the pairwise structure of the batch's embeddings (teacher model needed).")
     kd_temperature: float = Field(2.0, gt=0, description="Temperature T of kd (loss scaled by T^2); swing's "
                                   "temperature on non-private tokens.")
     swing_max_temperature: float = Field(8.0, gt=0, description="swing's temperature on surely-private tokens "

@@ -260,12 +260,16 @@ def same_vocabulary_teachers(cfg: RunConfig, student_dir: Path) -> dict[str, Pat
 
 
 def check_token_level(objectives: dict, same_vocab: dict, student: str) -> None:
-    """kd and swing compare token distributions: they need a teacher whose tokenizer is the student's."""
-    token_level = sorted({"kd", "swing"} & {name for name, weight in objectives.items() if weight})
+    """kd and swing compare token distributions, rkd the teacher model's embeddings of the student's token ids:
+    they need a teacher whose tokenizer is the student's."""
+    from distill_ray.train.objectives import TEACHER_MODEL_TERMS
+
+    chosen = {name for name, weight in objectives.items() if weight}
+    token_level = sorted(set(TEACHER_MODEL_TERMS) & chosen)
     if token_level and not same_vocab:
-        raise ValueError(f"train.objectives {token_level} compare the student's and a teacher's token distributions, "
-                         f"but no teacher shares the student's tokenizer (student {student!r}): use sft, soft or icl, "
-                         "or a student with a teacher's tokenizer")
+        raise ValueError(f"train.objectives {token_level} read the student's token ids with a teacher model or its "
+                         f"token distributions, but no teacher shares the student's tokenizer (student {student!r}): "
+                         "use sft, soft or icl, or a student with a teacher's tokenizer")
 
 
 def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from distill_ray.metrics import gauge
 from distill_ray.train.config import TrainSettings
 from distill_ray.train.batch import make_batch
-from distill_ray.train.objectives import DistillParams, Objective
+from distill_ray.train.objectives import TEACHER_MODEL_TERMS, DistillParams, Objective
 
 STATE_FILE = "train_state.json"   # in every checkpoint: counters and loss history
 DEEPSPEED_DIR = "deepspeed"       # DeepSpeed engine state (weights, ZeRO optimizer partitions, scheduler)
@@ -186,7 +186,7 @@ def _build_objective(settings: TrainSettings, engine) -> Objective:
     """The weighted objective; kd/swing with ``teacher_dir`` load the teacher here, frozen, on the
     student's device (it must share the student's tokenizer: the student is cut from its layers)."""
     teacher = None
-    if settings.teacher_dir and {"kd", "swing"} & set(settings.objectives):
+    if settings.teacher_dir and set(TEACHER_MODEL_TERMS) & set(settings.objectives):
         from transformers import AutoModelForCausalLM
 
         dtype = torch.bfloat16 if deepspeed_config(settings)["bf16"]["enabled"] else torch.float32

@@ -89,6 +89,38 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor, present: torch.Tensor) -> torc
     return terms.sum(dim=-1)
 
 
+def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Relational KD, distance-wise (Park et al., 2019): the pairwise distances between the B examples' embeddings,
+    each set divided by its mean, matched with a Huber loss. student [B, Ds], teacher [B, Dt]: the widths may
+    differ (only distances are compared), and it is 0 when the student's embeddings are the teacher's up to a
+    rotation, a translation and a scale. Mean over the B(B-1) ordered pairs; 0 with fewer than 2 examples."""
+    if len(student) < 2:
+        return student.sum() * 0.0
+    off_diagonal = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
+    s, t = (_normalised_distances(x.float(), off_diagonal) for x in (student, teacher.detach()))
+    return F.smooth_l1_loss(s[off_diagonal], t[off_diagonal])
+
+
+def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Relational KD, angle-wise: for every triplet (i, j, k) the cosine of the angle at j between the embeddings
+    of i and k, matched with a Huber loss (mean over all triplets; degenerate ones with i or k equal to j count
+    0 on both sides). Invariant to rotation, translation and scale; 0 with fewer than 3 examples."""
+    if len(student) < 3:
+        return student.sum() * 0.0
+    return F.smooth_l1_loss(_angles(student.float()), _angles(teacher.detach().float()))
+
+
+def _normalised_distances(x: torch.Tensor, off_diagonal: torch.Tensor) -> torch.Tensor:
+    distances = torch.cdist(x, x)
+    return distances / distances[off_diagonal].mean().clamp(min=1e-12)
+
+
+def _angles(x: torch.Tensor) -> torch.Tensor:
+    """[B, B, B]: cos of the angle at j between (x_i - x_j) and (x_k - x_j)."""
+    edges = F.normalize(x[None, :, :] - x[:, None, :], p=2, dim=-1)   # [j, i]: unit vector from x_j to x_i
+    return torch.bmm(edges, edges.transpose(1, 2))
+
+
 def swing_temperatures(privacy: torch.Tensor, base: float, maximum: float) -> torch.Tensor:
     """Per-token temperature rising linearly from ``base`` (score 0) to ``maximum`` (score 1) with the
     likelihood that the token carries private information: private tokens get flat, uninformative targets."""

@@ -12,6 +12,10 @@ every term; ``icl`` runs its own forward on inputs that carry demonstrations.
 - ``swing``: ``kd`` with a per-token temperature that rises with the token's privacy score and Gaussian
   noise on the teacher logits (privacy-aware distillation).
 - ``icl``: cross-entropy on the final target of inputs carrying k demonstrations.
+- ``rkd_distance`` / ``rkd_angle``: relational KD: the pairwise distances (angles of triplets) between the
+  micro-batch's examples, embedded by the student and by the teacher model (mean-pooled last hidden state over
+  prompt + target), matched (``losses.rkd_distance`` / ``rkd_angle``); a batch-level term, counted once per
+  target token of the batch so it mixes with the token terms by weight.
 
 A batch is what ``batch.make_batch`` makes: ``data.collate``'s left-padded ``input_ids``, ``attention_mask``,
 ``position_ids`` and unshifted ``labels`` (IGNORE_INDEX on prompt and padding), plus the extras named there.
@@ -28,7 +32,9 @@ from distill_ray.train import losses
 from distill_ray.train.data import IGNORE_INDEX, max_target_len
 from distill_ray.train.privacy import likelihood_scores, stored_target_logprobs
 
-OBJECTIVES = ("sft", "soft", "kd", "swing", "icl")
+OBJECTIVES = ("sft", "soft", "kd", "swing", "icl", "rkd_distance", "rkd_angle")
+RELATIONAL = ("rkd_distance", "rkd_angle")
+TEACHER_MODEL_TERMS = ("kd", "swing", *RELATIONAL)   # terms that may run a teacher model in the worker
 NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}}
 
 
@@ -55,6 +61,7 @@ class Forward:
     logits: torch.Tensor   # [B, T, V] float32
     labels: torch.Tensor   # [B, T]
     start: int             # first column of the window in the full-width batch
+    embedding: torch.Tensor | None = None   # [B, D]: mean-pooled last hidden state, when asked for
 
     @property
     def mask(self) -> torch.Tensor:
@@ -64,15 +71,24 @@ class Forward:
         return tensor[:, self.start:]
 
 
-def forward(model, batch: dict[str, torch.Tensor]) -> Forward:
+def forward(model, batch: dict[str, torch.Tensor], embed: bool = False) -> Forward:
     """With left padding every target ends at the last position, so only the last ``T + 1`` positions need
-    the vocabulary projection (``logits_to_keep``); logit ``i`` predicts token ``i + 1``."""
+    the vocabulary projection (``logits_to_keep``); logit ``i`` predicts token ``i + 1``. ``embed``: also each
+    row's mean-pooled last hidden state."""
     width = batch["input_ids"].shape[1]
     keep = min(max_target_len(batch) + 1, width)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep)
+                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep, output_hidden_states=embed)
     start = width - keep + 1
-    return Forward(logits=out.logits[:, :-1].float(), labels=batch["labels"][:, start:], start=start)
+    embedding = mean_pool(out.hidden_states[-1], batch["attention_mask"]) if embed else None
+    return Forward(logits=out.logits[:, :-1].float(), labels=batch["labels"][:, start:], start=start,
+                   embedding=embedding)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, W, D] -> [B, D]: the mean over each row's real (non-padding) tokens."""
+    mask = attention_mask.to(hidden.dtype)[..., None]
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +136,7 @@ class Objective:
         """Every term is a sum over target tokens; the loss divides the weighted sum by ``normaliser`` (the
         training loop passes the target tokens of the whole global batch, so each token weighs the same
         whatever micro-batch or worker it is in), by default this batch's own target tokens."""
-        fwd = None if fwd_free(self.weights) else forward(model, batch)
+        fwd = None if fwd_free(self.weights) else forward(model, batch, embed=bool(set(RELATIONAL) & set(self.weights)))
         sums = {name: self._term(name, model, fwd, batch, generator) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in sums.items())
         tokens = self.tokens(batch)
@@ -138,6 +154,9 @@ class Objective:
             return losses.soft_label_sum(losses.token_nll(fwd.logits, fwd.labels), batch["label_weight"])
         if name == "icl":
             return _lm_sum(forward(model, batch["icl"]))
+        if name in RELATIONAL:
+            relational = losses.rkd_distance if name == "rkd_distance" else losses.rkd_angle
+            return relational(fwd.embedding, self._teacher_embedding(batch)) * int(fwd.mask.sum())
         p = self.params
         if name == "kd":
             return self._distill(fwd, batch, torch.full(fwd.labels.shape, p.kd_temperature), 0.0, None)
@@ -194,6 +213,16 @@ class Objective:
                                               _scale(noise, temperature, rest), generator)
             total = total + losses.kl_full(fwd.logits[rest], teacher_logits, temperature[rest]).sum()
         return total
+
+    @torch.no_grad()
+    def _teacher_embedding(self, batch: dict) -> torch.Tensor:
+        """The teacher model's embedding of each row (as the student's: mean-pooled last hidden state)."""
+        if self.teacher is None:
+            raise ValueError("rkd_distance/rkd_angle need a teacher model (teacher_dir) with the student's tokenizer")
+        out = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=batch["position_ids"], use_cache=False, logits_to_keep=1,
+                           output_hidden_states=True)
+        return mean_pool(out.hidden_states[-1].float(), batch["attention_mask"])
 
     @torch.no_grad()
     def _teacher_logits(self, batch: dict, fwd: Forward, rows: torch.Tensor) -> torch.Tensor:

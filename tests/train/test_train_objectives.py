@@ -166,10 +166,11 @@ def _train_rows(tokenizer) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objectives", [{"soft": 1.0}, {"sft": 1.0, "kd": 0.5}, {"swing": 1.0},
-                                        {"sft": 1.0, "icl": 0.5}], ids=["soft", "kd", "swing", "icl"])
+                                        {"sft": 1.0, "icl": 0.5}, {"sft": 1.0, "rkd_distance": 1.0, "rkd_angle": 1.0}],
+                         ids=["soft", "kd", "swing", "icl", "rkd"])
 def test_each_objective_trains_on_two_ray_train_workers(ray_cluster, tiny_dirs, tokenizer, tmp_path, objectives):
     """kd reads a teacher model in the workers (its rows' stored top-k are dropped); swing reads the
-    stored top-k (no teacher model); soft reads label_weight."""
+    stored top-k (no teacher model); soft reads label_weight; rkd the teacher model's embeddings."""
     import ray.data
 
     from distill_ray.train import TrainSettings, train_student
