@@ -334,6 +334,7 @@ def train_on_policy(cfg: RunConfig) -> dict:
     result = run_on_policy(init_dir, problems, teachers, out / "student", train_settings(cfg), op, cfg.verify)
     history = result.history
     summary = {"student": result.output_dir, "student_init": str(init_dir), "mode": "on_policy",
+               "objectives": {"on_policy": 1.0}, "on_policy": op.model_dump(),
                "base": describe_student(cfg), "steps": result.steps, "samples": result.samples,
                "tokens": result.tokens, "seconds": result.seconds, "loss_history": result.loss_history,
                "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
