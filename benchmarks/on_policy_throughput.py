@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("sample_s", "score_s", "verify_s", "train_s", "sync_s", "wait_s", "step_s")
 
 
 def setup(work: Path) -> tuple[list, list[dict]]:
@@ -53,8 +52,10 @@ def run_loop(dirs: list, problems: list[dict], work: Path, steps: int, overlap: 
 
 def time_split(result) -> dict:
     """Mean seconds per step of each part, over the steps after the first (the first has no overlap to show)."""
+    from distill_ray.onpolicy.loop import STEP_PARTS
+
     later = result.history[1:] or result.history
-    return {part: sum(h[part] for h in later) / len(later) for part in PARTS}
+    return {part: sum(h[part] for h in later) / len(later) for part in STEP_PARTS}
 
 
 def measure(quick: bool = False, steps: int | None = None) -> list[dict]:

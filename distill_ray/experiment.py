@@ -174,9 +174,7 @@ def run_experiment(cfg: RunConfig) -> dict:
             if arm in ON_POLICY_ARMS:
                 arm_cfg = on_policy_config(arm_cfg, arm, budget)
                 summary = train(arm_cfg)
-                student = summary["student"]
-                op = arm_cfg.on_policy
-                trained_rows[arm] = op.steps * arm_cfg.train.workers * op.prompts_per_step * op.samples
+                student, trained_rows[arm] = summary["student"], summary["samples"]   # completions trained on
                 on_policy_runs.setdefault(arm, {})[seed] = on_policy_summary(summary["history"])
             elif arm == "expert_iteration":
                 student, expert_rounds[seed] = expert_iteration(arm_cfg, problems, first, budget, e.expert_rounds)
@@ -227,12 +225,11 @@ def on_policy_config(arm_cfg: RunConfig, arm: str, budget: int) -> RunConfig:
                                       "on_policy": op.model_copy(update=update)}, deep=True)
 
 
-STEP_PARTS = ("sample_s", "score_s", "verify_s", "train_s", "sync_s", "wait_s", "step_s")
-
-
 def on_policy_summary(history: list[dict]) -> dict:
     """An on-policy run in a few numbers: the divergence and the verified share of the student's samples at the
     first and the last step, the mean staleness, and the mean seconds per step of each part."""
+    from distill_ray.onpolicy.loop import STEP_PARTS
+
     first, last = history[0], history[-1]
     return {"steps": len(history), "reverse_kl": [first["reverse_kl"], last["reverse_kl"]],
             "verified": [first["verified"], last["verified"]],
@@ -284,6 +281,8 @@ def on_policy_table(runs: dict) -> list[str]:
     and where a step's time went."""
     if not runs:
         return []
+    from distill_ray.onpolicy.loop import STEP_PARTS
+
     rows = [[arm, seed, r["steps"], f"{r['reverse_kl'][0]:.3f} -> {r['reverse_kl'][1]:.3f}",
              f"{r['verified'][0]:.2f} -> {r['verified'][1]:.2f}", f"{r['staleness']:.2f}",
              " / ".join(f"{r[p]:.1f}" for p in STEP_PARTS)]

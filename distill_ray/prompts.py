@@ -93,6 +93,11 @@ def default_bos(tokenizer) -> str:
     return tokenizer.bos_token if ids[:1] == [tokenizer.bos_token_id] else ""
 
 
+def render_plain_prompt(tokenizer, messages: list[dict], prefix: str = "") -> str:
+    """A plain (``prompt_style: plain``) prompt as the model reads it: its default BOS, then the few-shot text."""
+    return default_bos(tokenizer) + render_plain(messages, prefix)
+
+
 def render(tokenizer, messages: list[dict], prefix: str = "") -> str:
     """The exact text a model continues: its chat template (plain turns if it has none) + the prefix.
     Teachers and the student's training rows both render through here, so they see the same format."""

@@ -26,10 +26,12 @@ from distill_ray.config import OnPolicyConfig
 from distill_ray.onpolicy.loss import on_policy_loss
 from distill_ray.onpolicy.rollouts import combine_teachers, rollout_batch, row_weights
 from distill_ray.train.config import TrainSettings
+from distill_ray.train.data import IGNORE_INDEX
 from distill_ray.train.loop import (build_engine, configure_process, load_state, report_checkpoint, report_final,
                                     run_metrics)
 
-STEP_TIMES = ("wait_s", "sample_s", "score_s", "verify_s", "train_s", "sync_s")
+STEP_TIMES = ("wait_s", "sample_s", "score_s", "verify_s", "train_s", "sync_s")   # averaged over the workers
+STEP_PARTS = (*STEP_TIMES, "step_s")   # every timing in a step's record ("step_s": rank 0's whole iteration)
 
 
 def on_policy_loop_per_worker(config: dict) -> dict:
@@ -130,7 +132,7 @@ def _train_step(engine, batch: dict, op: OnPolicyConfig, settings: TrainSettings
     """One optimizer step on this worker's rollouts; every completion token of the global batch weighs the same
     (DeepSpeed averages gradients over the workers, hence the global count / world size)."""
     world = dist.get_world_size()
-    tokens = torch.tensor([float((batch["labels"] != -100).sum())], dtype=torch.float64, device=engine.device)
+    tokens = torch.tensor([float((batch["labels"] != IGNORE_INDEX).sum())], dtype=torch.float64, device=engine.device)
     dist.all_reduce(tokens)
     batch = {k: v.to(engine.device) for k, v in batch.items()}
     loss = on_policy_loss(engine, batch, op.beta, op.sft_weight, max(float(tokens.item()), 1.0) / world)

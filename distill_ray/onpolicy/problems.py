@@ -4,7 +4,7 @@ prompt (few-shot or the student's own, ``on_policy.teacher_context``), and the f
 from __future__ import annotations
 
 from distill_ray.config import PromptConfig
-from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, default_bos, render, render_plain, response_prefix
+from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, render, render_plain_prompt, response_prefix
 
 CHECK_FIELDS = ("kind", "sat", "ans_type", "expected", "tests", "entry_point", "source")
 
@@ -25,7 +25,7 @@ def on_policy_problems(problems: list[dict], exemplars: list[Exemplar], student_
         out.append({
             "task_id": problem["task_id"],
             "student_prompt": render(student_tokenizer, build_messages(kind, question, []), prefix),
-            "teacher_prompts": [default_bos(t) + render_plain(teacher_messages, prefix) if style == "plain"
+            "teacher_prompts": [render_plain_prompt(t, teacher_messages, prefix) if style == "plain"
                                 else render(t, teacher_messages, prefix)
                                 for t, style in zip(teacher_tokenizers, styles)],
             "check": {**{name: problem.get(name) for name in CHECK_FIELDS}, "response_prefix": prefix},

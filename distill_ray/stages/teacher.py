@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from distill_ray.config import TeacherConfig
-from distill_ray.prompts import PLAIN_STOP, default_bos, render_plain
+from distill_ray.prompts import PLAIN_STOP, render_plain_prompt
 from distill_ray.stages.base import ActorStage, Stage, UnionStage
 from distill_ray.teachers import SamplingSettings, make_engine
 from distill_ray.teachers.provenance import CANDIDATE_COLUMNS, candidate_columns
@@ -67,7 +67,7 @@ class TeacherActor:
     def render(self, messages: str, prefix: str) -> str:
         """chat: the model's own template (instruct models); plain: few-shot text (base models)."""
         if self.prompt_style == "plain":
-            return default_bos(getattr(self.engine, "tokenizer", None)) + render_plain(json.loads(messages), prefix)
+            return render_plain_prompt(getattr(self.engine, "tokenizer", None), json.loads(messages), prefix)
         return self.engine.render(json.loads(messages), prefix)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
