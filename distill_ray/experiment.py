@@ -85,13 +85,15 @@ def write_rows(rows: pd.DataFrame, directory: Path) -> str:
     return str(directory)
 
 
-def train_on(arm_cfg: RunConfig, pool: pd.DataFrame, budget: int) -> tuple[str | None, int]:
-    """(the student trained from student_init on ``budget`` rows of ``pool``, or None for an empty pool; rows)."""
+def train_on(arm_cfg: RunConfig, pool: pd.DataFrame, budget: int, init_dir: str | None = None
+             ) -> tuple[str | None, int]:
+    """(the student trained from ``init_dir`` (None: the arm's own student_init) on ``budget`` rows of
+    ``pool``, or None for an empty pool; rows)."""
     data = draw(pool, budget, arm_cfg.seed)
     if data.empty:
         log(f"experiment: {arm_cfg.output_dir} has no rows to train on; skipped")
         return None, 0
-    return train(arm_cfg, write_rows(data, Path(arm_cfg.output_dir) / "dataset"))["student"], len(data)
+    return train(arm_cfg, write_rows(data, Path(arm_cfg.output_dir) / "dataset"), init_dir)["student"], len(data)
 
 
 def self_samples(cfg: RunConfig, problems: list[dict], model: str, round_dir: Path, seed: int) -> dict:
@@ -112,7 +114,7 @@ def add_to_pool(pool: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
 
 
 def expert_iteration(arm_cfg: RunConfig, problems: list[dict], first: dict, budget: int,
-                     rounds: int) -> tuple[str | None, list[dict]]:
+                     rounds: int, init_dir: str | None = None) -> tuple[str | None, list[dict]]:
     """P3's self-teaching loop: round r's student samples the train problems (``first``: round 0's samples, by
     the untrained student), its new verified programs join the pool, and a student is trained on the pool
     (at most ``budget`` rows). Returns the last trained student (None: none was) and each round's counts.
@@ -141,7 +143,7 @@ def expert_iteration(arm_cfg: RunConfig, problems: list[dict], first: dict, budg
             continue
         pool = grown
         student, stats["trained_rows"] = train_on(arm_cfg.model_copy(update={"output_dir": str(out / f"round{r}")}),
-                                                  pool, budget)
+                                                  pool, budget, init_dir=init_dir)
     return student, history
 
 
@@ -155,7 +157,7 @@ def run_experiment(cfg: RunConfig) -> dict:
     weights = {t.name: t.weight for t in cfg.teacher_list()}
     pools = {arm: pool for arm, pool in teacher_pools(rows, weights).items() if arm in e.arms}
     budget = min([e.budget or len(rows)] + [len(pools[a]) for a in TEACHER_ARMS if a in pools])
-    init_dir = build_init(cfg, out) if {"none", "expert_iteration"} & set(e.arms) else None
+    init_dir = build_init(cfg, out)
     problems, first = [], {}
     if "expert_iteration" in e.arms:   # round 0 samples the untrained student: the same for every seed
         _, problems, _ = load_task(cfg)
@@ -166,6 +168,7 @@ def run_experiment(cfg: RunConfig) -> dict:
     on_policy_runs: dict[str, dict[int, dict]] = {}
     for seed in e.seeds:
         seed_cfg = cfg.model_copy(update={"seed": seed, "output_dir": str(out / f"seed{seed}")}, deep=True)
+        seed_init = seed_student_init(cfg, seed_cfg, init_dir)
         for arm in e.arms:
             arm_cfg = arm_config(seed_cfg, arm)
             if arm == "none":   # untrained: every seed would sample the same model on the same problems
@@ -173,15 +176,16 @@ def run_experiment(cfg: RunConfig) -> dict:
                 continue
             if arm in ON_POLICY_ARMS:
                 arm_cfg = on_policy_config(arm_cfg, arm, budget)
-                summary = train(arm_cfg)
+                summary = train(arm_cfg, init_dir=seed_init)
                 student, trained_rows[arm] = summary["student"], summary["samples"]   # completions trained on
                 on_policy_runs.setdefault(arm, {})[seed] = on_policy_summary(summary["history"])
             elif arm == "expert_iteration":
-                student, expert_rounds[seed] = expert_iteration(arm_cfg, problems, first, budget, e.expert_rounds)
+                student, expert_rounds[seed] = expert_iteration(arm_cfg, problems, first, budget, e.expert_rounds,
+                                                                seed_init)
                 # the last student's rows: the pool only grows, so no earlier round trained on more
                 trained_rows[arm] = max(r["trained_rows"] for r in expert_rounds[seed])
             else:
-                student, trained_rows[arm] = train_on(arm_cfg, pools[arm], budget)
+                student, trained_rows[arm] = train_on(arm_cfg, pools[arm], budget, seed_init)
             if student:
                 results[arm].append(evaluate_arm(cfg, arm_cfg, student))
     teacher_models = {label: model for label, model in default_eval_models(cfg).items() if label.startswith("teacher")}
@@ -239,6 +243,14 @@ def on_policy_summary(history: list[dict]) -> dict:
 
 def build_init(cfg: RunConfig, out: Path) -> str:
     return str(build_student_init(cfg, out))
+
+
+def seed_student_init(cfg: RunConfig, seed_cfg: RunConfig, init_dir: str) -> str:
+    """The student every arm of a seed starts from: the run's own (one copy on disk, not one per arm), unless a
+    cut student is healed, which is seeded: then the seed's own."""
+    if cfg.train.student_layers and cfg.train.heal_steps:
+        return build_init(seed_cfg, Path(seed_cfg.output_dir))
+    return init_dir
 
 
 def summarize_arm(runs: list[dict], ks: list[int]) -> dict:

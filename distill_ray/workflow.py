@@ -272,20 +272,21 @@ def check_token_level(objectives: dict, same_vocab: dict, student: str) -> None:
                          "use sft, soft or icl, or a student with a teacher's tokenizer")
 
 
-def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
-    """Build the student (``train.student``, cut where asked) and fine-tune it on the kept candidates."""
+def train(cfg: RunConfig, dataset_dir: str | None = None, init_dir: str | Path | None = None) -> dict:
+    """Build the student (``train.student``, cut where asked; or start from ``init_dir``, a student_init built
+    before) and fine-tune it on the kept candidates."""
     import ray
     from ray.data.expressions import col
 
     from distill_ray.train import train_student
 
     if cfg.train.mode == "on_policy":
-        return train_on_policy(cfg)
+        return train_on_policy(cfg, init_dir)
     connect_ray(cfg)
     out = Path(cfg.output_dir)
     dataset_dir = dataset_dir or str(out / "dataset")
     t = cfg.train
-    init_dir = build_student_init(cfg, out)
+    init_dir = Path(init_dir) if init_dir else build_student_init(cfg, out)
     same_vocab = same_vocabulary_teachers(cfg, init_dir)
     check_token_level(dict(t.objectives), same_vocab, t.student)
     kept = ray.data.read_parquet(dataset_dir).filter(expr=col("keep") == True)  # noqa: E712 (an expression)
@@ -306,7 +307,7 @@ def train(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     return summary
 
 
-def train_on_policy(cfg: RunConfig) -> dict:
+def train_on_policy(cfg: RunConfig, init_dir: str | Path | None = None) -> dict:
     """On-policy distillation (``train.mode: on_policy``): the student samples the train problems, the teachers
     score its tokens, the verifier judges; no dataset is read."""
     from distill_ray.onpolicy import ScoringTeacher, train_on_policy as run_on_policy
@@ -316,7 +317,7 @@ def train_on_policy(cfg: RunConfig) -> dict:
     connect_ray(cfg)
     out = Path(cfg.output_dir)
     op = cfg.on_policy
-    init_dir = build_student_init(cfg, out)
+    init_dir = Path(init_dir) if init_dir else build_student_init(cfg, out)
     exemplars, train_problems, _ = load_task(cfg)
     chosen = [t for t in cfg.teacher_list() if op.teachers is None or t.name in op.teachers]
     unknown = set(op.teachers or ()) - {t.name for t in cfg.teacher_list()}

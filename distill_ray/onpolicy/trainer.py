@@ -12,7 +12,8 @@ from distill_ray.config import OnPolicyConfig, VerifyConfig
 from distill_ray.onpolicy.actors import RolloutJudge, StudentSampler, TeacherScorer
 from distill_ray.onpolicy.loop import on_policy_loop_per_worker
 from distill_ray.train.config import TrainResult, TrainSettings
-from distill_ray.train.trainer import export_checkpoint, run_config, scaling_config, write_result
+from distill_ray.train.trainer import (export_checkpoint, release_run_storage, run_config, scaling_config,
+                                      write_result)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,10 @@ def train_on_policy(init_dir: str | Path, problems: list[dict], teachers: list[S
         _stop(actors)
     wall = time.perf_counter() - started
     export_checkpoint(result.checkpoint, init_dir, output_dir)
-    return write_result(result, init_dir, output_dir, settings, wall, on_policy=op.model_dump(),
-                        teachers=[t.__dict__ for t in teachers])
+    train_result = write_result(result, init_dir, output_dir, settings, wall, on_policy=op.model_dump(),
+                                teachers=[t.__dict__ for t in teachers])
+    release_run_storage(settings, output_dir)
+    return train_result
 
 
 def require_student_vocabulary(student_dir: Path, teachers: list[ScoringTeacher]) -> None:

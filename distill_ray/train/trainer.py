@@ -16,6 +16,7 @@ from distill_ray.train.loop import DATASET_PREFIX, HF_DIR, train_loop_per_worker
 from distill_ray.train.student import PROVENANCE_FILE
 
 RESULT_FILE = "train_result.json"   # written next to the exported student: settings and metrics
+RUN_STORAGE = "_ray_train"          # Ray Train's checkpoints under the output, when train.storage_path is unset
 
 
 def train_student(init_dir: str | Path, data, output_dir: str | Path,
@@ -36,7 +37,18 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     wall = time.perf_counter() - started
 
     export_checkpoint(result.checkpoint, init_dir, output_dir)
-    return write_result(result, init_dir, output_dir, settings, wall)
+    train_result = write_result(result, init_dir, output_dir, settings, wall)
+    release_run_storage(settings, output_dir)
+    return train_result
+
+
+def release_run_storage(settings: TrainSettings, output_dir: Path) -> None:
+    """Remove the checkpoints of a finished run kept under the output (no ``storage_path`` given): the last
+    one is the exported student, the others only served a resume that can no longer happen (each run gets a
+    fresh name). A full-size student copy per run otherwise (0.5 GB for SmolLM2-135M, more with optimizer
+    state). Checkpoints in a ``storage_path`` the user chose are theirs and stay."""
+    if settings.storage_path is None:
+        shutil.rmtree(output_dir / RUN_STORAGE, ignore_errors=True)
 
 
 def write_result(result, init_dir: Path, output_dir: Path, settings: TrainSettings, wall: float,
@@ -49,7 +61,8 @@ def write_result(result, init_dir: Path, output_dir: Path, settings: TrainSettin
         data_seconds=metrics.get("data_seconds", 0.0), epoch_start_seconds=metrics.get("epoch_start_seconds", 0.0),
         setup_seconds=metrics.get("setup_seconds", 0.0), wall_seconds=wall,
         input_tokens=metrics.get("input_tokens", 0),
-        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        # Kept only where it outlives the run (release_run_storage).
+        checkpoint_path=result.checkpoint.path if result.checkpoint and settings.storage_path else None,
         resumed_from=list(metrics.get("resumed_from", [])), peak_rss_mb=metrics.get("peak_rss_mb", 0.0),
         history=list(metrics.get("history", [])),
     )
@@ -123,7 +136,7 @@ def run_config(settings: TrainSettings, output_dir: Path):
     return RunConfig(
         # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
         name=settings.run_name or time.strftime("train-%Y%m%d-%H%M%S"),
-        storage_path=settings.storage_path or str(output_dir / "_ray_train"),
+        storage_path=settings.storage_path or str(output_dir / RUN_STORAGE),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
     )

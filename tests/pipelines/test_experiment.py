@@ -46,7 +46,7 @@ def test_expert_iteration_pools_rounds_and_stops(monkeypatch, tmp_path):
         rows = found[int(round_dir.name.removeprefix("round"))]
         return {"kept": rows, "samples": 4, "verified": len(rows)}
 
-    def train_on(cfg, pool, budget):
+    def train_on(cfg, pool, budget, init_dir=None):
         trained_on.append(sorted(pool["program"]))
         return f"{Path(cfg.output_dir).name}/student", min(budget, len(pool))
 
@@ -106,3 +106,10 @@ def test_experiment_runs_every_arm_on_one_budget(ray_cluster, tmp_path):
     assert "| on_policy_verified | 4 student completions |" in table and "## On-policy runs" in table
     assert "## Expert iteration, round by round" in table and "| 0 | 1 | 16 |" in table
     assert (tmp_path / "experiment.png").stat().st_size > 0
+    # Every arm started from the one student_init, and no run left its checkpoints behind (disk: one student
+    # copy per trained arm, not three).
+    for arm in ARMS[1:] + ["on_policy_verified"]:
+        trained = json.loads((tmp_path / "seed0" / arm / ("round0" if arm == "expert_iteration" else "")
+                              / "student" / "train_result.json").read_text())
+        assert trained["init_dir"] == str((tmp_path / "student_init").resolve()), arm
+    assert not list(tmp_path.rglob("_ray_train")) and len(list(tmp_path.rglob("student_init"))) == 1

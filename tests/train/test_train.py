@@ -160,6 +160,8 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
     assert after < before - 1.0, (before, after)
     saved = json.loads((tmp_path / "student" / "train_result.json").read_text())
     assert saved["result"]["loss_history"] == result.loss_history
+    # The default checkpoint storage under the output is gone once the student is exported.
+    assert not (tmp_path / "student" / "_ray_train").exists() and saved["result"]["checkpoint_path"] is None
 
 
 @pytest.mark.slow
@@ -181,8 +183,12 @@ def test_zero3_run_resumes_after_a_worker_failure(ray_cluster, tiny_dir, tmp_pat
     assert _generate(result.output_dir, CHAT.format("Say blue")).strip()
     # The same run without the failure: the same batches in the same order, so the same losses.
     settings.fail_at_step, settings.max_failures = None, 0
+    settings.storage_path = str(tmp_path / "storage")
     plain = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "plain", settings)
     assert result.loss_history == pytest.approx(plain.loss_history, rel=1e-4)
+    # Checkpoints under the output go once the student is exported; in a storage_path the user gave, they stay.
+    assert result.checkpoint_path is None and not (tmp_path / "student" / "_ray_train").exists()
+    assert plain.checkpoint_path and list((tmp_path / "storage").rglob("train_state.json"))
 
 
 def _kill_a_train_worker_after(checkpoint: str, root, stop) -> list[int]:
