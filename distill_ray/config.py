@@ -59,7 +59,11 @@ class SamplingConfig(Section):
 class TeacherConfig(SamplingConfig):
     name: str = Field("smollm2", description="Name recorded in every candidate row's `teacher` column (unique "
                       "per job).")
-    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="Generation engine (hf = transformers).")
+    engine: Literal["hf", "vllm", "openai", "replay"] = Field(
+        "hf", description="Generation engine (hf = transformers). replay is a benchmark engine, not a teacher: "
+        "no model, it serves the completions of an earlier `distill-ray generate` dataset (model: its directory) "
+        "or each problem's reference (model: references), to measure the pipeline's own overhead (see README, "
+        "'Teacher engines').")
     model: str = Field("smollm2", description="'smollm2' or 'gemma3' (the embedded SmolLM2-135M-Instruct and "
                        "Gemma-3-270M GGUFs), a .gguf file, or a Hugging Face model directory.")
     prompt_style: Literal["chat", "plain"] = Field(
@@ -132,7 +136,8 @@ class TrainConfig(Section):
                                          "resumes from (null: only the final one).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage (Ray Train's num_to_keep).")
     storage_path: str | None = Field(None, description="Ray Train storage for checkpoints; on a multi-node "
-                                     "cluster a path every node shares (NFS, s3://...). Null: under output_dir.")
+                                     "cluster a path every node shares (NFS, s3://...). Null: under output_dir, "
+                                     "removed once the student is exported (its last checkpoint is the student).")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: plain data parallel; 3 "
                                             "partitions the weights too).")
     epochs: int = Field(3, ge=1, description="Passes over the verified samples.")

@@ -1,13 +1,14 @@
 """Teacher engines: one interface (``render`` + ``generate`` + ``provenance``), chosen by config.
 
 ``hf``: transformers generation (CPU or GPU). ``openai``: any OpenAI-compatible server. ``vllm``: vLLM's
-offline ``LLM`` (GPU extra). Engines are imported on first use, so a missing optional package (vllm, openai)
-only matters to the engine that needs it.
+offline ``LLM`` (GPU extra). ``replay``: a benchmark engine with no model, serving recorded completions or the
+problems' references (it measures the pipeline's own overhead). Engines are imported on first use, so a missing
+optional package (vllm, openai) only matters to the engine that needs it.
 """
 
 from distill_ray.teachers.base import Batch, BatchStats, Generation, SamplingSettings, TeacherEngine
 
-ENGINES = ("hf", "openai", "vllm")
+ENGINES = ("hf", "openai", "vllm", "replay")
 
 
 def make_engine(engine: str, model: str, **options) -> TeacherEngine:
@@ -24,6 +25,10 @@ def make_engine(engine: str, model: str, **options) -> TeacherEngine:
         from distill_ray.teachers.vllm import VLLMEngine
 
         return VLLMEngine(model, **options)
+    if engine == "replay":
+        from distill_ray.teachers.replay import ReplayEngine
+
+        return ReplayEngine(model, **options)
     raise ValueError(f"unknown teacher engine {engine!r} (available: {', '.join(ENGINES)})")
 
 
