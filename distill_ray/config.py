@@ -103,8 +103,6 @@ class VerifyConfig(Section):
 class VoteConfig(Section):
     require_majority: bool = Field(False, description="Keep only verified samples whose answer is the "
                                    "prompt's majority answer.")
-    partitions: int = Field(8, ge=1, description="Shuffle partitions of the group-by-prompt vote (raise it "
-                            "for millions of rows).")
 
 
 class TrainConfig(Section):
@@ -249,7 +247,8 @@ class RunConfig(Section):
     output_dir: str = Field("outputs/run", description="Where dataset/, student/ and the report go.")
     seed: int = Field(0, description="Seed for problems, exemplars, sampling and training.")
     chunk_size: int = Field(1024, ge=1, description="Problems per dataset shard, the unit of resumption: a killed "
-                            "run loses at most the chunk in flight (each chunk restarts the actor pools).")
+                            "run redoes only the chunks in flight. The sink holds the rows of the chunks in flight, "
+                            "so memory grows with it; the actor pools start once per job whatever its value.")
     resume: bool = Field(True, description="Continue an existing dataset at output_dir (same settings required) "
                          "instead of deleting it and starting over.")
     ray: RayConfig = RayConfig()

@@ -4,7 +4,7 @@ pipeline) and the puzzle job's ``generate``, ``check``, ``sink``. Each declares 
 ``base`` holds the stage kinds, the flow check and the wrapper every stage runs in."""
 
 from distill_ray.stages.base import (ActorStage, BatchStage, Columns, GroupStage, Stage, UnionStage, apply_stages,
-                                     check_flow, describe, to_arrow)
+                                     check_flow, describe, rows_per_row, to_arrow)
 
 __all__ = ["ActorStage", "BatchStage", "Columns", "GroupStage", "Stage", "UnionStage", "apply_stages", "check_flow",
-           "describe", "to_arrow"]
+           "describe", "rows_per_row", "to_arrow"]

@@ -17,6 +17,7 @@ Ray restarts it and retries its batch.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -36,8 +37,12 @@ class Stage:
     name: str
     reads: tuple[str, ...]
     writes: Columns   # every column the stage adds (or rewrites), with its type
+    fanout: int = 1   # rows out per row in (a teacher: its samples), so a sink knows when a problem is complete
 
     kind = "stage"    # how the README's stage table describes it
+
+    def rows_per_row(self) -> int:
+        return self.fanout
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         raise NotImplementedError
@@ -155,6 +160,9 @@ class UnionStage(Stage):
     def kind(self) -> str:
         return "union of " + "; ".join(" -> ".join(f"{s.name} ({s.kind})" for s in branch) for branch in self.branches)
 
+    def rows_per_row(self) -> int:
+        return sum(rows_per_row(branch) for branch in self.branches)
+
     def __post_init__(self):
         for branch in self.branches:
             missing = [c for c in self.writes if c not in check_flow(self.reads, list(branch))]
@@ -183,6 +191,11 @@ def check_flow(source: Columns | tuple[str, ...] | list[str], stages: list[Stage
             raise TypeError(f"stage {stage.name!r}: writes must map each column to its Arrow type (None: inferred)")
         available.update(stage.writes)
     return available
+
+
+def rows_per_row(stages) -> int:
+    """Rows a list of stages makes from one input row."""
+    return math.prod(stage.rows_per_row() for stage in stages)
 
 
 def apply_stages(ds: ray.data.Dataset, source, stages: list[Stage]) -> ray.data.Dataset:

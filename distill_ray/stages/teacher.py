@@ -87,6 +87,7 @@ def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage
     return ActorStage(name, reads=READS, writes=WRITES, cls=TeacherActor, init_kwargs=dict(teacher=teacher, seed=seed),
                       actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
                       gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size,
+                      fanout=teacher.samples,
                       # Only where asked: a reservation stops Ray Data fusing the prompt tasks into the pool.
                       memory_gib=functools.partial(actor_memory_gib, teacher.engine, teacher.model,
                                                    teacher.actor_memory_gib) if teacher.actor_memory_gib else None)

@@ -47,8 +47,7 @@ WRITES = {
 def build(vote: VoteConfig, teachers: list[TeacherConfig]) -> GroupStage:
     return GroupStage("vote", reads=READS, writes=WRITES, key="task_id", fn=vote_group,
                       fn_kwargs=dict(require_majority=vote.require_majority,
-                                     weights={t.name: t.weight for t in teachers}),
-                      partitions=vote.partitions)
+                                     weights={t.name: t.weight for t in teachers}))
 
 
 def vote_group(group: pd.DataFrame, require_majority: bool = False,

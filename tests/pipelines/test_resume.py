@@ -20,13 +20,13 @@ from distill_ray.resumable import row_params, run_in_shards
 from distill_ray.shards import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
-NUM_TRAIN, SAMPLES, CHUNK = 8, 2, 4
+NUM_TRAIN, SAMPLES, CHUNK = 16, 2, 4
 
 
 def generate_command(output_dir: Path) -> list[str]:
     settings = [f"task.num_train={NUM_TRAIN}", "task.num_eval=1", "prompt.pool_size=6", "prompt.num_shots=1",
                 f"teacher.samples={SAMPLES}", "teacher.max_new_tokens=8", "teacher.batch_size=3",
-                "teacher.torch_threads=1", f"chunk_size={CHUNK}", "ray.num_cpus=2"]
+                "teacher.torch_threads=1", "verify.batch_size=2", f"chunk_size={CHUNK}", "ray.num_cpus=2"]
     return [sys.executable, "-m", "distill_ray.cli", "generate", "--output-dir", str(output_dir),
             *[arg for s in settings for arg in ("--set", s)]]
 

@@ -1,0 +1,89 @@
+"""The distillation job as one stream: the sink writes a chunk's shard once every row of it has arrived (voted
+per problem), the teacher pools start once per job whatever the number of chunks, and a resumed job reads and
+samples only the chunks not yet written."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from distill_ray.config import TeacherConfig, VoteConfig
+from distill_ray.resumable import CHUNK, ShardSink, split_group_stage
+from distill_ray.stages import check_flow, vote
+from distill_ray.stages.base import BatchStage, GroupStage
+
+
+def candidates(task: str, chunk: int, verdicts: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame({"task_id": task, "teacher": "t", "sample_index": range(len(verdicts)), "kind": "p3",
+                         "expected": None, "answer": "x", "passed": verdicts,
+                         "program": [f"def sol(): return {i}" for i in range(len(verdicts))], CHUNK: chunk})
+
+
+def test_the_sink_writes_a_chunk_only_when_all_its_rows_arrived_and_votes_each_problem(tmp_path):
+    stage = vote.build(VoteConfig(), [TeacherConfig(name="t")])
+    types = check_flow(list(candidates("a", 0, [True]).columns.drop(CHUNK)), [stage])
+    sink = ShardSink(str(tmp_path), types, stage, expected={0: 4, 1: 2})
+    a, b, c = candidates("a", 0, [True, False]), candidates("b", 0, [False, False]), candidates("c", 1, [True, True])
+    # Rows of the two chunks interleaved, a problem's rows split across batches.
+    assert sink(pd.concat([a.iloc[:1], c]))["shards_written"].tolist() == [1]       # chunk 1 complete
+    assert [p.name for p in tmp_path.glob("*.parquet")] == ["part-000001.parquet"]
+    assert sink(a.iloc[1:])["shards_written"].tolist() == [0]                        # chunk 0: 2 of 4 rows
+    assert not (tmp_path / "part-000000.parquet").exists()
+    assert sink(b)["shards_written"].tolist() == [1]                                 # 4 of 4: written
+    written = pq.read_table(tmp_path / "part-000000.parquet").to_pandas()
+    assert CHUNK not in written.columns and len(written) == 4
+    # Voted per problem: a's verified row is kept, b has nothing verified.
+    kept = written.groupby("task_id")["keep"].sum().to_dict()
+    assert kept == {"a": 1, "b": 0}
+    assert sink.pending == {}
+
+
+def test_a_group_stage_can_only_come_last():
+    def same(batch):
+        return batch
+
+    group = GroupStage("vote", reads=(), writes={}, key="task_id", fn=same)
+    step = BatchStage("step", reads=(), writes={}, fn=same)
+    assert split_group_stage([step, group]) == ([step], group)
+    assert split_group_stage([step]) == ([step], None)
+    with pytest.raises(ValueError, match="last stage"):
+        split_group_stage([group, step])
+
+
+@pytest.mark.slow
+def test_the_teacher_pool_starts_once_for_all_chunks_and_a_resume_samples_only_the_rest(ray_cluster, tmp_path):
+    from ray._private import state
+
+    from distill_ray.config import load_config
+    from distill_ray.shards import ShardSet
+    from distill_ray.workflow import generate
+
+    task = {"source": "puzzles", "num_train": 12, "num_eval": 2, "families": ["add_const"]}
+    overrides = [f"output_dir={tmp_path}", "task.source=puzzles", "task.num_train=12", "task.num_eval=2",
+                 "task.families=[add_const]", "prompt.pool_size=4", "chunk_size=4", "teacher.engine=replay",
+                 "teacher.model=references", "teacher.samples=3",
+                 f"teacher.engine_options={{task: {task}, task_seed: 0, pool_size: 4, wrong_fraction: 0.3}}"]
+
+    def teacher_actors() -> set[str]:
+        """Every teacher pool actor this cluster ever started (Ray Data names them after the fused operator)."""
+        return {actor_id for actor_id, a in state.actors().items() if "(TeacherActor)" in a["ActorClassName"]}
+
+    before = teacher_actors()
+    stats = generate(load_config(None, overrides))
+    assert len(teacher_actors() - before) == 1                      # one pool of one actor for the 3 chunks
+    shards = ShardSet(tmp_path / "dataset")
+    assert shards.done() == {0, 1, 2} and stats["candidates"] == 12 * 3
+    rows = pq.read_table(tmp_path / "dataset").to_pandas()
+    assert rows.groupby("task_id").size().eq(3).all() and rows["task_id"].nunique() == 12
+    assert 0 < rows["passed"].sum() < len(rows)                     # the wrong share fails, references pass
+
+    # A job killed after chunk 1: the rerun streams chunk 1 alone and leaves the others untouched.
+    kept = {c: shards.path(c).stat().st_mtime_ns for c in (0, 2)}
+    shards.path(1).unlink()
+    before = teacher_actors()
+    generate(load_config(None, overrides))
+    assert len(teacher_actors() - before) == 1 and shards.done() == {0, 1, 2}
+    assert {c: shards.path(c).stat().st_mtime_ns for c in (0, 2)} == kept
+    again = pq.read_table(tmp_path / "dataset").to_pandas()
+    assert len(again) == len(rows) and again["task_id"].nunique() == 12
