@@ -102,8 +102,9 @@ def self_samples(cfg: RunConfig, problems: list[dict], model: str, round_dir: Pa
     student = cfg.teacher.model_copy(update=dict(name=round_dir.name, model=model, top_k_logprobs=0))
     # Never resumed: the student at a round's path is retrained by every run (and train.* is not in the
     # parameters a resumed dataset is checked against).
-    rows, _ = sample_problems(problems, [student], [], cfg.model_copy(update={"resume": False}), round_dir / "samples",
-                              vote=True, num_shots=0, sampling_seed=seed)
+    sample_problems(problems, [student], [], cfg.model_copy(update={"resume": False}), round_dir / "samples",
+                    vote=True, num_shots=0, sampling_seed=seed)
+    rows = pq.read_table(round_dir / "samples").to_pandas()
     return {"kept": rows[rows["keep"]], "samples": len(rows), "verified": int(rows["passed"].sum())}
 
 

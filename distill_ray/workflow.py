@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -22,7 +24,7 @@ from distill_ray.models import resolve_model
 from distill_ray.pipelines.distill import distill_stages
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
 from distill_ray.resumable import row_params, run_in_shards
-from distill_ray.shards import Manifest
+from distill_ray.shards import Manifest, ShardSet
 from distill_ray.stages import apply_stages
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
@@ -82,7 +84,8 @@ def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
 
 def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exemplars, cfg: RunConfig, out_dir: Path,
                     vote: bool, num_shots: int | None = None, sampling_seed: int | None = None):
-    """prompt -> teachers -> extract -> verify (-> vote) over Ray Data, written as Parquet shards to ``out_dir``.
+    """prompt -> teachers -> extract -> verify (-> vote) over Ray Data, written as Parquet shards to ``out_dir``;
+    returns the seconds it took (the rows stay on disk: read what you need).
     ``num_shots`` (default ``prompt.num_shots``; 0 for students) and ``sampling_seed`` (default ``seed``) vary
     per use. The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at
     a given path changes from run to run)."""
@@ -90,9 +93,8 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
     stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
                             sampling_seed=sampling_seed)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume"}))
-    seconds = run_in_shards(problems, PROBLEM_COLUMNS, stages, out_dir, params, cfg.chunk_size,
-                            resume=vote and cfg.resume, log=log)
-    return pq.read_table(out_dir).to_pandas(), seconds
+    return run_in_shards(problems, PROBLEM_COLUMNS, stages, out_dir, params, cfg.chunk_size,
+                         resume=vote and cfg.resume, log=log)
 
 
 # --- generate ---------------------------------------------------------------------------------------
@@ -108,8 +110,9 @@ def generate(cfg: RunConfig) -> dict:
     teachers = cfg.teacher_list()
     log(f"generate: {len(train)} train problems x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}"
                                                                   for t in teachers))
-    rows, seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
-    stats = generation_stats(rows, seconds, sum(t.samples for t in teachers))
+    seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
+    shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))
+    stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
     write_manifest(out, cfg, stats)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
@@ -131,38 +134,56 @@ def write_manifest(dataset_dir: Path, cfg: RunConfig, stats: dict) -> Path:
     return manifest.path
 
 
-def generation_stats(rows: pd.DataFrame, seconds: float, n: int) -> dict:
-    """Funnel counts, agreement/disagreement sets, and tokens/s overall and per teacher. ``n``: candidates
-    per problem (all teachers together)."""
-    per_task = rows.groupby("task_id")["passed"].agg(["size", "sum"])
-    k = min(n, int(per_task["size"].min()))
-    tokens = int(rows["completion_tokens"].sum())
-    agreement = rows.groupby("task_id")["agreement"].first()
-    kept = rows[rows["keep"]]
+STATS_COLUMNS = ["task_id", "teacher", "passed", "keep", "duplicate", "agreement", "label_type", "status",
+                 "completion_tokens", "gen_seconds"]
+
+
+def generation_stats(shards, seconds: float, n: int) -> dict:
+    """Funnel counts, agreement/disagreement sets, and tokens/s overall and per teacher, from the dataset's
+    shards (DataFrames of ``STATS_COLUMNS``) one at a time: a problem's rows are all in one shard, so per-shard
+    sums add up, and the driver holds one shard and two integers per problem. ``n``: candidates per problem
+    (all teachers together)."""
+    totals, status, teachers = Counter(), Counter(), defaultdict(Counter)
+    sizes, verified = [], []
+    for rows in shards:
+        per_task = rows.groupby("task_id")["passed"].agg(["size", "sum"])
+        sizes.append(per_task["size"].to_numpy(np.int32))
+        verified.append(per_task["sum"].to_numpy(np.int32))
+        agreement = rows.groupby("task_id")["agreement"].first()
+        kept = rows[rows["keep"]]
+        totals.update(candidates=len(rows), verified=int(rows["passed"].sum()), kept=len(kept),
+                      duplicates=int(rows["duplicate"].sum()), agreement_problems=int(agreement.sum()),
+                      disagreement_problems=int((~agreement).sum()),
+                      kept_hard=int((kept["label_type"] == "hard").sum()),
+                      kept_soft=int((kept["label_type"] == "soft").sum()),
+                      completion_tokens=int(rows["completion_tokens"].sum()))
+        status.update({str(k): int(v) for k, v in rows["status"].value_counts().items()})
+        for name, g in rows.groupby("teacher", sort=True):
+            teachers[str(name)].update(candidates=len(g), verified=int(g["passed"].sum()),
+                                       completion_tokens=int(g["completion_tokens"].sum()))
+            teachers[str(name)]["gen_seconds"] += float(g["gen_seconds"].sum())
+    sizes, verified = (np.concatenate(a) if a else np.zeros(0, np.int32) for a in (sizes, verified))
+    k = min(n, int(sizes.min())) if len(sizes) else n
+    tokens = totals["completion_tokens"]
     return {
-        "problems": int(rows["task_id"].nunique()), "candidates": len(rows), "verified": int(rows["passed"].sum()),
-        "kept": int(rows["keep"].sum()), "duplicates": int(rows["duplicate"].sum()),
-        "agreement_problems": int(agreement.sum()), "disagreement_problems": int((~agreement).sum()),
-        "kept_hard": int((kept["label_type"] == "hard").sum()), "kept_soft": int((kept["label_type"] == "soft").sum()),
-        "per_teacher": per_teacher_stats(rows),
-        "status_counts": {str(k_): int(v) for k_, v in rows["status"].value_counts().items()},
-        "verified_rate": float(rows["passed"].mean()) if len(rows) else 0.0,
-        "k": k, "train_pass_at_k": float(sum(pass_at_k(int(s), int(c), k) for s, c in per_task.values)
-                                         / max(len(per_task), 1)),
+        "problems": len(sizes), **{key: totals[key] for key in (
+            "candidates", "verified", "kept", "duplicates", "agreement_problems", "disagreement_problems",
+            "kept_hard", "kept_soft")},
+        "per_teacher": {name: per_teacher(t) for name, t in sorted(teachers.items())},
+        "status_counts": dict(status),
+        "verified_rate": totals["verified"] / totals["candidates"] if totals["candidates"] else 0.0,
+        "k": k, "train_pass_at_k": float(sum(pass_at_k(int(s), int(c), k) for s, c in zip(sizes, verified))
+                                         / max(len(sizes), 1)),
         "completion_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else 0.0,
     }
 
 
-def per_teacher_stats(rows: pd.DataFrame) -> dict:
-    """Per teacher: candidates, verified, tokens, and tokens/s while generating (tokens over the summed
+def per_teacher(counts: Counter) -> dict:
+    """A teacher's candidates, verified, tokens, and tokens/s while generating (tokens over the summed
     generation time of its batches, i.e. per actor-second; each row carries its share of its batch's time)."""
-    stats = {}
-    for name, g in rows.groupby("teacher", sort=True):
-        gen_seconds = float(g["gen_seconds"].sum())
-        tokens = int(g["completion_tokens"].sum())
-        stats[str(name)] = {"candidates": len(g), "verified": int(g["passed"].sum()), "completion_tokens": tokens,
-                            "gen_seconds": gen_seconds, "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0}
-    return stats
+    gen_seconds, tokens = float(counts["gen_seconds"]), int(counts["completion_tokens"])
+    return {"candidates": int(counts["candidates"]), "verified": int(counts["verified"]), "completion_tokens": tokens,
+            "gen_seconds": gen_seconds, "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0}
 
 
 def reverify(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
@@ -368,8 +389,9 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
             name=label, model=model, samples=e.samples, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
             top_k_logprobs=0))
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
-        rows, _ = sample_problems(eval_problems, [sampler], exemplars, cfg, out / "eval" / label, vote=False,
-                                  num_shots=None if is_teacher else 0, sampling_seed=cfg.seed + 1)
+        sample_problems(eval_problems, [sampler], exemplars, cfg, out / "eval" / label, vote=False,
+                        num_shots=None if is_teacher else 0, sampling_seed=cfg.seed + 1)
+        rows = pq.read_table(out / "eval" / label, columns=["task_id", "passed"]).to_pandas()
         counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
         results[label] = summarize_passk(counts, e.k)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")

@@ -87,3 +87,31 @@ def test_the_teacher_pool_starts_once_for_all_chunks_and_a_resume_samples_only_t
     assert {c: shards.path(c).stat().st_mtime_ns for c in (0, 2)} == kept
     again = pq.read_table(tmp_path / "dataset").to_pandas()
     assert len(again) == len(rows) and again["task_id"].nunique() == 12
+
+
+def test_generation_stats_add_up_shard_by_shard():
+    """The driver reads the dataset one shard at a time: stats over the shards equal stats over all rows."""
+    import numpy as np
+
+    from distill_ray.workflow import STATS_COLUMNS, generation_stats
+
+    rng = np.random.default_rng(0)
+    tasks = np.repeat([f"t{i}" for i in range(30)], 4)
+    rows = pd.DataFrame({"task_id": tasks, "teacher": rng.choice(["a", "b"], len(tasks)),
+                         "passed": rng.random(len(tasks)) < 0.4, "duplicate": rng.random(len(tasks)) < 0.1,
+                         "label_type": rng.choice(["hard", "soft"], len(tasks)),
+                         "status": rng.choice(["passed", "failed", "timeout"], len(tasks)),
+                         "completion_tokens": rng.integers(1, 30, len(tasks)), "gen_seconds": rng.random(len(tasks))})
+    rows["keep"] = rows["passed"] & ~rows["duplicate"]
+    rows["agreement"] = rows.groupby("task_id")["passed"].transform("all")
+    rows = rows[STATS_COLUMNS]
+    whole = generation_stats([rows], 10.0, 4)
+    parts = generation_stats([rows.iloc[:48], rows.iloc[48:88], rows.iloc[88:]], 10.0, 4)   # whole tasks each
+    teachers_in_parts, teachers = parts.pop("per_teacher"), whole.pop("per_teacher")
+    assert teachers_in_parts.keys() == teachers.keys() == {"a", "b"}
+    assert all(teachers_in_parts[t] == pytest.approx(teachers[t]) for t in teachers)
+    assert parts.pop("status_counts") == whole.pop("status_counts") == rows["status"].value_counts().to_dict()
+    assert parts == pytest.approx(whole)
+    assert whole["problems"] == 30 and whole["candidates"] == 120
+    assert whole["verified"] == rows["passed"].sum() and whole["k"] == 4
+    assert teachers["a"]["candidates"] + teachers["b"]["candidates"] == 120
