@@ -118,6 +118,19 @@ def follow_progress(ds, todo: int, total: int, log: Callable[[str], None]) -> No
                 log(f"shard {written}/{todo} of this run written ({total - todo + written}/{total} in all)")
 
 
+def over_groups(group: GroupStage) -> Callable:
+    """The group stage over a frame of whole groups: its ``groups_fn``, or its ``fn`` once per group."""
+    if group.groups_fn:
+        return group.groups_fn
+
+    def each_group(rows: pd.DataFrame, **kwargs) -> pd.DataFrame:
+        return pd.concat([group.fn(part.reset_index(drop=True), **kwargs)
+                          for _, part in rows.groupby(group.key, sort=False)], ignore_index=True)
+
+    each_group.__name__ = group.fn.__name__
+    return each_group
+
+
 class ShardSink:
     """Collects each chunk's rows; when a chunk is complete, runs the group stage over each problem's rows and
     writes the chunk's shard. One actor (every row of a chunk must reach the same one); holds only the chunks
@@ -126,7 +139,7 @@ class ShardSink:
     def __init__(self, out_dir: str, types: Columns, group: GroupStage | None, expected: dict[int, int]):
         self.shards = ShardSet(out_dir)
         self.types, self.group, self.expected = types, group, expected
-        self.group_fn = metered(group.fn, group.name) if group else None
+        self.group_fn = metered(over_groups(group), group.name) if group else None
         self.pending: dict[int, list[pd.DataFrame]] = defaultdict(list)
         self.arrived: dict[int, int] = defaultdict(int)
 
@@ -145,7 +158,5 @@ class ShardSink:
         rows = pd.concat(self.pending.pop(chunk), ignore_index=True).drop(columns=[CHUNK])
         del self.arrived[chunk]
         if self.group is not None:
-            g = self.group
-            rows = pd.concat([self.group_fn(part.reset_index(drop=True), **g.fn_kwargs)
-                              for _, part in rows.groupby(g.key, sort=False)], ignore_index=True)
+            rows = self.group_fn(rows, **self.group.fn_kwargs)
         self.shards.write(chunk, to_arrow(rows, self.types))

@@ -138,6 +138,8 @@ class GroupStage(Stage):
     key: str = ""
     fn: Callable = None
     fn_kwargs: dict = field(default_factory=dict)
+    # Optional: the same over a frame of several whole groups at once (faster; the shard sink uses it).
+    groups_fn: Callable | None = None
     partitions: int | None = None  # shuffle partitions (Ray's default, 200, is all overhead on small runs)
 
     @property

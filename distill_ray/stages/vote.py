@@ -45,7 +45,7 @@ WRITES = {
 
 
 def build(vote: VoteConfig, teachers: list[TeacherConfig]) -> GroupStage:
-    return GroupStage("vote", reads=READS, writes=WRITES, key="task_id", fn=vote_group,
+    return GroupStage("vote", reads=READS, writes=WRITES, key="task_id", fn=vote_group, groups_fn=vote_groups,
                       fn_kwargs=dict(require_majority=vote.require_majority,
                                      weights={t.name: t.weight for t in teachers}))
 
@@ -81,6 +81,50 @@ def vote_group(group: pd.DataFrame, require_majority: bool = False,
     group["label_weight"] = weight.where(keep, 0.0)
     group["keep"] = keep
     return group
+
+
+def vote_groups(rows: pd.DataFrame, require_majority: bool = False,
+                weights: dict[str, float] | None = None) -> pd.DataFrame:
+    """``vote_group`` over every task of ``rows`` at once, row for row the same result (tested), for the shard
+    sink: one sort and plain lists instead of a DataFrame per task (a DataFrame per 4-row task cost ~2.5 ms,
+    the sink's whole budget at millions of rows). Rows come out ordered by (task_id, teacher, sample_index)."""
+    rows = rows.sort_values(["task_id", "teacher", "sample_index"], kind="stable").reset_index(drop=True)
+    tasks, teachers, programs = rows["task_id"].tolist(), rows["teacher"].tolist(), rows["program"].tolist()
+    keys = [vote_key(kind, passed, answer) for kind, passed, answer in zip(rows["kind"], rows["passed"], rows["answer"])]
+    labelled = [is_labelled(kind, expected) for kind, expected in zip(rows["kind"], rows["expected"])]
+    passed = [bool(p) for p in rows["passed"]]
+    out = {column: [] for column in WRITES}
+    starts = [i for i in range(len(tasks)) if i == 0 or tasks[i] != tasks[i - 1]] + [len(tasks)]
+    for start, end in zip(starts, starts[1:]):
+        span = range(start, end)
+        counts = {t: Counter() for t in dict.fromkeys(teachers[start:end])}
+        for i in span:
+            if keys[i] is not None:
+                counts[teachers[i]][keys[i]] += 1
+        distribution = weighted_distribution(counts, weights or {})
+        agreement, winner = decide(counts, keys[start:end])
+        if winner is None and distribution:
+            winner = max(sorted(distribution), key=distribution.get)
+        group = {"vote_answer": winner, "vote_share": distribution.get(winner, 0.0) if winner is not None else 0.0,
+                 "agreement": agreement,
+                 "label_distribution": json.dumps(dict(sorted(distribution.items(), key=lambda kv: (-kv[1], kv[0])))),
+                 "teacher_counts": json.dumps({t: dict(sorted(c.items())) for t, c in counts.items()})}
+        seen = set()
+        for i in span:
+            share = distribution.get(keys[i], 0.0) if keys[i] is not None else 0.0
+            program = normalize_program(programs[i])
+            duplicate = program in seen
+            seen.add(program)
+            label, weight = _label(labelled[i], passed[i], keys[i], winner, agreement, share)
+            keep = weight > 0 and not duplicate and (not require_majority or keys[i] == winner)
+            for column, value in group.items():
+                out[column].append(value)
+            out["answer_share"].append(share)
+            out["duplicate"].append(duplicate)
+            out["label_type"].append(label)
+            out["label_weight"].append(weight if keep else 0.0)
+            out["keep"].append(keep)
+    return rows.assign(**out)
 
 
 def vote_key(kind: str, passed, answer) -> str | None:

@@ -115,3 +115,39 @@ def test_no_answers_at_all():
     out = vote_group(group({"a": [None, None]}))
     assert out["vote_answer"].isna().all() and not out["keep"].any() and out["vote_share"].eq(0).all()
     assert json.loads(out["label_distribution"].iloc[0]) == {}
+
+
+def random_candidates(seed: int, tasks: int = 60) -> pd.DataFrame:
+    """Candidates of puzzles, labelled and unlabelled GSM8K, from 1-3 teachers with ties, silences, duplicates."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(tasks):
+        kind = rng.choice(["p3", "gsm8k"])
+        expected = None if kind == "p3" or rng.random() < 0.5 else float(rng.integers(0, 3))
+        for teacher in rng.choice(["a", "b", "c"], rng.integers(1, 4), replace=False):
+            for i in range(int(rng.integers(1, 5))):
+                answer = None if rng.random() < 0.2 else str(rng.integers(0, 3))
+                rows.append({"task_id": f"t{t}", "teacher": str(teacher), "sample_index": i, "kind": kind,
+                             "expected": expected, "answer": answer,
+                             "passed": bool(rng.random() < 0.5) if kind == "p3" else (
+                                 answer is not None and expected is not None and float(answer) == expected),
+                             "program": f"def f():  return {rng.integers(0, 3)}"})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)   # tasks interleaved
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("require_majority", [False, True])
+def test_the_chunk_vote_equals_the_per_task_vote_row_for_row(seed, require_majority):
+    from distill_ray.stages.vote import vote_groups
+
+    rows = random_candidates(seed)
+    weights = {"a": 1.0, "b": 2.0, "c": 0.5}
+    expected = pd.concat([vote_group(g.reset_index(drop=True), require_majority, weights)
+                          for _, g in rows.groupby("task_id")], ignore_index=True)
+    got = vote_groups(rows, require_majority, weights)
+    order = ["task_id", "teacher", "sample_index"]
+    expected, got = (f.sort_values(order).reset_index(drop=True)[expected.columns] for f in (expected, got))
+    assert expected["keep"].any() and not expected["keep"].all() and expected["agreement"].nunique() == 2
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
