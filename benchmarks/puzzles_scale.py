@@ -30,8 +30,11 @@ sys.path.insert(0, str(REPO))
 MB = 1 << 20
 
 
-def sample_rss(pid: int, peaks: dict, stop: threading.Event) -> None:
-    """Peak RSS of the driver, of the sink actor, of the largest other process, and of all of them together."""
+def sample_rss(pid: int, peaks: dict, stop: threading.Event, sink: str = "PuzzleSink",
+               starts: dict[str, set] | None = None) -> None:
+    """Peak RSS of the driver, of the sink actor (its class name in the process title: ``sink``), of the largest
+    other process, and of all of them together; ``starts``: the pids seen per marker in a process title (how
+    many processes of that kind the job started)."""
     while not stop.is_set():
         try:
             root = psutil.Process(pid)
@@ -45,7 +48,10 @@ def sample_rss(pid: int, peaks: dict, stop: threading.Event) -> None:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             total += rss
-            key = "driver" if p.pid == pid else "sink" if "PuzzleSink" in name else "worker_max"
+            for marker, pids in (starts or {}).items():
+                if marker in name:
+                    pids.add(p.pid)
+            key = "driver" if p.pid == pid else "sink" if sink in name else "worker_max"
             peaks[key] = max(peaks.get(key, 0), rss)
         peaks["all"] = max(peaks.get("all", 0), total)
         stop.wait(0.5)

@@ -25,11 +25,12 @@ from distill_ray.markdown import table
 
 # stage -> script in benchmarks/ (the scripts are the implementation; this is only the harness)
 STAGES = {"teacher": "teacher_throughput", "verify": "verify_throughput", "vote": "vote_throughput",
-          "puzzles": "puzzles_scale", "train": "train_throughput", "on_policy": "on_policy_throughput"}
+          "puzzles": "puzzles_scale", "train": "train_throughput", "on_policy": "on_policy_throughput",
+          "stream": "stream_scale"}
 # process kind <- a fragment of its command line (Ray actors carry their class in the process title)
 PROCESS_KINDS = (("teacher actor", "TeacherActor"), ("verifier actor", "VerifierActor"),
                  ("sandbox worker", "distill_ray.verify.worker"), ("train worker", "RayTrainWorker"),
-                 ("puzzle actor", "Puzzle"), ("ray (other)", "ray::"))
+                 ("puzzle actor", "Puzzle"), ("shard sink", "ShardSink"), ("ray (other)", "ray::"))
 
 
 def load_benchmark(stage: str):

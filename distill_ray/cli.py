@@ -50,8 +50,8 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("config-reference", help="print every config field with its default and meaning")
     commands.add_parser("docs", help="rewrite the README's generated sections (stage tables, config reference)")
     bench = commands.add_parser("bench", help="throughput of every stage against its simplest baseline")
-    bench.add_argument("--stages", default="teacher,verify,vote,puzzles,train,on_policy",
-                       help="comma-separated stages (teacher, verify, vote, puzzles, train, on_policy)")
+    bench.add_argument("--stages", default="teacher,verify,vote,puzzles,train,on_policy,stream",
+                       help="comma-separated stages (teacher, verify, vote, puzzles, train, on_policy, stream)")
     bench.add_argument("--quick", action="store_true", help="small sizes: about two minutes on 2 cores")
     bench.add_argument("--repeats", type=int, help="repetitions per stage (default 3, quick 2); medians reported")
     bench.add_argument("--output", default="outputs/bench", help="directory for bench.md, bench.json, bench.png")

@@ -1,0 +1,157 @@
+"""The distillation stream at scale: `distill-ray generate` over 10^4 and 10^5 puzzles x 4 samples (10^6 with
+--full) on the `replay` engine (each problem's reference, 20% served wrong: no model, so what is measured is
+the pipeline's own cost: prompts, Ray Data, extract, sandboxed verification, the sink's vote and Parquet).
+
+For each N the job runs in a fresh subprocess (its own local Ray cluster); every 0.5 s we sample the RSS of the
+driver, of the sink actor and of every other process, and the pids of teacher actor processes (one start per
+actor for the whole job is the design). Then the smallest N is killed after its first shard and rerun: rows
+exactly once, the shards written before the kill untouched. Ratios are against the smallest N of the same run.
+
+    .venv/bin/python benchmarks/stream_scale.py            # 10^4, 10^5
+    .venv/bin/python benchmarks/stream_scale.py --full     # and 10^6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.puzzles_scale import MB, sample_rss  # noqa: E402
+
+SAMPLES = 4
+
+
+def config(num: int, out: Path) -> Path:
+    """The job's config: puzzles, zero-shot, the replay engine serving references (20% wrong)."""
+    task = {"source": "puzzles", "num_train": num, "num_eval": 16, "difficulty": 1}
+    cfg = {"name": f"stream-{num}", "output_dir": str(out), "seed": 0, "task": task, "chunk_size": 4096,
+           "prompt": {"num_shots": 0, "pool_size": 0}, "train": {"enabled": False}, "verify": {"batch_size": 256},
+           "teacher": {"engine": "replay", "model": "references", "samples": SAMPLES, "batch_size": 256,
+                       "engine_options": {"task": task, "task_seed": 0, "pool_size": 0, "wrong_fraction": 0.2}},
+           "ray": {"num_cpus": 2}}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"   # JSON is YAML
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def start(num: int, out: Path) -> tuple[subprocess.Popen, dict, dict, threading.Event, threading.Thread]:
+    cmd = [sys.executable, "-m", "distill_ray.cli", "generate", "--config", str(config(num, out))]
+    # Its own short temp dir (Ray's socket paths must stay < 108 bytes): the marker its Ray processes carry.
+    env = {**os.environ, "DISTILL_RAY_PROGRESS": "0", "TMPDIR": tempfile.mkdtemp(prefix="st", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    peaks, starts, stop = {}, {"TeacherActor": set()}, threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(proc.pid, peaks, stop, "ShardSink", starts), daemon=True)
+    sampler.start()
+    proc.args_tmpdir = env["TMPDIR"]
+    return proc, peaks, starts, stop, sampler
+
+
+def run(num: int, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    began = time.perf_counter()
+    proc, peaks, starts, stop, sampler = start(num, out)
+    _, err = proc.communicate()
+    wall = time.perf_counter() - began
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"job failed:\n{err[-3000:]}")
+    stats = json.loads((out / "dataset.manifest.json").read_text())["stats"]
+    rows = num * SAMPLES
+    return {"num": num, "wall_s": wall, "rows_per_s": rows / wall, "stream_rows_per_s": rows / stats["seconds"],
+            "verified": stats["verified"], "kept": stats["kept"], "teacher_starts": len(starts["TeacherActor"]),
+            **{k: v / MB for k, v in peaks.items()}}
+
+
+def kill_and_resume(num: int, out: Path) -> dict:
+    """Kill the job's whole session once its first shard exists, rerun it, and check what the dataset holds."""
+    shutil.rmtree(out, ignore_errors=True)
+    shards = out / "dataset"
+    proc, _, _, stop, _ = start(num, out)
+    while not list(shards.glob("part-*.parquet")):
+        if proc.poll() is not None:
+            raise RuntimeError("the job ended before its first shard")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    for p in psutil.process_iter(["cmdline"]):   # its Ray cluster, found by its temp dir
+        if proc.args_tmpdir in " ".join(p.info["cmdline"] or []):
+            p.kill()
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
+    resumed = run_again(num, out)
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
+    rows = pq.read_table(shards, columns=["task_id", "teacher", "sample_index"]).to_pandas()
+    return {"shards_before_kill": len(before), "shards": len(after),
+            "untouched": all(after[name] == stamp for name, stamp in before.items()),
+            "rows": len(rows), "distinct_rows": len(rows.drop_duplicates()), "expected_rows": num * SAMPLES,
+            "resume_wall_s": resumed}
+
+
+def run_again(num: int, out: Path) -> float:
+    began = time.perf_counter()
+    proc, _, _, stop, _ = start(num, out)
+    _, err = proc.communicate()
+    stop.set()
+    if proc.returncode:
+        raise RuntimeError(f"resumed job failed:\n{err[-3000:]}")
+    return time.perf_counter() - began
+
+
+def measure(quick: bool = False, workdir: str = "/tmp/distill-ray-bench-stream") -> list[dict]:
+    """One repetition for `distill-ray bench`: rows/s and driver RSS at the larger N against the smaller."""
+    small, large = (1_000, 4_000) if quick else (10_000, 40_000)
+    a, b = run(small, Path(workdir) / "small"), run(large, Path(workdir) / "large")
+    return [{"stage": "stream", "case": f"{large:,} problems x {SAMPLES}, replay engine", "unit": "rows/s",
+             "workers": None, "ours": b["stream_rows_per_s"], "baseline": a["stream_rows_per_s"],
+             "baseline_name": f"the same job at {small:,} problems"},
+            {"stage": "stream", "case": f"driver peak RSS at {large:,} problems", "unit": "MiB", "workers": None,
+             "ours": b.get("driver", 0.0), "baseline": a.get("driver", 0.0),
+             "baseline_name": f"the same job at {small:,} problems"}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="also 10^6 problems")
+    ap.add_argument("--sizes", type=int, nargs="+", help="override the sizes")
+    ap.add_argument("--workdir", default="/tmp/distill-ray-stream-scale")
+    args = ap.parse_args()
+    sizes = args.sizes or ([10_000, 100_000] + ([1_000_000] if args.full else []))
+    work = Path(args.workdir)
+    print(f"machine: {psutil.cpu_count()} CPUs, load average {psutil.getloadavg()[0]:.1f} at start")
+    print(f"\n| problems x {SAMPLES} | wall s | rows/s end to end | rows/s streaming | vs smallest | verified | kept "
+          "| teacher actor starts | driver peak RSS MB | vs smallest | sink peak RSS MB | largest other MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    first = None
+    for num in sizes:
+        r = run(num, work / f"n{num}")
+        first = first or r
+        print(f"| {num:,} | {r['wall_s']:.0f} | {r['rows_per_s']:.0f} | {r['stream_rows_per_s']:.0f} | "
+              f"{r['stream_rows_per_s'] / first['stream_rows_per_s']:.2f}x | {r['verified']:,} | {r['kept']:,} | "
+              f"{r['teacher_starts']} | {r.get('driver', 0):.0f} | {r.get('driver', 0) / first.get('driver', 1):.2f}x | "
+              f"{r.get('sink', 0):.0f} | {r.get('worker_max', 0):.0f} |", flush=True)
+    k = kill_and_resume(sizes[0], work / "killed")
+    print(f"\nkilled after its first shard, then rerun ({sizes[0]:,} problems): {k}")
+    print(f"\nload average {psutil.getloadavg()[0]:.1f} at end (other jobs share this machine)")
+
+
+if __name__ == "__main__":
+    main()
