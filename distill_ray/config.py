@@ -78,10 +78,9 @@ class TeacherConfig(SamplingConfig):
     actors: int = Field(1, ge=1, description="Engine replicas (Ray actors) in the teacher pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per teacher actor.")
     actor_memory_gib: float | Literal["auto"] | None = Field(
-        None, description="Memory Ray reserves per teacher actor, so that a cluster never packs more engines on a "
-        "node than fit: GiB, or 'auto' (twice the model's weights + 0.5 GiB: 1.5 for SmolLM2-135M, 2.5 for "
-        "Gemma-3-270M). Null: none. A reservation stops Ray Data from fusing the prompt tasks into the pool, so "
-        "leave a whole CPU free for them (see README, 'Submitting to a Ray cluster').")
+        "auto", description="Memory Ray reserves per teacher actor, so that a cluster never packs more engines on "
+        "a node than fit: GiB, or 'auto' (twice the model's weights + 0.5 GiB: 1.5 for SmolLM2-135M, 2.5 for "
+        "Gemma-3-270M; 0.5 for the openai and replay engines, which hold no weights). Null: none.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per teacher actor.")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (null: torch default).")
     engine_options: dict = Field({}, description="Extra keyword arguments for the engine's constructor "
@@ -93,9 +92,9 @@ class VerifyConfig(Section):
     memory_mb: int = Field(512, ge=64, description="Address-space limit per candidate process.")
     actors: int = Field(1, ge=1, description="Verifier actors.")
     cpus_per_actor: float = Field(0.5, gt=0, description="CPUs reserved per verifier actor.")
-    actor_memory_gib: float | None = Field(None, gt=0, description="Memory Ray reserves per verifier actor (the "
-                                           "actor and its sandbox workers, ~0.5 GiB; each candidate is capped by "
-                                           "memory_mb on its own). Null: none (as for teachers: it stops fusion).")
+    actor_memory_gib: float | None = Field(0.5, gt=0, description="Memory Ray reserves per verifier actor (the "
+                                           "actor and its sandbox workers; each candidate is capped by memory_mb "
+                                           "on its own). Null: none.")
     workers_per_actor: int = Field(2, ge=1, description="Sandbox processes run in parallel by each actor.")
     batch_size: int = Field(32, ge=1, description="Candidates per verifier call.")
 

@@ -48,6 +48,12 @@ class Stage:
         raise NotImplementedError
 
 
+# Logical CPUs of a light task stage (prompt rendering, program extraction: string work, milliseconds a batch).
+# Every actor pool reserves memory, which keeps Ray Data from fusing such tasks into a pool; as separate tasks
+# they must never wait for a CPU the pools hold (teacher 1 + verifier 0.5 of 2 CPUs would deadlock).
+LIGHT_TASK = 0
+
+
 @dataclass(frozen=True)
 class BatchStage(Stage):
     kind = "tasks"

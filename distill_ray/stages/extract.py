@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow as pa
 
 from distill_ray.extract import extract_program
-from distill_ray.stages.base import BatchStage
+from distill_ray.stages.base import LIGHT_TASK, BatchStage
 
 READS = ("kind", "response_prefix", "completion")
 WRITES = {"program": pa.string()}
@@ -19,4 +19,4 @@ def extract_programs(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def build() -> BatchStage:
-    return BatchStage("extract", reads=READS, writes=WRITES, fn=extract_programs)
+    return BatchStage("extract", reads=READS, writes=WRITES, fn=extract_programs, cpus=LIGHT_TASK)

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from distill_ray.config import PromptConfig
 from distill_ray.prompts import Exemplar, build_messages, choose_exemplars, response_prefix
-from distill_ray.stages.base import BatchStage
+from distill_ray.stages.base import LIGHT_TASK, BatchStage
 
 READS = ("kind", "question", "family")
 WRITES = {"messages": pa.string(),          # JSON list of chat messages (model-agnostic)
@@ -30,6 +30,7 @@ def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int
 
 
 def build(prompt: PromptConfig, exemplars: list[Exemplar], seed: int) -> BatchStage:
-    return BatchStage("prompt", reads=READS, writes=WRITES, fn=build_prompts,
+    # No CPU reserved: string work that must never wait behind the pools' reservations (see base.LIGHT_TASK).
+    return BatchStage("prompt", reads=READS, writes=WRITES, fn=build_prompts, cpus=LIGHT_TASK,
                       fn_kwargs=dict(exemplars=exemplars, num_shots=prompt.num_shots, strategy=prompt.exemplars,
                                      seed=seed))

@@ -36,7 +36,7 @@ def actor_memory_gib(engine: str, model: str, setting: float | str | None = "aut
     None: no reservation (also for "auto" where the weights cannot be found here)."""
     if setting != "auto":
         return setting
-    if engine == "openai":
+    if engine in ("openai", "replay"):   # the weights live on a server, or there are none
         return 0.5
     from distill_ray.models import resolve_model
 
@@ -88,7 +88,6 @@ def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage
                       actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
                       gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size,
                       fanout=teacher.samples,
-                      # Only where asked: a reservation stops Ray Data fusing the prompt tasks into the pool.
                       memory_gib=functools.partial(actor_memory_gib, teacher.engine, teacher.model,
                                                    teacher.actor_memory_gib) if teacher.actor_memory_gib else None)
 

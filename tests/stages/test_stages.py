@@ -122,21 +122,25 @@ def test_the_teacher_branch_takes_only_prompt_ids_and_generate_only_seeds():
     assert prompts["prompt"].tolist() == [0, 1] and prompts["chunk"].tolist() == [2, 2]   # 2, 3: chunk 3 is done
 
 
-def test_actor_pools_reserve_memory_only_where_asked(monkeypatch):
+def test_actor_pools_reserve_memory_by_default_and_light_tasks_no_cpu(monkeypatch):
     from distill_ray.stages import teacher as teacher_stage
 
-    # By default no reservation: one would stop Ray Data fusing the prompt tasks into the teacher pool, and the
-    # default config (teacher 1 CPU, verifier 0.5) would then deadlock on 2 CPUs.
-    assert [s.memory_gib for s in stages() if isinstance(s, ActorStage)] == [None, None]
+    # A reservation keeps Ray Data from fusing the prompt / extract tasks into the pools: they reserve no CPU, so
+    # the default config (teacher 1 CPU, verifier 0.5) never waits on 2 CPUs (the pipeline tests run it).
+    assert [s.cpus for s in stages() if s.name in ("prompt", "extract")] == [0, 0]
+    assert [None if s.memory_gib is None else "set" for s in stages() if isinstance(s, ActorStage)] == ["set"] * 2
+    assert TeacherConfig().actor_memory_gib == "auto" and VerifyConfig().actor_memory_gib == 0.5
+    no = distill_stages([TeacherConfig(actor_memory_gib=None)], PromptConfig(), VerifyConfig(actor_memory_gib=None),
+                        [], seed=0)
+    assert [s.memory_gib for s in no if isinstance(s, ActorStage)] == [None, None]
     estimate, calls = teacher_stage.actor_memory_gib, []
     monkeypatch.setattr(teacher_stage, "actor_memory_gib", lambda *a: calls.append(a) or 1.5)
-    asked = distill_stages([TeacherConfig(actor_memory_gib="auto")], PromptConfig(), VerifyConfig(actor_memory_gib=0.5),
-                           [], seed=0)
+    asked = distill_stages([TeacherConfig()], PromptConfig(), VerifyConfig(), [], seed=0)
     pools = [s for s in asked if isinstance(s, ActorStage)]
     assert not calls   # building the list loads no model: the estimate runs when the stage does
     assert [p.memory_gib() if callable(p.memory_gib) else p.memory_gib for p in pools] == [1.5, 0.5]
     assert calls == [("hf", "smollm2", "auto")]
-    assert estimate("openai", "served-model") == 0.5   # the weights live on the server
+    assert estimate("openai", "served-model") == estimate("replay", "references") == 0.5   # no weights here
     assert estimate("hf", "smollm2", 3.0) == 3.0       # a number is taken as it is
 
 
