@@ -17,7 +17,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill_ray.config import TeacherConfig, VoteConfig  # noqa: E402
-from distill_ray.resumable import CHUNK, ShardSink  # noqa: E402
+from distill_ray.resumable import CHUNK, CHUNK_PROBLEMS, ShardSink  # noqa: E402
 from distill_ray.stages import check_flow, vote  # noqa: E402
 from distill_ray.stages.vote import vote_group  # noqa: E402
 
@@ -47,11 +47,13 @@ def sink(rows: pd.DataFrame, stage, chunk_rows: int = 4096) -> float:
     """The sink as the stream feeds it: one batch per chunk (whole prompts), each voted and written."""
     import tempfile
 
-    chunks = np.arange(len(rows)) // chunk_rows
-    rows = rows.assign(**{CHUNK: chunks})
+    samples = int(rows.groupby("task_id").size().iat[0])
+    chunks = np.arange(len(rows)) // chunk_rows   # whole prompts per chunk: chunk_rows is a multiple of samples
+    columns = list(rows.columns)
+    rows = rows.assign(**{CHUNK: chunks, CHUNK_PROBLEMS: pd.Series(chunks).map(
+        pd.Series(chunks).value_counts() // samples).to_numpy()})
     with tempfile.TemporaryDirectory() as out:
-        shard_sink = ShardSink(out, check_flow(list(rows.columns), [stage]), stage,
-                               expected=pd.Series(chunks).value_counts().to_dict())
+        shard_sink = ShardSink(out, check_flow(columns, [stage]), stage, fanout=samples)
         start = time.perf_counter()
         written = sum(int(shard_sink(batch)["shards_written"].sum()) for _, batch in rows.groupby(CHUNK))
         seconds = time.perf_counter() - start

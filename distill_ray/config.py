@@ -25,12 +25,19 @@ class RayConfig(Section):
 
 
 class TaskConfig(Section):
-    source: Literal["puzzles", "gsm8k", "p3", "humaneval", "mbpp", "jsonl"] = Field(
+    source: Literal["puzzles", "gsm8k", "p3", "humaneval", "mbpp", "jsonl", "table"] = Field(
         "puzzles", description="Problem source: our procedural P3-style puzzles, GSM8K program-of-thought, real "
         "P3 puzzles, HumanEval (evaluation only: it has no train split), MBPP (its prompt split, task ids 1-10, "
-        "is the exemplar pool), or your own problems as JSON lines (see README, 'Your own problems').")
-    path: str | None = Field(None, description="Directory of the data files (gsm8k, p3, humaneval, mbpp) or the "
-                             ".jsonl file (jsonl); unused for puzzles.")
+        "is the exemplar pool), your own problems as JSON lines, or a table (Parquet, JSONL, CSV or a datasets "
+        "folder's Arrow files) read by Ray Data chunk by chunk (see README, 'Your own problems').")
+    path: str | None = Field(None, description="Directory of the data files (gsm8k, p3, humaneval, mbpp), the "
+                             ".jsonl file (jsonl), or the table's file or folder (table); unused for puzzles.")
+    columns: dict[str, str] = Field({}, description="table: problem key -> the table's column (e.g. {question: "
+                                    "problem, expected: answer}); keys the table has under their own name need "
+                                    "none. Keys: id, kind, question, expected, sat, ans_type, tests, entry_point, "
+                                    "split, family, difficulty, reference.")
+    kind: Literal["p3", "gsm8k", "asserts"] | None = Field(None, description="table: the kind of rows that have "
+                                                            "no kind column.")
     num_train: int = Field(32, ge=1, description="Problems the teachers solve to build the training set.")
     num_eval: int = Field(16, ge=1, description="Held-out problems for evaluation (disjoint from train).")
     difficulty: int = Field(1, ge=1, le=3, description="Puzzle difficulty, 1 (trivial) to 3.")

@@ -162,6 +162,8 @@ def run_experiment(cfg: RunConfig) -> dict:
     problems, first = [], {}
     if "expert_iteration" in e.arms:   # round 0 samples the untrained student: the same for every seed
         _, problems, _ = load_task(cfg)
+        if not isinstance(problems, list):   # a table source: expert iteration samples them from a list
+            problems = problems.problems()
         first = self_samples(cfg, problems, init_dir, out / "expert_iteration" / "round0", cfg.seed)
     results: dict[str, list[dict]] = {arm: [] for arm in e.arms}
     trained_rows: dict[str, int] = {}

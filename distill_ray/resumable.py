@@ -29,12 +29,14 @@ import pyarrow as pa
 
 from distill_ray.shards import Manifest, ShardSet, chunk_ranges
 from distill_ray.stages import ActorStage, Columns, GroupStage, Stage, apply_stages, check_flow, rows_per_row, to_arrow
-from distill_ray.stages.base import metered
+from distill_ray.stages.base import LIGHT_TASK, metered
 
 # Settings that change how fast rows are made, never which rows: a resumed run may use others.
 RESOURCE_KEYS = frozenset({"actors", "cpus_per_actor", "gpus_per_actor", "actor_memory_gib", "batch_size",
                            "torch_threads", "workers_per_actor", "partitions", "engine_options"})
 CHUNK = "_chunk"   # the chunk a row belongs to, from the source to the sink (never written)
+CHUNK_PROBLEMS = "_chunk_problems"   # how many problems its chunk holds: the sink's count of a complete chunk
+SINK_MEMORY_GIB = 0.5   # the rows of the chunks in flight (a few chunks of chunk_size x samples rows)
 
 
 def row_params(config: dict) -> dict:
@@ -46,11 +48,11 @@ def row_params(config: dict) -> dict:
     return config
 
 
-def run_in_shards(problems: list[dict], source: Columns, stages: list[Stage], out_dir: Path, params: dict,
-                  chunk_size: int, resume: bool = True, log: Callable[[str], None] = print) -> float:
-    """Run ``stages`` over ``problems`` (whose columns and types are ``source``) into
-    ``out_dir/part-NNNNNN.parquet``, typed as the stages declare; returns the seconds spent. A group stage
-    (the vote) may only come last: the sink runs it over each problem's complete rows.
+def run_in_shards(source: "ProblemChunks | TableChunks", columns: Columns, stages: list[Stage], out_dir: Path,
+                  params: dict, resume: bool = True, log: Callable[[str], None] = print) -> float:
+    """Run ``stages`` over the problems of ``source`` (whose columns and types are ``columns``) into
+    ``out_dir/part-NNNNNN.parquet``, one shard per chunk, typed as the stages declare; returns the seconds spent.
+    A group stage (the vote) may only come last: the sink runs it over each problem's complete rows.
 
     With ``resume=False`` an existing output is deleted first; otherwise it is continued (same ``params``
     required, else ValueError naming both)."""
@@ -58,31 +60,125 @@ def run_in_shards(problems: list[dict], source: Columns, stages: list[Stage], ou
     if not resume:
         shutil.rmtree(out_dir, ignore_errors=True)
         manifest.path.unlink(missing_ok=True)
-    chunks = chunk_ranges(len(problems), chunk_size)
-    manifest.start({**params, "problems": len(problems), "chunk_size": chunk_size})
+    manifest.start({**params, **source.params()})
     shards = ShardSet(out_dir)
     shards.remove_temp_files()
     done = shards.done()
     if done:
-        log(f"resuming {out_dir}: {len(done)} of {len(chunks)} shards already written, skipping them")
-    todo = {index: chunk for index, chunk in enumerate(chunks) if index not in done}
+        log(f"resuming {out_dir}: {len(done)} of {len(source)} shards already written, skipping them")
+    todo = [index for index in range(len(source)) if index not in done]
     streamed, group = split_group_stage(stages)
-    types = check_flow(source, stages)
+    types = check_flow(columns, stages)
     start = time.perf_counter()
     if todo:
         sink = ActorStage("sink", reads=(), writes={}, cls=ShardSink, actors=1, batch_size=None,
                           # No CPU reserved: it must never take the CPU the prompt/extract tasks wait for (a
                           # config that leaves them exactly one of 2 CPUs would deadlock on any fraction).
-                          cpus_per_actor=0, init_kwargs=dict(
-                              out_dir=str(out_dir), types=types, group=group,
-                              expected={i: len(c) * rows_per_row(streamed) for i, c in todo.items()}))
-        ds = sink.apply(apply_stages(chunk_source(problems, todo, source), {**source, CHUNK: pa.int64()}, streamed))
-        follow_progress(ds, len(todo), len(chunks), log)
+                          cpus_per_actor=0, memory_gib=SINK_MEMORY_GIB, init_kwargs=dict(
+                              out_dir=str(out_dir), types=types, group=group, fanout=rows_per_row(streamed)))
+        tagged = {**columns, CHUNK: pa.int64(), CHUNK_PROBLEMS: pa.int64()}
+        ds = sink.apply(apply_stages(source.dataset(todo, tagged, out_dir, types), tagged, streamed))
+        follow_progress(ds, len(todo), len(source), log)
     missing = sorted(set(todo) - shards.done())
     if missing:
         raise RuntimeError(f"{out_dir}: chunks {missing[:10]} got fewer rows than expected and were not written; "
                            "rerun with the same output to redo them")
     return time.perf_counter() - start
+
+
+class ProblemChunks:
+    """Problems the driver holds (the built-in sources), cut by position into chunks of ``chunk_size``; each
+    chunk is put in the object store once, as one block."""
+
+    def __init__(self, problems: list[dict], chunk_size: int):
+        self.problems, self.chunk_size = problems, chunk_size
+        self.ranges = chunk_ranges(len(problems), chunk_size)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def params(self) -> dict:
+        return {"problems": len(self.problems), "chunk_size": self.chunk_size}
+
+    def dataset(self, todo: list[int], types: Columns, out_dir: Path, output_types: Columns):
+        import ray
+        import ray.data
+
+        refs = []
+        for index in todo:
+            chunk = self.ranges[index]
+            rows = pd.DataFrame(self.problems[chunk.start:chunk.stop]).assign(**{CHUNK: index,
+                                                                                  CHUNK_PROBLEMS: len(chunk)})
+            refs.append(ray.put(to_arrow(rows, types)))
+        return ray.data.from_arrow_refs(refs)
+
+
+class TableChunks:
+    """A table's rows (``tasks/table.py``) by position, each chunk read by a Ray Data task where it runs: the
+    driver holds only the chunks' file and row range. Rows of another split are left out; invalid ones go to
+    ``quarantine_dir/chunk-NNNNNN.jsonl``; a chunk without a valid problem is written as an empty shard there."""
+
+    def __init__(self, chunks: list, read: dict, quarantine_dir: Path):
+        self.chunks, self.read, self.quarantine_dir = chunks, read, Path(quarantine_dir)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def params(self) -> dict:
+        return {"table_chunks": [[c.file, c.start, c.stop] for c in self.chunks]}
+
+    def problems(self) -> list[dict]:
+        """Every train problem, read here (for uses that need a list in the driver)."""
+        from distill_ray.tasks.table import read_chunk
+
+        return [p for chunk in self.chunks for p in read_chunk(chunk, **self.read)[0] if p["split"] == "train"]
+
+    def merge_quarantine(self, path: Path) -> None:
+        """Append every chunk's quarantined rows to ``path``, which the load has just rewritten (the chunk files
+        stay: a resumed run skips the chunks that wrote them, and merges them again)."""
+        if not self.quarantine_dir.is_dir():
+            return
+        with open(path, "a") as out:
+            for part in sorted(self.quarantine_dir.glob("chunk-*.jsonl")):
+                out.write(part.read_text())
+
+    def dataset(self, todo: list[int], types: Columns, out_dir: Path, output_types: Columns):
+        import ray.data
+
+        descriptors = [{"chunk": i, "file": self.chunks[i].file, "start": self.chunks[i].start,
+                        "stop": self.chunks[i].stop} for i in todo]
+        return ray.data.from_items(descriptors, override_num_blocks=len(todo)).map_batches(
+            read_table_chunk, batch_size=1, batch_format="pandas", num_cpus=LIGHT_TASK,
+            fn_kwargs=dict(read=self.read, types=types, quarantine_dir=str(self.quarantine_dir),
+                           out_dir=str(out_dir), output_types=output_types))
+
+
+def read_table_chunk(batch: pd.DataFrame, read: dict, types: Columns, quarantine_dir: str, out_dir: str,
+                     output_types: Columns) -> pa.Table:
+    """One chunk's train problems, tagged for the sink (see ``TableChunks``)."""
+    from distill_ray.tasks.table import TableChunk, read_chunk
+
+    index = int(batch["chunk"].iat[0])
+    chunk = TableChunk(batch["file"].iat[0], int(batch["start"].iat[0]), int(batch["stop"].iat[0]))
+    problems, bad = read_chunk(chunk, **read)
+    problems = [p for p in problems if p["split"] == "train"]
+    if bad:
+        write_quarantine(Path(quarantine_dir) / f"chunk-{index:06d}.jsonl", bad)
+    rows = pd.DataFrame(problems, columns=[c for c in types if c not in (CHUNK, CHUNK_PROBLEMS)])
+    if not problems:   # nothing will reach the sink: the chunk is done as read
+        ShardSet(out_dir).write(index, pa.Table.from_pylist([], schema=pa.schema(
+            [(c, t or pa.string()) for c, t in output_types.items()])))
+    return to_arrow(rows.assign(**{CHUNK: index, CHUNK_PROBLEMS: len(problems)}), types)
+
+
+def write_quarantine(path: Path, records: list[dict]) -> None:
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
 
 
 def split_group_stage(stages: list[Stage]) -> tuple[list[Stage], GroupStage | None]:
@@ -92,20 +188,6 @@ def split_group_stage(stages: list[Stage]) -> tuple[list[Stage], GroupStage | No
         raise ValueError("a group stage can only be the last stage of a streamed pipeline (the sink runs it over "
                          f"each problem's complete rows); got {[s.name for s in stages]}")
     return (stages[:-1], stages[-1]) if groups else (list(stages), None)
-
-
-def chunk_source(problems: list[dict], todo: dict[int, range], source: Columns):
-    """The chunks still to do, one block each, every row tagged with its chunk: each chunk is put in the object
-    store once, so the driver holds no copy beyond the list it was given."""
-    import ray
-    import ray.data
-
-    types = {**source, CHUNK: pa.int64()}
-    refs = []
-    for index, chunk in todo.items():
-        rows = pd.DataFrame(problems[chunk.start:chunk.stop]).assign(**{CHUNK: index})
-        refs.append(ray.put(to_arrow(rows, types)))
-    return ray.data.from_arrow_refs(refs)
 
 
 def follow_progress(ds, todo: int, total: int, log: Callable[[str], None]) -> None:
@@ -136,9 +218,9 @@ class ShardSink:
     writes the chunk's shard. One actor (every row of a chunk must reach the same one); holds only the chunks
     in flight (Ray Data streams the blocks roughly in order, so a few, whatever the number of problems)."""
 
-    def __init__(self, out_dir: str, types: Columns, group: GroupStage | None, expected: dict[int, int]):
+    def __init__(self, out_dir: str, types: Columns, group: GroupStage | None, fanout: int):
         self.shards = ShardSet(out_dir)
-        self.types, self.group, self.expected = types, group, expected
+        self.types, self.group, self.fanout = types, group, fanout
         self.group_fn = metered(over_groups(group), group.name) if group else None
         self.pending: dict[int, list[pd.DataFrame]] = defaultdict(list)
         self.arrived: dict[int, int] = defaultdict(int)
@@ -149,13 +231,13 @@ class ShardSink:
             chunk = int(chunk)
             self.pending[chunk].append(rows)
             self.arrived[chunk] += len(rows)
-            if self.arrived[chunk] == self.expected[chunk]:
+            if self.arrived[chunk] == int(rows[CHUNK_PROBLEMS].iat[0]) * self.fanout:
                 self._write(chunk)
                 written += 1
         return pd.DataFrame({"rows": [len(batch)], "shards_written": [written], "chunks_pending": [len(self.pending)]})
 
     def _write(self, chunk: int) -> None:
-        rows = pd.concat(self.pending.pop(chunk), ignore_index=True).drop(columns=[CHUNK])
+        rows = pd.concat(self.pending.pop(chunk), ignore_index=True).drop(columns=[CHUNK, CHUNK_PROBLEMS])
         del self.arrived[chunk]
         if self.group is not None:
             rows = self.group_fn(rows, **self.group.fn_kwargs)

@@ -23,7 +23,7 @@ from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
 from distill_ray.pipelines.distill import distill_stages
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
-from distill_ray.resumable import row_params, run_in_shards
+from distill_ray.resumable import ProblemChunks, TableChunks, row_params, run_in_shards
 from distill_ray.shards import Manifest, ShardSet
 from distill_ray.stages import apply_stages
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
@@ -51,6 +51,8 @@ def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
     from distill_ray.tasks import GSM8K_EXEMPLARS, load_problems
 
     t = cfg.task
+    if t.source == "table":
+        return load_table(cfg)
     reserve = 0 if t.source in FIXED_EXEMPLARS else cfg.prompt.pool_size
     families = t.families if t.source in ("puzzles", "p3") else None
     if families != t.families:   # e.g. the demo's puzzle families, with --task-source gsm8k
@@ -69,6 +71,33 @@ def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
     if t.source == "humaneval":   # no train split: teachers are prompted zero-shot (HumanEval's own protocol)
         return [], [], eval_
     return exemplar_pool(train[:reserve]), train[reserve:], eval_
+
+
+def load_table(cfg: RunConfig) -> tuple[list[Exemplar], "TableChunks", list[dict]]:
+    """A table source: the exemplar pool is its first ``prompt.pool_size`` valid train rows and the eval problems
+    its first ``task.num_eval`` eval rows (read here a chunk at a time, until both are found: a table without
+    eval rows is scanned to its end). The train problems are the other train rows among its first
+    ``task.num_train + prompt.pool_size``, as chunks that Ray Data tasks read where they run."""
+    from distill_ray.tasks.table import plan_chunks, read_chunk, table_files
+
+    t, pool_size = cfg.task, cfg.prompt.pool_size
+    if not t.path:
+        raise ValueError("task source 'table' needs task.path (a Parquet, JSONL, CSV or Arrow file or folder)")
+    read = dict(columns=dict(t.columns), kind=t.kind, max_question_chars=t.max_question_chars)
+    files = table_files(t.path)
+    pool, eval_, quarantine = [], [], []
+    train = plan_chunks(files, cfg.chunk_size, limit=t.num_train + pool_size)
+    for chunk in plan_chunks(files, cfg.chunk_size):
+        if len(pool) >= pool_size and len(eval_) >= t.num_eval:
+            break
+        problems, bad = read_chunk(chunk, **read)
+        if chunk not in train:   # a train chunk's read quarantines its own bad rows
+            quarantine += bad
+        eval_ += [p for p in problems if p["split"] == "eval"][:t.num_eval - len(eval_)]
+        pool += [p for p in problems if p["split"] == "train"][:pool_size - len(pool)]
+    write_quarantine(Path(cfg.output_dir), quarantine)
+    read["exclude"] = frozenset(p["task_id"] for p in pool)
+    return exemplar_pool(pool), TableChunks(train, read, Path(cfg.output_dir) / "quarantine"), eval_
 
 
 def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
@@ -93,8 +122,8 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
     stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
                             sampling_seed=sampling_seed)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume"}))
-    return run_in_shards(problems, PROBLEM_COLUMNS, stages, out_dir, params, cfg.chunk_size,
-                         resume=vote and cfg.resume, log=log)
+    source = problems if isinstance(problems, TableChunks) else ProblemChunks(problems, cfg.chunk_size)
+    return run_in_shards(source, PROBLEM_COLUMNS, stages, out_dir, params, resume=vote and cfg.resume, log=log)
 
 
 # --- generate ---------------------------------------------------------------------------------------
@@ -108,9 +137,11 @@ def generate(cfg: RunConfig) -> dict:
                          "has none: use it with `distill-ray evaluate`)")
     out = Path(cfg.output_dir) / "dataset"
     teachers = cfg.teacher_list()
-    log(f"generate: {len(train)} train problems x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}"
-                                                                  for t in teachers))
+    what = f"{len(train)} chunks of table rows" if isinstance(train, TableChunks) else f"{len(train)} train problems"
+    log(f"generate: {what} x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}" for t in teachers))
     seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
+    if isinstance(train, TableChunks):
+        train.merge_quarantine(Path(cfg.output_dir) / "quarantine.jsonl")
     shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))
     stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
     write_manifest(out, cfg, stats)
@@ -340,6 +371,8 @@ def train_on_policy(cfg: RunConfig, init_dir: str | Path | None = None) -> dict:
     op = cfg.on_policy
     init_dir = Path(init_dir) if init_dir else build_student_init(cfg, out)
     exemplars, train_problems, _ = load_task(cfg)
+    if isinstance(train_problems, TableChunks):   # on-policy samples problems from a list in the driver
+        train_problems = train_problems.problems()
     chosen = [t for t in cfg.teacher_list() if op.teachers is None or t.name in op.teachers]
     unknown = set(op.teachers or ()) - {t.name for t in cfg.teacher_list()}
     if unknown or not chosen:

@@ -52,9 +52,15 @@ def read_problems_jsonl(path: str | Path, max_question_chars: int = MAX_QUESTION
 
 def parse_problem(line: str, max_question_chars: int = MAX_QUESTION_CHARS) -> dict:
     """The problem dict of one line; ValueError with the reason when the line is not a valid problem."""
-    record = json_object(line)
+    return parse_record(json_object(line), max_question_chars)
+
+
+def parse_record(record: dict, max_question_chars: int = MAX_QUESTION_CHARS, source: str = SOURCE,
+                 default_kind: str | None = None) -> dict:
+    """The problem dict of one record (a JSON line, a table row) with this module's keys; ValueError with the
+    reason when it is not a valid problem. ``default_kind``: the kind of a record without one."""
     problem_id = _text(record, "id")
-    kind = _text(record, "kind")
+    kind = _text(record, "kind") if default_kind is None or record.get("kind") is not None else default_kind
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     split = record.get("split", "train")
@@ -71,7 +77,7 @@ def parse_problem(line: str, max_question_chars: int = MAX_QUESTION_CHARS) -> di
     question = _text(record, "question") if kind != "p3" or "question" in record else sat
     if len(question) > max_question_chars:
         raise ValueError(f"question has {len(question)} characters, more than the limit of {max_question_chars}")
-    return make_problem(task_id=f"{SOURCE}/{problem_id}", split=split, source=SOURCE,
+    return make_problem(task_id=f"{source}/{problem_id}", split=split, source=source,
                         family=record.get("family") or kind, difficulty=difficulty, kind=kind, question=question,
                         sat=sat, ans_type=ans_type, expected=_expected(record) if kind == "gsm8k" else None,
                         tests=tests, entry_point=record.get("entry_point") or "",

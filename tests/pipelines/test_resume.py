@@ -16,7 +16,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from distill_ray.resumable import row_params, run_in_shards
+from distill_ray.resumable import ProblemChunks, row_params, run_in_shards
 from distill_ray.shards import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,10 +81,10 @@ def test_a_killed_generation_job_resumes_where_it_stopped_and_writes_no_duplicat
 
 def test_resuming_with_other_settings_is_refused_but_other_resources_are_fine(tmp_path):
     config = {"seed": 0, "teacher": {"model": "smollm2", "samples": 4, "actors": 1, "batch_size": 8}}
-    run_in_shards([], {}, [], tmp_path / "dataset", row_params(config), chunk_size=4)
+    run_in_shards(ProblemChunks([], 4), {}, [], tmp_path / "dataset", row_params(config))
     more_resources = {"seed": 0, "teacher": {"model": "smollm2", "samples": 4, "actors": 3, "batch_size": 2}}
-    run_in_shards([], {}, [], tmp_path / "dataset", row_params(more_resources), chunk_size=4)
+    run_in_shards(ProblemChunks([], 4), {}, [], tmp_path / "dataset", row_params(more_resources))
     other_rows = {"seed": 0, "teacher": {"model": "smollm2", "samples": 8, "actors": 1, "batch_size": 8}}
     with pytest.raises(ValueError, match="other parameters"):
-        run_in_shards([], {}, [], tmp_path / "dataset", row_params(other_rows), chunk_size=4)
-    run_in_shards([], {}, [], tmp_path / "dataset", row_params(other_rows), chunk_size=4, resume=False)  # starts over
+        run_in_shards(ProblemChunks([], 4), {}, [], tmp_path / "dataset", row_params(other_rows))
+    run_in_shards(ProblemChunks([], 4), {}, [], tmp_path / "dataset", row_params(other_rows), resume=False)  # starts over

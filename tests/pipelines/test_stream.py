@@ -9,22 +9,24 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill_ray.config import TeacherConfig, VoteConfig
-from distill_ray.resumable import CHUNK, ShardSink, split_group_stage
+from distill_ray.resumable import CHUNK, CHUNK_PROBLEMS, ShardSink, split_group_stage
 from distill_ray.stages import check_flow, vote
 from distill_ray.stages.base import BatchStage, GroupStage
 
 
-def candidates(task: str, chunk: int, verdicts: list[bool]) -> pd.DataFrame:
+def candidates(task: str, chunk: int, verdicts: list[bool], problems: int) -> pd.DataFrame:
     return pd.DataFrame({"task_id": task, "teacher": "t", "sample_index": range(len(verdicts)), "kind": "p3",
                          "expected": None, "answer": "x", "passed": verdicts,
-                         "program": [f"def sol(): return {i}" for i in range(len(verdicts))], CHUNK: chunk})
+                         "program": [f"def sol(): return {i}" for i in range(len(verdicts))], CHUNK: chunk,
+                         CHUNK_PROBLEMS: problems})
 
 
 def test_the_sink_writes_a_chunk_only_when_all_its_rows_arrived_and_votes_each_problem(tmp_path):
     stage = vote.build(VoteConfig(), [TeacherConfig(name="t")])
-    types = check_flow(list(candidates("a", 0, [True]).columns.drop(CHUNK)), [stage])
-    sink = ShardSink(str(tmp_path), types, stage, expected={0: 4, 1: 2})
-    a, b, c = candidates("a", 0, [True, False]), candidates("b", 0, [False, False]), candidates("c", 1, [True, True])
+    types = check_flow(list(candidates("a", 0, [True], 1).columns.drop([CHUNK, CHUNK_PROBLEMS])), [stage])
+    sink = ShardSink(str(tmp_path), types, stage, fanout=2)   # chunk 0: 2 problems x 2 samples, chunk 1: 1 x 2
+    a, b = candidates("a", 0, [True, False], 2), candidates("b", 0, [False, False], 2)
+    c = candidates("c", 1, [True, True], 1)
     # Rows of the two chunks interleaved, a problem's rows split across batches.
     assert sink(pd.concat([a.iloc[:1], c]))["shards_written"].tolist() == [1]       # chunk 1 complete
     assert [p.name for p in tmp_path.glob("*.parquet")] == ["part-000001.parquet"]
@@ -32,7 +34,7 @@ def test_the_sink_writes_a_chunk_only_when_all_its_rows_arrived_and_votes_each_p
     assert not (tmp_path / "part-000000.parquet").exists()
     assert sink(b)["shards_written"].tolist() == [1]                                 # 4 of 4: written
     written = pq.read_table(tmp_path / "part-000000.parquet").to_pandas()
-    assert CHUNK not in written.columns and len(written) == 4
+    assert not {CHUNK, CHUNK_PROBLEMS} & set(written.columns) and len(written) == 4
     # Voted per problem: a's verified row is kept, b has nothing verified.
     kept = written.groupby("task_id")["keep"].sum().to_dict()
     assert kept == {"a": 1, "b": 0}
@@ -115,3 +117,58 @@ def test_generation_stats_add_up_shard_by_shard():
     assert whole["problems"] == 30 and whole["candidates"] == 120
     assert whole["verified"] == rows["passed"].sum() and whole["k"] == 4
     assert teachers["a"]["candidates"] + teachers["b"]["candidates"] == 120
+
+
+@pytest.mark.slow
+def test_a_table_source_streams_from_files_with_mapped_columns_and_quarantines_bad_rows(ray_cluster, tmp_path):
+    """A Parquet folder with its own column names, read by Ray Data chunk by chunk: the pool and eval rows are
+    carved off, bad rows are quarantined with file and row, and a resume reads only the chunk not written."""
+    import json
+
+    import pyarrow as pa
+
+    from distill_ray.config import load_config
+    from distill_ray.shards import ShardSet
+    from distill_ray.teachers.replay import reference_completion
+    from distill_ray.workflow import generate, load_task
+
+    write = pq.write_table
+
+    rows = [{"uid": f"q{i}", "text": f"def sat(x: int):\n    return x == {i}", "ans": "int",
+             "part": "eval" if i % 10 == 9 else "train", "ref": f"def sol():\n    return {i}"} for i in range(40)]
+    rows[5]["text"] = "no sat here"                                            # quarantined: no def sat(
+    table_dir = tmp_path / "table"
+    table_dir.mkdir()
+    write(pa.Table.from_pylist(rows[:24]), table_dir / "part-0.parquet")
+    write(pa.Table.from_pylist(rows[24:]), table_dir / "part-1.parquet")
+    task = {"source": "table", "path": str(table_dir), "kind": "p3", "num_train": 30, "num_eval": 3,
+            "columns": {"id": "uid", "question": "text", "sat": "text", "ans_type": "ans", "split": "part",
+                        "reference": "ref"}}
+    overrides = [f"output_dir={tmp_path / 'out'}", f"task={json.dumps(task)}", "prompt.pool_size=4",
+                 "prompt.num_shots=1", "chunk_size=8", "teacher.engine=replay", "teacher.samples=2",
+                 f"teacher.model={tmp_path / 'recorded'}"]
+    cfg = load_config(None, overrides)
+    exemplars, train, eval_ = load_task(cfg)
+    assert [e.question for e in exemplars] == [rows[i]["text"] for i in range(4)]
+    assert [p["task_id"] for p in eval_] == ["table/q9", "table/q19", "table/q29"]
+    assert [(c.start, c.stop) for c in train.chunks] == [(0, 8), (8, 16), (16, 24), (0, 8), (8, 10)]  # 34 rows
+    problems = train.problems()
+    assert len(problems) == 34 - 4 - 3 - 1 and "table/q5" not in {p["task_id"] for p in problems}
+
+    # The replay engine serves what a "teacher" recorded: here each problem's reference, as a dataset.
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    write(pa.Table.from_pylist(
+        [{"question": p["question"], "sample_index": 0, "completion": reference_completion(p),
+          "finished": True} for p in problems]), recorded / "part-000000.parquet")
+    stats = generate(cfg)
+    assert stats["problems"] == len(problems) and stats["candidates"] == 2 * len(problems)
+    assert stats["verified"] == stats["candidates"]                          # the references pass
+    quarantine = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["file"].rsplit("/", 1)[1], q["row"]) for q in quarantine] == [("part-0.parquet", 5)]
+    shards = ShardSet(tmp_path / "out" / "dataset")
+    assert shards.done() == set(range(5))
+    shards.path(3).unlink()
+    stats = generate(cfg)                                                      # resumed: chunk 3 only
+    assert stats["candidates"] == 2 * len(problems) and shards.done() == set(range(5))
+    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 1

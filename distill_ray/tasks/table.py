@@ -1,0 +1,118 @@
+"""Task sources as tables: Parquet, JSON lines, CSV, or Arrow files (a Hugging Face ``datasets`` folder saved
+with ``save_to_disk``), one file or a folder of them, read by position.
+
+A table's rows are addressed by their position in the concatenation of its files (sorted by name), so a job can
+cut them into chunks, read each chunk where it runs (a Ray Data task, not the driver) and resume by position
+without an id column. ``columns`` maps the problem's keys (those of a ``jsonl`` record: id, kind, question,
+expected, sat, ans_type, tests, entry_point, split, family, difficulty, reference) to the table's column names,
+e.g. ``{question: problem, expected: answer}``; a key the table has under its own name needs no entry; ``kind``
+is the kind of rows without a kind column. A row without an id gets its position (``<file name>:<row>``).
+A row that is not a valid problem is quarantined with its file, row and reason, as a JSON line would be.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from distill_ray.tasks.jsonl import MAX_QUESTION_CHARS, parse_record
+
+SOURCE = "table"
+SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
+
+
+@dataclass(frozen=True)
+class TableChunk:
+    """Rows ``start:stop`` of one file (positions within that file)."""
+    file: str
+    start: int
+    stop: int
+
+
+def table_files(path: str | Path) -> list[Path]:
+    """The data files of a table: the file itself, or a folder's files of a known format, sorted by name."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"task.path {str(path)!r} is neither a file nor a folder")
+    files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"task.path {str(path)!r} holds no {'/'.join(SUFFIXES)} files")
+    return files
+
+
+def read_file(file: str | Path) -> pa.Table:
+    """A whole file as an Arrow table (Arrow files memory-mapped: a datasets folder is not copied)."""
+    file = Path(file)
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(file)
+    if file.suffix in (".jsonl", ".json"):
+        import pyarrow.json as pj
+
+        return pj.read_json(file)
+    if file.suffix == ".csv":
+        import pyarrow.csv as pc
+
+        return pc.read_csv(file)
+    with pa.memory_map(str(file)) as source:   # datasets' save_to_disk writes Arrow streams
+        return pa.ipc.open_stream(source).read_all()
+
+
+def row_count(file: str | Path) -> int:
+    file = Path(file)
+    if file.suffix == ".parquet":   # from the footer, without reading the data
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows
+    return read_file(file).num_rows
+
+
+def plan_chunks(files: list[Path], chunk_size: int, skip: int = 0, limit: int | None = None) -> list[TableChunk]:
+    """The rows after the first ``skip`` (and at most ``limit`` of them) cut into chunks of ``chunk_size`` (a
+    chunk never spans two files)."""
+    chunks, left = [], limit
+    for file in files:
+        rows = row_count(file)
+        start = min(skip, rows)
+        skip -= start
+        stop = rows if left is None else min(rows, start + left)
+        chunks += [TableChunk(str(file), a, min(a + chunk_size, stop)) for a in range(start, stop, chunk_size)]
+        left = None if left is None else left - (stop - start)
+    return chunks
+
+
+def read_chunk(chunk: TableChunk, columns: dict[str, str], kind: str | None,
+               max_question_chars: int = MAX_QUESTION_CHARS,
+               exclude: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+    """(problems, quarantined) of a chunk's rows, in row order; problems whose task_id is in ``exclude`` (the
+    exemplar pool) are left out."""
+    rows = read_file(chunk.file).slice(chunk.start, chunk.stop - chunk.start).to_pylist()
+    problems, quarantined = [], []
+    for offset, row in enumerate(rows):
+        position = chunk.start + offset
+        try:
+            problem = to_problem(row, columns, kind, f"{Path(chunk.file).name}:{position}", max_question_chars)
+        except ValueError as error:
+            quarantined.append({"file": chunk.file, "row": position, "reason": str(error),
+                                "raw": json.dumps(row, default=str)[:200]})
+            continue
+        if problem["task_id"] not in exclude:
+            problems.append(problem)
+    return problems, quarantined
+
+
+def to_problem(row: dict, columns: dict[str, str], kind: str | None, position_id: str,
+               max_question_chars: int = MAX_QUESTION_CHARS) -> dict:
+    """A table row as a problem: its columns renamed by ``columns``, the id its position where it has none."""
+    missing = [column for column in columns.values() if column not in row]
+    if missing:
+        raise ValueError(f"the table has no column {missing[0]!r} (task.columns)")
+    record = {**row, **{key: row[column] for key, column in columns.items()}}
+    record["id"] = position_id if record.get("id") is None else str(record["id"])
+    return parse_record(record, max_question_chars, source=SOURCE, default_kind=kind)
