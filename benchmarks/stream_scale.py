@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,22 +37,45 @@ from benchmarks.puzzles_scale import MB, sample_rss  # noqa: E402
 SAMPLES = 4
 
 
-def config(num: int, out: Path) -> Path:
-    """The job's config: puzzles, zero-shot, the replay engine serving references (20% wrong)."""
+def config(num: int, out: Path, table: bool = False) -> Path:
+    """The job's config: puzzles, zero-shot, the replay engine serving references (20% wrong). ``table``: the
+    same puzzles as a Parquet table source (``task.source: table``, read by Ray Data tasks), and the replay
+    engine serving them from a recorded dataset, so the job's driver never builds the problem list."""
     task = {"source": "puzzles", "num_train": num, "num_eval": 16, "difficulty": 1}
+    engine = {"engine": "replay", "model": "references",
+              "engine_options": {"task": task, "task_seed": 0, "pool_size": 0, "wrong_fraction": 0.2}}
+    if table:
+        task, engine = as_table(task, out / "input")
     cfg = {"name": f"stream-{num}", "output_dir": str(out), "seed": 0, "task": task, "chunk_size": 4096,
            "prompt": {"num_shots": 0, "pool_size": 0}, "train": {"enabled": False}, "verify": {"batch_size": 256},
-           "teacher": {"engine": "replay", "model": "references", "samples": SAMPLES, "batch_size": 256,
-                       "engine_options": {"task": task, "task_seed": 0, "pool_size": 0, "wrong_fraction": 0.2}},
-           "ray": {"num_cpus": 2}}
+           "teacher": {**engine, "samples": SAMPLES, "batch_size": 256}, "ray": {"num_cpus": 2}}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.json"   # JSON is YAML
     path.write_text(json.dumps(cfg))
     return path
 
 
-def start(num: int, out: Path) -> tuple[subprocess.Popen, dict, dict, threading.Event, threading.Thread]:
-    cmd = [sys.executable, "-m", "distill_ray.cli", "generate", "--config", str(config(num, out))]
+def as_table(task: dict, directory: Path) -> tuple[dict, dict]:
+    """The task's puzzles written as a Parquet table and each one's reference as a recorded dataset (made here,
+    in the benchmark's process: the job reads both from disk)."""
+    from distill_ray.tasks import load_problems
+    from distill_ray.teachers.replay import reference_completion
+
+    if not (directory / "problems.parquet").exists():
+        train, eval_ = load_problems("puzzles", num_train=task["num_train"], num_eval=task["num_eval"], seed=0)
+        problems = train + [{**p, "split": "eval"} for p in eval_]
+        (directory / "recorded").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([{"question": p["question"], "sample_index": 0, "finished": True,
+                                              "completion": reference_completion(p)} for p in problems]),
+                       directory / "recorded" / "part-000000.parquet")
+        pq.write_table(pa.Table.from_pylist(problems), directory / "problems.parquet")   # last: marks done
+    table = {"source": "table", "path": str(directory / "problems.parquet"), "num_train": task["num_train"],
+             "num_eval": task["num_eval"], "columns": {"id": "task_id"}}
+    return table, {"engine": "replay", "model": str(directory / "recorded")}
+
+
+def start(num: int, out: Path, table: bool = False) -> tuple[subprocess.Popen, dict, dict, threading.Event, threading.Thread]:
+    cmd = [sys.executable, "-m", "distill_ray.cli", "generate", "--config", str(config(num, out, table))]
     # Its own short temp dir (Ray's socket paths must stay < 108 bytes): the marker its Ray processes carry.
     env = {**os.environ, "DISTILL_RAY_PROGRESS": "0", "TMPDIR": tempfile.mkdtemp(prefix="st", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
@@ -64,10 +88,11 @@ def start(num: int, out: Path) -> tuple[subprocess.Popen, dict, dict, threading.
     return proc, peaks, starts, stop, sampler
 
 
-def run(num: int, out: Path) -> dict:
+def run(num: int, out: Path, table: bool = False) -> dict:
     shutil.rmtree(out, ignore_errors=True)
+    config(num, out, table)   # the table and recorded dataset are made before the clock starts
     began = time.perf_counter()
-    proc, peaks, starts, stop, sampler = start(num, out)
+    proc, peaks, starts, stop, sampler = start(num, out, table)
     _, err = proc.communicate()
     wall = time.perf_counter() - began
     stop.set()
@@ -133,6 +158,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also 10^6 problems")
     ap.add_argument("--sizes", type=int, nargs="+", help="override the sizes")
     ap.add_argument("--workdir", default="/tmp/distill-ray-stream-scale")
+    ap.add_argument("--table", action="store_true", help="the puzzles as a Parquet table source")
     args = ap.parse_args()
     sizes = args.sizes or ([10_000, 100_000] + ([1_000_000] if args.full else []))
     work = Path(args.workdir)
@@ -142,7 +168,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     first = None
     for num in sizes:
-        r = run(num, work / f"n{num}")
+        r = run(num, work / f"n{num}", args.table)
         first = first or r
         print(f"| {num:,} | {r['wall_s']:.0f} | {r['rows_per_s']:.0f} | {r['stream_rows_per_s']:.0f} | "
               f"{r['stream_rows_per_s'] / first['stream_rows_per_s']:.2f}x | {r['verified']:,} | {r['kept']:,} | "
