@@ -139,6 +139,8 @@ class TrainConfig(Section):
     checkpoint_every: int | None = Field(None, ge=1, description="Optimizer steps between checkpoints a restart "
                                          "resumes from (null: only the final one).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage (Ray Train's num_to_keep).")
+    tensorboard: bool = Field(True, description="Write the run's loss per step and its throughput as TensorBoard "
+                              "event files to <output>/tensorboard/<student folder> (a Ray Train callback).")
     storage_path: str | None = Field(None, description="Ray Train storage for checkpoints; on a multi-node "
                                      "cluster a path every node shares (NFS, s3://...). Null: under output_dir, "
                                      "removed once the student is exported (its last checkpoint is the student).")

@@ -78,7 +78,7 @@ def run_in_shards(source: "ProblemChunks | TableChunks", columns: Columns, stage
                               out_dir=str(out_dir), types=types, group=group, fanout=rows_per_row(streamed)))
         tagged = {**columns, CHUNK: pa.int64(), CHUNK_PROBLEMS: pa.int64()}
         ds = sink.apply(apply_stages(source.dataset(todo, tagged, out_dir, types), tagged, streamed))
-        follow_progress(ds, len(todo), len(source), log)
+        follow_progress(ds, len(todo), len(source), log, Path(out_dir))
     missing = sorted(set(todo) - shards.done())
     if missing:
         raise RuntimeError(f"{out_dir}: chunks {missing[:10]} got fewer rows than expected and were not written; "
@@ -190,14 +190,24 @@ def split_group_stage(stages: list[Stage]) -> tuple[list[Stage], GroupStage | No
     return (stages[:-1], stages[-1]) if groups else (list(stages), None)
 
 
-def follow_progress(ds, todo: int, total: int, log: Callable[[str], None]) -> None:
-    """Run the stream; a log line per written shard (the sink's counts are the stream's only output)."""
-    written = 0
-    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-        for _ in range(int(batch["shards_written"].sum())):
-            written += 1
-            if total > 1:
-                log(f"shard {written}/{todo} of this run written ({total - todo + written}/{total} in all)")
+def follow_progress(ds, todo: int, total: int, log: Callable[[str], None], out_dir: Path) -> None:
+    """Run the stream; a log line per written shard (the sink's counts are the stream's only output), and the
+    rows and shards done against wall time as TensorBoard event files (``<output>/tensorboard/<dataset>``)."""
+    from tensorboardX import SummaryWriter
+
+    written, rows, start = 0, 0, time.perf_counter()
+    with SummaryWriter(str(out_dir.parent / "tensorboard" / out_dir.name)) as board:
+        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+            rows += int(batch["rows"].sum())
+            seconds = time.perf_counter() - start
+            board.add_scalar("stream/rows", rows, int(seconds))
+            board.add_scalar("stream/rows_per_s", rows / seconds if seconds else 0.0, int(seconds))
+            board.add_scalar("stream/chunks_pending", int(batch["chunks_pending"].iat[-1]), int(seconds))
+            for _ in range(int(batch["shards_written"].sum())):
+                written += 1
+                board.add_scalar("stream/shards_written", written, int(seconds))
+                if total > 1:
+                    log(f"shard {written}/{todo} of this run written ({total - todo + written}/{total} in all)")
 
 
 def over_groups(group: GroupStage) -> Callable:

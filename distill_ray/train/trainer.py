@@ -133,12 +133,15 @@ def scaling_config(settings: TrainSettings):
 def run_config(settings: TrainSettings, output_dir: Path):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
+    from distill_ray.train.tracking import TensorBoardCallback, log_dir_for
+
     return RunConfig(
         # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
         name=settings.run_name or time.strftime("train-%Y%m%d-%H%M%S"),
         storage_path=settings.storage_path or str(output_dir / RUN_STORAGE),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+        callbacks=[TensorBoardCallback(log_dir_for(output_dir))] if settings.tensorboard else [],
     )
 
 

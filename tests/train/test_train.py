@@ -160,8 +160,33 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
     assert after < before - 1.0, (before, after)
     saved = json.loads((tmp_path / "student" / "train_result.json").read_text())
     assert saved["result"]["loss_history"] == result.loss_history
+    # TensorBoard: the loss of every step, beside the student (not in its model folder).
+    events = scalars(tmp_path / "tensorboard" / "student")
+    assert [step for step, _ in events["train/loss"]] == list(range(1, 13))
+    assert [v for _, v in events["train/loss"]] == pytest.approx(result.loss_history, rel=1e-5)
+    assert events["train/tokens"][-1][1] == result.tokens and not (tmp_path / "student" / "tensorboard").exists()
     # The default checkpoint storage under the output is gone once the student is exported.
     assert not (tmp_path / "student" / "_ray_train").exists() and saved["result"]["checkpoint_path"] is None
+
+
+def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] from the TensorBoard event files in ``log_dir`` (TFRecord framing: length, its
+    CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = Event.FromString(data[offset + 12: offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
 
 
 @pytest.mark.slow
