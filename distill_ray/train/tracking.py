@@ -19,26 +19,21 @@ class TensorBoardCallback(UserCallback):
     def __init__(self, log_dir: str | Path):
         self.log_dir = str(log_dir)
         self.steps_written = 0
-        self._writer = None
+        self.reports = 0
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        from tensorboardX import SummaryWriter
+
         report = metrics[0] if metrics else {}   # rank 0's; every rank reports the same run numbers
         history = report.get("loss_history") or []
-        writer = self.writer()
-        for step in range(self.steps_written, len(history)):
-            writer.add_scalar("train/loss", history[step], step + 1)
-        self.steps_written = max(self.steps_written, len(history))
-        for key, value in report.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "loss":
-                writer.add_scalar(f"train/{key}", value, len(history))
-        writer.flush()
-
-    def writer(self):
-        if self._writer is None:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(self.log_dir)
-        return self._writer
-
-    def __getstate__(self):   # sent to the controller before any writer exists; never a live writer
-        return {**self.__dict__, "_writer": None}
+        self.reports += 1
+        # One writer per report, closed before returning: tensorboardX writes from a background thread and its
+        # flush() does not wait for that thread's queue, so only close() guarantees the events are on disk
+        # when the run ends. The suffix keeps two reports in the same second from sharing a file name.
+        with SummaryWriter(self.log_dir, filename_suffix=f".{self.reports:06d}") as writer:
+            for step in range(self.steps_written, len(history)):
+                writer.add_scalar("train/loss", history[step], step + 1)
+            self.steps_written = max(self.steps_written, len(history))
+            for key, value in report.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "loss":
+                    writer.add_scalar(f"train/{key}", value, len(history))
