@@ -78,12 +78,29 @@ def split_for_workers(dataset, settings: TrainSettings) -> list:
     number of steps; at most ``num_workers - 1`` rows are left out, and which ones depends on the seed.
 
     The shuffle is a sort on a seeded hash of each row's text: the same rows and seed give the same splits
-    in the same order on every run (Ray Data's random_shuffle and streaming split do not)."""
-    keyed = dataset.map_batches(_order_key, fn_kwargs={"seed": settings.seed}, batch_format="pandas")
+    in the same order on every run (Ray Data's random_shuffle and streaming split do not). Up to
+    ``DRIVER_SPLIT_ROWS`` rows the driver sorts and cuts them itself, with the same result: Ray Data's sort and
+    equal split are a few seconds of tasks, most of a small run's data time."""
+    keyed = dataset.map_batches(_order_key, fn_kwargs={"seed": settings.seed}, batch_format="pandas").materialize()
+    if keyed.count() <= DRIVER_SPLIT_ROWS:
+        return split_in_driver(keyed, settings.workers)
     ordered = keyed.sort(ORDER_COLUMN).drop_columns([ORDER_COLUMN])
     # Without it the map after the sort hands blocks on in completion order, undoing the sort.
     ordered.context.execution_options.preserve_order = True
     return ordered.materialize().split(settings.workers, equal=True)
+
+
+DRIVER_SPLIT_ROWS = 20_000   # a few tens of MB of prompt text in the driver at most
+
+
+def split_in_driver(keyed, workers: int) -> list:
+    """split_for_workers' sort and equal split done in the driver: contiguous runs of the sorted rows."""
+    import ray.data
+
+    frame = keyed.to_pandas().sort_values(ORDER_COLUMN, kind="stable").drop(columns=[ORDER_COLUMN])
+    size = len(frame) // workers
+    return [ray.data.from_pandas(frame.iloc[rank * size:(rank + 1) * size].reset_index(drop=True))
+            for rank in range(workers)]
 
 
 ORDER_COLUMN = "_distill_order"

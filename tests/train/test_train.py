@@ -110,6 +110,26 @@ def test_build_student_copies_chosen_teacher_layers(teacher_dir, tmp_path):
     assert (student_dir / "tokenizer.json").exists()
 
 
+def test_the_driver_split_equals_ray_datas_sort_and_split(ray_cluster, monkeypatch):
+    """Small runs sort and cut their rows in the driver: the same workers' rows, in the same order, as Ray Data's
+    sort and equal split; a different seed gives another order."""
+    import ray.data
+
+    from distill_ray.train import trainer
+
+    rows = [{"task_id": f"t{i % 7}", "prompt_text": f"p{i}", "target_text": f"t{i}"} for i in range(50)]
+
+    def splits(seed: int, driver_rows: int) -> list[list[str]]:
+        monkeypatch.setattr(trainer, "DRIVER_SPLIT_ROWS", driver_rows)
+        parts = trainer.split_for_workers(ray.data.from_items(rows), TrainSettings(workers=3, seed=seed))
+        return [[r["prompt_text"] for r in part.take_all()] for part in parts]
+
+    in_driver = splits(seed=0, driver_rows=1000)
+    assert in_driver == splits(seed=0, driver_rows=0)
+    assert [len(part) for part in in_driver] == [16, 16, 16] and len({p for part in in_driver for p in part}) == 48
+    assert splits(seed=1, driver_rows=1000) != in_driver
+
+
 def _mean_nll(model_dir, rows: list[dict]) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
