@@ -44,7 +44,9 @@ under that uid ends every process it started), and per worker, when the kernel p
 namespace, a private IPC namespace, and a mount namespace with private tmpfs on /tmp, /var/tmp and /dev/shm
 (wiped after each check). `Verifier.protections` says which are active and why not. When the verdict is in,
 every process of the check is SIGKILLed (process group + uid-wide kill, done by a throwaway killer process, so no
-trusted process ever runs as a candidate's uid) and reaped.
+trusted process ever runs as a candidate's uid) and reaped. (A C zygote kills the uid once per batch, and after a
+check only where it has any child left once the candidate is reaped: every process of the uid is then below it,
+see zygote.c, kill_and_reap.)
 
 Trusted code bounds what it does with candidate data: messages are decoded within limits on nesting, values and
 int digits (`codec`), verdict text is made UTF-8-safe, and dirs a candidate leaves are removed iteratively. A forker

@@ -21,7 +21,8 @@ Per check, strictly one candidate at a time (the candidate uid's RLIMIT_NPROC an
 zygote forks -> forker waits for the answer (deadline) -> kills the uid -> "r": zygote reaps, sends the wait
 status -> for an untrusted sat, "j": the zygote forks the sat's fresh judge (planned before the zygote was forked,
 so from memory no candidate code ran in), the forker sends it the plain answer, waits, kills the judge uid, "r"
--> forker empties the scratch dir and private tmp -> "n": next.
+-> forker empties the scratch dir and private tmp -> "n": next. (With the C loop the forker kills the process
+group only, and the zygote, on "r", the uid where the check left any process: zygote.c, kill_and_reap.)
 """
 
 from __future__ import annotations
@@ -102,11 +103,7 @@ class Scratch:
 
 def _inode_flags(fd: int) -> int:
     """The dir's inode flags (FS_IOC_GETFLAGS), 0 where the file system has none."""
-    import fcntl
-    try:
-        return _INT.unpack(fcntl.ioctl(fd, 0x80086601, b"\0" * 8)[:4])[0]
-    except OSError:
-        return 0
+    return sandbox.inode_flags(fd)
 
 
 def remove_all(d: str, names) -> None:
@@ -191,7 +188,7 @@ def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
             if zpid < 0:
                 reply, state = {"error": f"forker: {why}", "seconds": 0.0}, "next"
             else:
-                reply, state = _one(job, rep_r, out_r, judge, ctl_w, info_r, scratch)
+                reply, state = _one(job, rep_r, out_r, judge, ctl_w, info_r, scratch, helper is not None)
             if state == "next" and not _tell(ctl_w, b"n"):   # it forks the next candidate while we reply
                 state = "dead"
             send(reply)
@@ -333,19 +330,24 @@ def _read_int(fd: int) -> int | None:
     return _INT.unpack(data)[0] if len(data) == _INT.size else None
 
 
-def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scratch: Scratch) -> tuple[dict, str]:
-    """The forker's side of one check: (reply for the worker, "next" | "replaced" (scratch) | "dead" (zygote))."""
+def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scratch: Scratch,
+         zygote_kills: bool = False) -> tuple[dict, str]:
+    """The forker's side of one check: (reply for the worker, "next" | "replaced" (scratch) | "dead" (zygote)).
+
+    zygote_kills: the zygote is the C loop, which on "r" kills the uid itself where the check left any process
+    (zygote.c: kill_and_reap); the forker then kills the process group only."""
     start = time.monotonic()
     limits, uid = job["limits"], job["uid"]
     pid = _read_int(info_r)
     if pid is None or pid < 0:
         return ({"error": "forker: could not start the candidate", "seconds": time.monotonic() - start},
                 "dead" if pid is None else "next")
-    msg, why, status, tail = _watch(pid, uid, rep_r, out_r, start + limits["timeout_s"], limits, ctl_w, info_r)
+    deadline = start + limits["timeout_s"]
+    msg, why, status, tail = _watch(pid, uid, rep_r, out_r, deadline, limits, ctl_w, info_r, zygote_kills)
     reply = {"msg": msg, "why": why, "status": status, "tail": tail}
     if judge is not None and status is not None and type(msg) is dict and "ok" in msg \
             and _worth_judging(msg["ok"], job.get("ans_type")):
-        reply["judge"], status = _judge(judge, msg["ok"], limits, job["judge_uid"], ctl_w, info_r)
+        reply["judge"], status = _judge(judge, msg["ok"], limits, job["judge_uid"], ctl_w, info_r, zygote_kills)
     replaced = scratch.reset()
     if scratch.private_tmp:
         sandbox.wipe_private_tmp(keep=scratch.path)
@@ -354,20 +356,29 @@ def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scra
     return reply, "dead" if status is None else "replaced" if replaced else "next"
 
 
-def _watch(pid: int, uid, rep_r: int, out_r: int, deadline: float, limits: dict, ctl_w: int, info_r: int):
+def _watch(pid: int, uid, rep_r: int, out_r: int, deadline: float, limits: dict, ctl_w: int, info_r: int,
+           zygote_kills: bool = False):
     """Wait for a sandboxed process's message (or the deadline), kill its uid, have the zygote reap it:
-    (message, why, wait status or None if the zygote is gone, output tail)."""
+    (message, why, wait status or None if the zygote is gone, output tail). zygote_kills: see _one; the uid is
+    still killed here if anything goes wrong before the zygote has reaped (it may be gone)."""
     sink = sandbox.OutputSink(out_r, limits["max_output_bytes"])
+    status = None
     try:
-        msg, why = sandbox.wait_message(rep_r, sink, deadline, limits["max_answer_bytes"])
+        try:
+            msg, why = sandbox.wait_message(rep_r, sink, deadline, limits["max_answer_bytes"])
+        finally:
+            sandbox.kill_group(pid)
+            if not zygote_kills:
+                sandbox.kill_uid(uid)
+        status = _read_int(info_r) if _tell(ctl_w, b"r") else None
     finally:
-        sandbox.kill_group(pid)
-        sandbox.kill_uid(uid)
-    status = _read_int(info_r) if _tell(ctl_w, b"r") else None
+        if zygote_kills and status is None:
+            sandbox.kill_uid(uid)
     return msg, why, status, sink.tail()
 
 
-def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int) -> tuple[list, int | None]:
+def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int,
+           zygote_kills: bool = False) -> tuple[list, int | None]:
     """An untrusted sat's fresh judge (forked by the zygote, see _judge_plan) on the plain answer:
     ([report or None, why], the zygote's last wait status, None if it is gone)."""
     pid = _read_int(info_r) if _tell(ctl_w, b"j") else None
@@ -379,7 +390,8 @@ def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int) -> t
         codec.write_msg(req_w, {"answer": answer})
     except OSError:
         pass   # it is gone: wait_message sees EOF
-    msg, why, status, _ = _watch(pid, uid, rep_r, out_r, start + limits["timeout_s"], limits, ctl_w, info_r)
+    msg, why, status, _ = _watch(pid, uid, rep_r, out_r, start + limits["timeout_s"], limits, ctl_w, info_r,
+                                 zygote_kills)
     return [msg if type(msg) is dict else None, why], status
 
 

@@ -18,33 +18,50 @@ import gc
 import json
 import os
 import signal
-import socket
 import struct
 import time
+
+# The C module, not `socket`: socket.py builds its enums (and imports selectors and array) in the worker, whose
+# memory every fork from the forker copies page table entries for (~200 kB and two libraries' mappings more, see
+# docs/verify-performance.md). Only socketpair, sendmsg/recvmsg (for SCM_RIGHTS) and plain sends are needed here.
+import _socket
 
 from distill_ray.verify import batch, children, records, sandbox
 
 _LEN = struct.Struct(">I")
 _RAW = 1 << 31   # set in a message's length: raw bytes, not JSON
+_FD = struct.Struct("i")
+_MAX_FDS = 8
 
 
-def _send(sock: socket.socket, obj, fds: list[int] = ()) -> None:
+def _send(sock, obj, fds: list[int] = ()) -> None:
     data = json.dumps(obj).encode()
-    if fds:
-        socket.send_fds(sock, [_LEN.pack(len(data))], list(fds))
+    if fds:   # socket.send_fds
+        sock.sendmsg([_LEN.pack(len(data))],
+                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(_FD.pack(fd) for fd in fds))])
         sock.sendall(data)
     else:
         sock.sendall(_LEN.pack(len(data)) + data)   # one syscall
 
 
-def _send_records(sock: socket.socket, data: bytes) -> None:
+def _send_records(sock, data: bytes) -> None:
     """Records of the watching zygote (records.py), passed on unread: a message of raw bytes, flagged as such."""
     sock.sendall(_LEN.pack(len(data) | _RAW) + data)
 
 
-def _recv(sock: socket.socket):
+def _recv_fds(sock, size: int) -> tuple[bytes, list[int]]:
+    """socket.recv_fds(sock, size, _MAX_FDS)[:2]: up to size bytes and the fds that came with them."""
+    head, ancdata, _, _ = sock.recvmsg(size, _socket.CMSG_LEN(_MAX_FDS * _FD.size))
+    fds = []
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [v for (v,) in _FD.iter_unpack(data[:len(data) - len(data) % _FD.size])]
+    return head, fds
+
+
+def _recv(sock):
     """(message, fds): a JSON message, or the bytes of a raw one; (None, fds) at EOF."""
-    head, fds, _, _ = socket.recv_fds(sock, _LEN.size, 8)
+    head, fds = _recv_fds(sock, _LEN.size)
     if not head:
         return None, []
     while len(head) < _LEN.size:
@@ -60,7 +77,7 @@ def _recv(sock: socket.socket):
     return (bytes(buf) if raw else json.loads(buf)), fds
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock) -> None:
     """Forker main loop: "spawn" forks a sandboxed candidate, "reap" returns its wait status."""
     children.warm_up()
     gc.freeze()   # children then leave these objects alone in their collections: fewer copy-on-write faults
@@ -105,7 +122,7 @@ class ForkerClient:
     """The worker's handle on its forker."""
 
     def __init__(self):
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             mine.close()

@@ -19,7 +19,6 @@ one pipe round trip does not wait for the next candidate.
 from __future__ import annotations
 
 import os
-import select
 import time
 
 from distill_ray.verify import children, sandbox
@@ -189,7 +188,7 @@ class SatJudge:
             if head[3] is None:
                 head[3] = time.monotonic()
             left = head[3] + head[2] - time.monotonic()
-            if left > 0 and select.select([self.rep], [], [], left)[0]:
+            if left > 0 and sandbox.readable([self.rep], left):
                 if self._read_ready():
                     continue
                 why = "eof"

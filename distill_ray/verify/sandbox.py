@@ -14,7 +14,6 @@ import os
 import random
 import re
 import resource
-import select
 import signal
 import sys
 import time
@@ -442,16 +441,26 @@ def root_fd() -> int:
     """An fd on "/" (opened once per process, numbered above any child's fds so they never inherit it): the cwd of
     judges, as an fd because the C sandbox entry (native.py) takes fds only."""
     if not _ROOT:
-        import fcntl
         fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            high = fcntl.fcntl(fd, fcntl.F_DUPFD, 64)
+        high = _libc.fcntl(fd, 0, 64)   # F_DUPFD (libc, not the fcntl module: see inode_flags)
+        if high >= 0:   # else (an RLIMIT_NOFILE of 64 or less) keep it where it is
             os.close(fd)
             fd = high
-        except OSError:   # an RLIMIT_NOFILE of 64 or less: keep it where it is
-            pass
         _ROOT.append(fd)
     return _ROOT[0]
+
+
+_ioctl = ctypes.CDLL(None, use_errno=True).ioctl
+_ioctl.argtypes, _ioctl.restype = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p], ctypes.c_int
+
+
+def inode_flags(fd: int) -> int:
+    """A file's inode flags (FS_IOC_GETFLAGS, as chattr sets them), 0 where the file system has none.
+
+    Through libc, not the fcntl module, which the worker (and so every fork of its forker) would otherwise map:
+    another library's five mappings for each fork to copy and each exit to unmap."""
+    flags = (ctypes.c_int * 2)()   # the kernel writes an int at the start (room for a long, as the ioctl says)
+    return flags[0] if _ioctl(fd, 0x80086601, flags) == 0 else 0
 
 
 def _rlimits(limits: dict, top: int) -> tuple:
@@ -703,6 +712,14 @@ class OutputSink:
         return self.kept[-n:].decode("utf-8", "replace").strip()
 
 
+def readable(fds: list[int], timeout: float) -> list[int]:
+    """Those of fds that are readable within timeout seconds: select.select, with the module imported on first
+    use. The trusted-sat and gsm8k path never needs it in the forker, whose mappings every candidate's fork
+    copies and every candidate's exit unmaps (a library: five more, see docs/verify-performance.md)."""
+    import select
+    return select.select(fds, [], [], timeout)[0]
+
+
 def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: int):
     """Wait for one framed message on fd until the deadline, draining the output pipe meanwhile.
 
@@ -716,7 +733,7 @@ def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: i
         left = deadline - time.monotonic()
         if left <= 0:
             return None, "timeout"
-        ready, _, _ = select.select(watch, [], [], left)
+        ready = readable(watch, left)
         if sink is not None and sink.fd in ready and not sink.drain():
             watch.remove(sink.fd)
         if fd in ready:

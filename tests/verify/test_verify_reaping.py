@@ -1,0 +1,154 @@
+"""The watching zygote skips the uid-wide kill where a check left no process (zygote.c: kill_and_reap). Whatever
+a check leaves, in whatever state, the next check of the same uid (same batch, next batch) must find no other
+task of its uid: it asks the kernel itself, as zygote.c's prober does (with RLIMIT_NPROC at 2, a fork fails iff
+another task of the uid exists: zombies, dying ones and ones it cannot see in /proc included)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from distill_ray.verify import Check, SandboxLimits, Verifier
+
+ALONE = """
+import resource
+def solution():
+    resource.setrlimit(resource.RLIMIT_NPROC, (2, resource.getrlimit(resource.RLIMIT_NPROC)[1]))
+    try:
+        pid = os.fork()
+    except BlockingIOError:   # EAGAIN: another task of the uid exists
+        return 1
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return 0
+"""
+
+# The candidate lets a child of its own, in a session of its own, trace it (PTRACE_SEIZE: it is not stopped): once
+# killed, its zombie is then visible to that tracer only, and only the uid-wide kill hands it back to the zygote.
+TRACED = """
+import ctypes
+def solution():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 1, 0, 0, 0)            # PR_SET_DUMPABLE: a process of the same uid may trace us
+    libc.prctl(0x59616d61, -1, 0, 0, 0)  # PR_SET_PTRACER_ANY, where Yama restricts ptrace
+    me = os.getpid()
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        ok = libc.ptrace(0x4206, me, 0, 0) == 0   # PTRACE_SEIZE
+        os.write(w, b"1" if ok else b"0")
+        time.sleep(1000)   # never waits for its tracee: the zombie stays held
+    return int(os.read(r, 1))
+import time
+"""
+
+# A child in a session of its own, not in the candidate's process group, that outlives the candidate.
+DAEMON = """
+def solution():
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            import time
+            time.sleep(1000)
+        os._exit(0)
+    os.wait()
+    return 1
+"""
+
+# A child that has exited but that the candidate never reaps: a zombie, reparented to the zygote.
+ZOMBIE = """
+def solution():
+    if os.fork() == 0:
+        os._exit(0)
+    import time
+    time.sleep(0.05)
+    return 1
+"""
+
+
+def _check(path: str, body: str, expected) -> Check:
+    """`def solution(): ...` as the check of a path: "gsm8k" and "trusted" (p3, trusted sat) run in the watching
+    zygote, "untrusted" (p3, a fresh judge per check) in the zygote loop that the forker watches."""
+    program = "import os\n" + body.strip() + "\n"
+    if path == "gsm8k":
+        return Check("gsm8k", program, expected=expected)
+    sat = f"def sat(x: int):\n    return x == {expected}\n"
+    return Check("p3", program + "sol = solution\n", sat=sat, ans_type="int", trusted_sat=path == "trusted")
+
+
+def _needs_root(v: Verifier) -> None:
+    if not v.protections["uid_drop"].startswith("on"):
+        pytest.skip(v.protections["uid_drop"])
+
+
+def _hostile_then_probes(hostile: Check, probe: Check) -> tuple[list, list, float]:
+    with Verifier(SandboxLimits(timeout_s=2), workers=1) as v:
+        _needs_root(v)
+        t = time.monotonic()
+        first = v.verify([probe, hostile, probe, hostile, hostile, probe])
+        second = v.verify([probe])
+        took = time.monotonic() - t
+    return [first[0], first[2], first[5], second[0]], [first[1], first[3], first[4]], took
+
+
+@pytest.mark.parametrize("path", ["gsm8k", "trusted", "untrusted"])
+@pytest.mark.parametrize("leave", ["traced", "daemon", "zombie"])
+def test_next_check_finds_no_process_of_its_uid(leave, path):
+    body = {"traced": TRACED, "daemon": DAEMON, "zombie": ZOMBIE}[leave]
+    probes, hostile, took = _hostile_then_probes(_check(path, body, 1), _check(path, ALONE, 0))
+    assert all(p.passed for p in probes), (probes, hostile)
+    assert took < 8, took   # the zygote never blocked on a held zombie (the worker would wait 4 x 2 + 10 s)
+    if leave == "traced" and all(x.status == "fail" for x in hostile):
+        pytest.skip("ptrace is not permitted here: no tracer was attached")
+    assert all(x.passed for x in hostile), hostile
+
+
+def _sat(body: str) -> str:
+    """A sat (untrusted: a fresh judge per check, as the judge uid) whose body returns True or False."""
+    return "import os\ndef sat(x: int):\n" + "".join("    " + line + "\n" for line in body.strip().splitlines())
+
+
+SAT_ALONE = """
+import resource
+resource.setrlimit(resource.RLIMIT_NPROC, (2, resource.getrlimit(resource.RLIMIT_NPROC)[1]))
+try:
+    pid = os.fork()
+except BlockingIOError:
+    return False
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+return x == 1
+"""
+SAT_DAEMON = """
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        import time
+        time.sleep(1000)
+    os._exit(0)
+os.wait()
+return x == 1
+"""
+
+
+def test_next_sat_finds_no_process_of_the_judge_uid():
+    """The same for untrusted sats, which run as the judge uid in fresh judges that the zygote forks."""
+    sol = "def sol():\n    return 1\n"
+    hostile, probe = Check("p3", sol, sat=_sat(SAT_DAEMON), ans_type="int"), Check("p3", sol, sat=_sat(SAT_ALONE),
+                                                                                   ans_type="int")
+    probes, hostile, took = _hostile_then_probes(hostile, probe)
+    assert all(p.passed for p in probes), (probes, hostile)
+    assert all(x.passed for x in hostile), hostile
+
+
+@pytest.mark.parametrize("path", ["gsm8k", "trusted", "untrusted"])
+def test_honest_checks_need_no_uid_wide_kill(path):
+    """An honest batch ends with no process of the uid left (the fast path's premise), and its verdicts stand."""
+    with Verifier(SandboxLimits(timeout_s=5), workers=1) as v:
+        _needs_root(v)
+        out = v.verify([_check(path, "def solution():\n    return 42", 42)] * 20 + [_check(path, ALONE, 0)])
+    assert all(x.passed for x in out), out
