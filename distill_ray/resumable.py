@@ -193,10 +193,10 @@ def split_group_stage(stages: list[Stage]) -> tuple[list[Stage], GroupStage | No
 def follow_progress(ds, todo: int, total: int, log: Callable[[str], None], out_dir: Path) -> None:
     """Run the stream; a log line per written shard (the sink's counts are the stream's only output), and the
     rows and shards done against wall time as TensorBoard event files (``<output>/tensorboard/<dataset>``)."""
-    from tensorboardX import SummaryWriter
+    from distill_ray.tensorboard import ScalarWriter
 
     written, rows, start = 0, 0, time.perf_counter()
-    with SummaryWriter(str(out_dir.parent / "tensorboard" / out_dir.name)) as board:
+    with ScalarWriter(out_dir.parent / "tensorboard" / out_dir.name) as board:
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             rows += int(batch["rows"].sum())
             seconds = time.perf_counter() - start

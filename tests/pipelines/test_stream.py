@@ -79,7 +79,7 @@ def test_the_teacher_pool_starts_once_for_all_chunks_and_a_resume_samples_only_t
     rows = pq.read_table(tmp_path / "dataset").to_pandas()
     assert rows.groupby("task_id").size().eq(3).all() and rows["task_id"].nunique() == 12
     assert 0 < rows["passed"].sum() < len(rows)                     # the wrong share fails, references pass
-    from tests.train.test_train import scalars
+    from tests.tensorboard_events import scalars
 
     board = scalars(tmp_path / "tensorboard" / "dataset")           # the stream's progress, for TensorBoard
     assert board["stream/rows"][-1][1] == 12 * 3 and board["stream/shards_written"][-1][1] == 3

@@ -10,6 +10,7 @@ import torch
 from distill_ray.train import TrainSettings, build_student, build_student_from_config, first_and_last_layers
 from distill_ray.train.data import IGNORE_INDEX, collate, encode_example, tokenize_rows
 from distill_ray.train.objectives import sft_loss
+from tests.tensorboard_events import scalars
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 WORDS = ["red", "green", "blue", "cat"]
@@ -187,26 +188,6 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
     assert events["train/tokens"][-1][1] == result.tokens and not (tmp_path / "student" / "tensorboard").exists()
     # The default checkpoint storage under the output is gone once the student is exported.
     assert not (tmp_path / "student" / "_ray_train").exists() and saved["result"]["checkpoint_path"] is None
-
-
-def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] from the TensorBoard event files in ``log_dir`` (TFRecord framing: length, its
-    CRC, the Event proto, its CRC)."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(log_dir.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            event = Event.FromString(data[offset + 12: offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                out.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return out
 
 
 @pytest.mark.slow
