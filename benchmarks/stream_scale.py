@@ -37,7 +37,7 @@ from benchmarks.puzzles_scale import MB, sample_rss  # noqa: E402
 SAMPLES = 4
 
 
-def config(num: int, out: Path, table: bool = False) -> Path:
+def config(num: int, out: Path, table: bool = False, dedupe: bool = True) -> Path:
     """The job's config: puzzles, zero-shot, the replay engine serving references (20% wrong). ``table``: the
     same puzzles as a Parquet table source (``task.source: table``, read by Ray Data tasks), and the replay
     engine serving them from a recorded dataset, so the job's driver never builds the problem list."""
@@ -47,7 +47,7 @@ def config(num: int, out: Path, table: bool = False) -> Path:
     if table:
         task, engine = as_table(task, out / "input")
     cfg = {"name": f"stream-{num}", "output_dir": str(out), "seed": 0, "task": task, "chunk_size": 4096,
-           "prompt": {"num_shots": 0, "pool_size": 0}, "train": {"enabled": False}, "verify": {"batch_size": 256},
+           "prompt": {"num_shots": 0, "pool_size": 0}, "train": {"enabled": False}, "verify": {"batch_size": 256, "dedupe": dedupe},
            "teacher": {**engine, "samples": SAMPLES, "batch_size": 256}, "ray": {"num_cpus": 2}}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.json"   # JSON is YAML
@@ -74,8 +74,8 @@ def as_table(task: dict, directory: Path) -> tuple[dict, dict]:
     return table, {"engine": "replay", "model": str(directory / "recorded")}
 
 
-def start(num: int, out: Path, table: bool = False) -> tuple[subprocess.Popen, dict, dict, threading.Event, threading.Thread]:
-    cmd = [sys.executable, "-m", "distill_ray.cli", "generate", "--config", str(config(num, out, table))]
+def start(num: int, out: Path, table: bool = False, dedupe: bool = True) -> tuple[subprocess.Popen, dict, dict, threading.Event, threading.Thread]:
+    cmd = [sys.executable, "-m", "distill_ray.cli", "generate", "--config", str(config(num, out, table, dedupe))]
     # Its own short temp dir (Ray's socket paths must stay < 108 bytes): the marker its Ray processes carry.
     env = {**os.environ, "DISTILL_RAY_PROGRESS": "0", "TMPDIR": tempfile.mkdtemp(prefix="st", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
@@ -88,11 +88,11 @@ def start(num: int, out: Path, table: bool = False) -> tuple[subprocess.Popen, d
     return proc, peaks, starts, stop, sampler
 
 
-def run(num: int, out: Path, table: bool = False) -> dict:
+def run(num: int, out: Path, table: bool = False, dedupe: bool = True) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    config(num, out, table)   # the table and recorded dataset are made before the clock starts
+    config(num, out, table, dedupe)   # the table and recorded dataset are made before the clock starts
     began = time.perf_counter()
-    proc, peaks, starts, stop, sampler = start(num, out, table)
+    proc, peaks, starts, stop, sampler = start(num, out, table, dedupe)
     _, err = proc.communicate()
     wall = time.perf_counter() - began
     stop.set()
@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", help="override the sizes")
     ap.add_argument("--workdir", default="/tmp/distill-ray-stream-scale")
     ap.add_argument("--table", action="store_true", help="the puzzles as a Parquet table source")
+    ap.add_argument("--no-dedupe", action="store_true", help="verify every candidate, repeats included (the "
+                    "verify.dedupe: false baseline)")
     args = ap.parse_args()
     sizes = args.sizes or ([10_000, 100_000] + ([1_000_000] if args.full else []))
     work = Path(args.workdir)
@@ -168,7 +170,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     first = None
     for num in sizes:
-        r = run(num, work / f"n{num}", args.table)
+        r = run(num, work / f"n{num}", args.table, dedupe=not args.no_dedupe)
         first = first or r
         print(f"| {num:,} | {r['wall_s']:.0f} | {r['rows_per_s']:.0f} | {r['stream_rows_per_s']:.0f} | "
               f"{r['stream_rows_per_s'] / first['stream_rows_per_s']:.2f}x | {r['verified']:,} | {r['kept']:,} | "

@@ -104,6 +104,8 @@ class VerifyConfig(Section):
                                            "on its own). Null: none.")
     workers_per_actor: int = Field(2, ge=1, description="Sandbox processes run in parallel by each actor.")
     batch_size: int = Field(32, ge=1, description="Candidates per verifier call.")
+    dedupe: bool = Field(True, description="Run a check that repeats one earlier in the same call once (a teacher's "
+                         "samples of a problem often agree word for word); its repeats share the verdict.")
 
 
 class VoteConfig(Section):

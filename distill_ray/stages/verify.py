@@ -3,6 +3,7 @@ actor. Each row carries its own check, so anyone can re-run it from the row alon
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -38,9 +39,23 @@ class VerifierActor:
         self.verifier.close()
 
 
-def judge_rows(verifier, batch: pd.DataFrame) -> pd.DataFrame:
-    """Each candidate row's own check (``row_check``), its verdict in the WRITES columns."""
-    verdicts = verifier.verify([row_check(row) for row in batch.itertuples(index=False)])
+def judge_rows(verifier, batch: pd.DataFrame, dedupe: bool = True) -> pd.DataFrame:
+    """Each candidate row's own check (``row_check``), its verdict in the WRITES columns.
+
+    dedupe: a check that repeats one earlier in the batch (a teacher's samples of a problem often agree word for
+    word) is run once; its repeats get the same verdict and ``verify_seconds`` 0 (no time was spent on them)."""
+    checks = [row_check(row) for row in batch.itertuples(index=False)]
+    if dedupe:
+        first = {check: None for check in checks}   # the distinct checks, in order
+        verdict_of = dict(zip(first, verifier.verify(list(first))))
+        seen: set = set()
+        verdicts = []
+        for check in checks:
+            verdict = verdict_of[check]
+            verdicts.append(verdict if check not in seen else dataclasses.replace(verdict, seconds=0.0))
+            seen.add(check)
+    else:
+        verdicts = verifier.verify(checks)
     batch["passed"] = [v.passed for v in verdicts]
     batch["status"] = [v.status for v in verdicts]
     batch["answer"] = [v.answer for v in verdicts]
@@ -65,6 +80,6 @@ def row_check(row):
 def build(verify: VerifyConfig) -> ActorStage:
     return ActorStage("verify", reads=READS, writes=WRITES, cls=VerifierActor,
                       init_kwargs=dict(limits={"timeout_s": verify.timeout_s, "memory_mb": verify.memory_mb},
-                                       workers=verify.workers_per_actor),
+                                       workers=verify.workers_per_actor, dedupe=verify.dedupe),
                       actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size,
                       memory_gib=verify.actor_memory_gib)
