@@ -87,8 +87,9 @@ def run_in_shards(source: "ProblemChunks | TableChunks", columns: Columns, stage
 
 
 class ProblemChunks:
-    """Problems the driver holds (the built-in sources), cut by position into chunks of ``chunk_size``; each
-    chunk is put in the object store once, as one block."""
+    """Problems the driver holds (evaluation's, which are few), cut by position into chunks of ``chunk_size``;
+    each chunk is put in the object store once, as one block. ``generate`` streams a table instead
+    (``TableChunks``), built-in sources included."""
 
     def __init__(self, problems: list[dict], chunk_size: int):
         self.problems, self.chunk_size = problems, chunk_size
@@ -116,9 +117,11 @@ class ProblemChunks:
 class TableChunks:
     """A table's rows (``tasks/table.py``) by position, each chunk read by a Ray Data task where it runs: the
     driver holds only the chunks' file and row range. Rows of another split are left out; invalid ones go to
-    ``quarantine_dir/chunk-NNNNNN.jsonl``; a chunk without a valid problem is written as an empty shard there."""
+    ``quarantine_dir/chunk-NNNNNN.jsonl``; a chunk without a valid problem is written as an empty shard there.
+    ``read``: the table's column mapping and kind (``read_chunk``'s options), or None for a table of problems
+    as ``write_problem_table`` wrote them (the built-in sources)."""
 
-    def __init__(self, chunks: list, read: dict, quarantine_dir: Path):
+    def __init__(self, chunks: list, read: dict | None, quarantine_dir: Path):
         self.chunks, self.read, self.quarantine_dir = chunks, read, Path(quarantine_dir)
 
     def __len__(self) -> int:
@@ -127,11 +130,13 @@ class TableChunks:
     def params(self) -> dict:
         return {"table_chunks": [[c.file, c.start, c.stop] for c in self.chunks]}
 
+    def rows(self) -> int:
+        """The table rows the chunks cover (of a table source: eval and invalid rows included)."""
+        return sum(c.stop - c.start for c in self.chunks)
+
     def problems(self) -> list[dict]:
         """Every train problem, read here (for uses that need a list in the driver)."""
-        from distill_ray.tasks.table import read_chunk
-
-        return [p for chunk in self.chunks for p in read_chunk(chunk, **self.read)[0] if p["split"] == "train"]
+        return [p for chunk in self.chunks for p in read_train(chunk, self.read)[0]]
 
     def merge_quarantine(self, path: Path) -> None:
         """Append every chunk's quarantined rows to ``path``, which the load has just rewritten (the chunk files
@@ -156,12 +161,11 @@ class TableChunks:
 def read_table_chunk(batch: pd.DataFrame, read: dict, types: Columns, quarantine_dir: str, out_dir: str,
                      output_types: Columns) -> pa.Table:
     """One chunk's train problems, tagged for the sink (see ``TableChunks``)."""
-    from distill_ray.tasks.table import TableChunk, read_chunk
+    from distill_ray.tasks.table import TableChunk
 
     index = int(batch["chunk"].iat[0])
     chunk = TableChunk(batch["file"].iat[0], int(batch["start"].iat[0]), int(batch["stop"].iat[0]))
-    problems, bad = read_chunk(chunk, **read)
-    problems = [p for p in problems if p["split"] == "train"]
+    problems, bad = read_train(chunk, read)
     if bad:
         write_quarantine(Path(quarantine_dir) / f"chunk-{index:06d}.jsonl", bad)
     rows = pd.DataFrame(problems, columns=[c for c in types if c not in (CHUNK, CHUNK_PROBLEMS)])
@@ -169,6 +173,14 @@ def read_table_chunk(batch: pd.DataFrame, read: dict, types: Columns, quarantine
         ShardSet(out_dir).write(index, pa.Table.from_pylist([], schema=pa.schema(
             [(c, t or pa.string()) for c, t in output_types.items()])))
     return to_arrow(rows.assign(**{CHUNK: index, CHUNK_PROBLEMS: len(problems)}), types)
+
+
+def read_train(chunk, read: dict | None) -> tuple[list[dict], list[dict]]:
+    """(train problems, quarantined rows) of a chunk (see ``TableChunks``)."""
+    from distill_ray.tasks.table import read_chunk, read_problems
+
+    problems, bad = read_chunk(chunk, **read) if read is not None else (read_problems(chunk), [])
+    return [p for p in problems if p["split"] == "train"], bad
 
 
 def write_quarantine(path: Path, records: list[dict]) -> None:

@@ -100,6 +100,32 @@ def load_table(cfg: RunConfig) -> tuple[list[Exemplar], "TableChunks", list[dict
     return exemplar_pool(pool), TableChunks(train, read, Path(cfg.output_dir) / "quarantine"), eval_
 
 
+def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
+    """(exemplar pool, train problems as a table that Ray Data tasks read chunk by chunk): what ``generate``
+    streams. A table source is read where it is; a built-in source's train problems are written first as Parquet
+    parts of ``chunk_size`` problems under ``<output>/source`` (rewritten on every run: the same config gives
+    the same files), the puzzles as they are generated, so the driver never holds them all."""
+    from itertools import islice
+
+    from distill_ray.tasks.puzzles import puzzle_problems
+    from distill_ray.tasks.table import write_problem_table
+
+    t, out = cfg.task, Path(cfg.output_dir)
+    if t.source == "table":
+        exemplars, train, _ = load_table(cfg)
+        return exemplars, train
+    if t.source == "puzzles":
+        write_quarantine(out, [])   # a generated source has nothing to quarantine
+        reserve = cfg.prompt.pool_size
+        problems = puzzle_problems(num_train=t.num_train + reserve, num_eval=0, seed=cfg.seed,
+                                   difficulty=t.difficulty, families=t.families)
+        exemplars = exemplar_pool(list(islice(problems, reserve)))
+    else:
+        exemplars, problems, _ = load_task(cfg)
+    return exemplars, TableChunks(write_problem_table(problems, out / "source", cfg.chunk_size), None,
+                                  out / "quarantine")
+
+
 def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
     """``quarantine.jsonl``: every input line that was not used, with its file, line number and reason.
     Rewritten on each load (the same input gives the same quarantine), so a rerun never doubles it."""
@@ -131,17 +157,16 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
 def generate(cfg: RunConfig) -> dict:
     """Sample the teacher on the train problems, verify, vote and write ``dataset/``."""
     connect_ray(cfg)
-    exemplars, train, _ = load_task(cfg)
-    if not train:
+    exemplars, train = load_train_source(cfg)
+    if not len(train):
         raise ValueError(f"task source {cfg.task.source!r} gave no train problems to generate from (HumanEval "
                          "has none: use it with `distill-ray evaluate`)")
     out = Path(cfg.output_dir) / "dataset"
     teachers = cfg.teacher_list()
-    what = f"{len(train)} chunks of table rows" if isinstance(train, TableChunks) else f"{len(train)} train problems"
-    log(f"generate: {what} x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}" for t in teachers))
+    log(f"generate: {train.rows():,} {'table rows' if cfg.task.source == 'table' else 'train problems'} in "
+        f"{len(train)} chunks x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}" for t in teachers))
     seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
-    if isinstance(train, TableChunks):
-        train.merge_quarantine(Path(cfg.output_dir) / "quarantine.jsonl")
+    train.merge_quarantine(Path(cfg.output_dir) / "quarantine.jsonl")
     shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))
     stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
     write_manifest(out, cfg, stats)

@@ -8,6 +8,7 @@ can give the same puzzle).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
@@ -80,8 +81,8 @@ def generate_puzzle(family: str, seed: int, difficulty: int = 1) -> Puzzle:
                   sol=f"def sol():\n    return {answer}")
 
 
-def iter_puzzles(families: list[str], difficulty: int, first_seed: int, seen: set[str]) -> Iterator[Puzzle]:
-    """Puzzles with sat text not in ``seen`` (updated in place), families taken round-robin.
+def iter_puzzles(families: list[str], difficulty: int, first_seed: int, seen: set[bytes]) -> Iterator[Puzzle]:
+    """Puzzles with sat text not in ``seen`` (``sat_key``s, updated in place), families taken round-robin.
 
     Each family walks its own seeds first_seed, first_seed + 1, ...; a family that keeps repeating puzzles
     leaves the rotation, and the iterator ends when every family has left.
@@ -99,32 +100,49 @@ def iter_puzzles(families: list[str], difficulty: int, first_seed: int, seen: se
             yield puzzle
 
 
-def _next_new(name: str, difficulty: int, next_seed: dict[str, int], seen: set[str]) -> Puzzle | None:
+def sat_key(sat: str) -> bytes:
+    """What ``seen`` holds of a sat: a 12-byte digest, not the text (10^6 puzzles: ~60 MB, not ~200 MB)."""
+    return hashlib.blake2b(sat.encode(), digest_size=12).digest()
+
+
+def _next_new(name: str, difficulty: int, next_seed: dict[str, int], seen: set[bytes]) -> Puzzle | None:
     for _ in range(MAX_REPEATS):
         puzzle = generate_puzzle(name, next_seed[name], difficulty)
         next_seed[name] += 1
-        if puzzle.sat not in seen:
-            seen.add(puzzle.sat)
+        key = sat_key(puzzle.sat)
+        if key not in seen:
+            seen.add(key)
             return puzzle
     return None
 
 
 def load_puzzles(*, num_train: int, num_eval: int, seed: int = 0, difficulty: int = 1,
                  families: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    problems = puzzle_problems(num_train=num_train, num_eval=num_eval, seed=seed, difficulty=difficulty,
+                               families=families)
+    train = list(itertools.islice(problems, num_train))
+    return train, list(problems)
+
+
+def puzzle_problems(*, num_train: int, num_eval: int, seed: int = 0, difficulty: int = 1,
+                    families: list[str] | None = None) -> Iterator[dict]:
+    """``load_puzzles``' train problems, then its eval ones, one at a time: what a stream of millions of them
+    holds is one digest per puzzle (``seen``), not the problems."""
     names = check_families(families)
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     base = seed * SEED_STRIDE
-    seen: set[str] = set()  # shared, so eval never repeats a train sat (nor itself)
-    train = _take(iter_puzzles(names, difficulty, base, seen), num_train, "train", names, difficulty)
-    eval_ = _take(iter_puzzles(names, difficulty, base + EVAL_OFFSET, seen), num_eval, "eval", names, difficulty)
-    return train, eval_
+    seen: set[bytes] = set()  # shared, so eval never repeats a train sat (nor itself)
+    yield from _take(iter_puzzles(names, difficulty, base, seen), num_train, "train", names, difficulty)
+    yield from _take(iter_puzzles(names, difficulty, base + EVAL_OFFSET, seen), num_eval, "eval", names, difficulty)
 
 
-def _take(puzzles: Iterator[Puzzle], count: int, split: str, names: list[str], difficulty: int) -> list[dict]:
+def _take(puzzles: Iterator[Puzzle], count: int, split: str, names: list[str], difficulty: int) -> Iterator[dict]:
     # islice stops before drawing a puzzle too many, which would otherwise be marked seen for nothing.
-    problems = [puzzle.to_problem(split) for puzzle in itertools.islice(puzzles, count)]
-    if len(problems) < count:
-        raise ValueError(f"families {names} give only {len(problems)} distinct {split} puzzles at difficulty "
+    made = 0
+    for puzzle in itertools.islice(puzzles, count):
+        made += 1
+        yield puzzle.to_problem(split)
+    if made < count:
+        raise ValueError(f"families {names} give only {made} distinct {split} puzzles at difficulty "
                          f"{difficulty}, {count} asked; add families or raise the difficulty")
-    return problems

@@ -12,9 +12,11 @@ A row that is not a valid problem is quarantined with its file, row and reason, 
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -116,3 +118,37 @@ def to_problem(row: dict, columns: dict[str, str], kind: str | None, position_id
     record = {**row, **{key: row[column] for key, column in columns.items()}}
     record["id"] = position_id if record.get("id") is None else str(record["id"])
     return parse_record(record, max_question_chars, source=SOURCE, default_kind=kind)
+
+
+def write_problem_table(problems: Iterable[dict], directory: str | Path, chunk_size: int) -> list[TableChunk]:
+    """Problems (built-in sources' dicts, already valid) written as Parquet files of ``chunk_size`` rows,
+    ``part-NNNNNN.parquet``, each atomically, while ``problems`` is consumed (never held whole); returns one
+    chunk per file. The files of an earlier write with more parts are removed."""
+    import pyarrow.parquet as pq
+
+    from distill_ray.tasks.schema import PROBLEM_COLUMNS
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema(list(PROBLEM_COLUMNS.items()))
+    chunks = []
+    for index, part in enumerate(batched(problems, chunk_size)):
+        path = directory / f"part-{index:06d}.parquet"
+        tmp = directory / f".{path.name}.tmp"
+        pq.write_table(pa.Table.from_pylist(part, schema=schema), tmp)
+        tmp.replace(path)
+        chunks.append(TableChunk(str(path), 0, len(part)))
+    for stale in sorted(directory.glob("part-*.parquet"))[len(chunks):]:
+        stale.unlink()
+    return chunks
+
+
+def read_problems(chunk: TableChunk) -> list[dict]:
+    """A chunk of a table ``write_problem_table`` wrote, as problem dicts (no re-validation: they were)."""
+    return read_file(chunk.file).slice(chunk.start, chunk.stop - chunk.start).to_pylist()
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while part := list(itertools.islice(iterator, size)):
+        yield part

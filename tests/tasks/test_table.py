@@ -63,3 +63,39 @@ def test_bad_rows_are_quarantined_with_file_row_and_reason(tmp_path):
     assert "question" in bad[0]["reason"] and "unknown kind" in bad[1]["reason"]
     problems, bad = read_chunk(TableChunk(str(file), 0, 1), {"question": "prompt"}, kind=None)
     assert not problems and "no column 'prompt'" in bad[0]["reason"]
+
+
+def test_problems_are_written_as_parts_while_they_are_drawn(tmp_path):
+    """write_problem_table consumes its problems a part at a time: when problem k is drawn, the parts before
+    its own are already on disk (a stream of millions never sits whole in the driver)."""
+    from distill_ray.tasks.puzzles import load_puzzles
+    from distill_ray.tasks.table import read_problems, write_problem_table
+
+    train, _ = load_puzzles(num_train=10, num_eval=0)
+    written_when_drawn = []
+
+    def drawn():
+        for k, problem in enumerate(train):
+            written = [f for f in tmp_path.glob("part-*.parquet") if f.name != "part-000009.parquet"]
+            written_when_drawn.append((k, len(written)))
+            yield problem
+
+    (tmp_path / "part-000009.parquet").write_bytes(b"stale")   # from an earlier, longer write
+    chunks = write_problem_table(drawn(), tmp_path, chunk_size=4)
+    assert all(parts == k // 4 for k, parts in written_when_drawn)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 4), (0, 4), (0, 2)]
+    assert sorted(p.name for p in tmp_path.glob("part-*")) == [f"part-00000{i}.parquet" for i in range(3)]
+    assert [p for c in chunks for p in read_problems(c)] == train   # every column, as written
+
+
+def test_generate_streams_a_built_in_source_from_its_written_parts(tmp_path):
+    """generate's source for the puzzles: the same exemplar pool and train problems as load_task's lists."""
+    from distill_ray.config import load_config
+    from distill_ray.workflow import load_task, load_train_source
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "task.num_train=9", "prompt.pool_size=3", "chunk_size=4"])
+    exemplars, train = load_train_source(cfg)
+    want_exemplars, want_train, _ = load_task(cfg)
+    assert exemplars == want_exemplars and train.read is None and len(train) == 3
+    assert train.problems() == want_train and train.rows() == 9
+    assert sorted(p.name for p in (tmp_path / "source").iterdir()) == [f"part-00000{i}.parquet" for i in range(3)]
