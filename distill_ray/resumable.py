@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from distill_ray.shards import Manifest, ShardSet, chunk_ranges
 from distill_ray.stages import ActorStage, Columns, GroupStage, Stage, apply_stages, check_flow, rows_per_row, to_arrow
-from distill_ray.stages.base import LIGHT_TASK, metered
+from distill_ray.stages.base import LIGHT_TASK, LIGHT_TASK_CONCURRENCY, metered
 
 # Settings that change how fast rows are made, never which rows: a resumed run may use others.
 RESOURCE_KEYS = frozenset({"actors", "cpus_per_actor", "gpus_per_actor", "actor_memory_gib", "batch_size",
@@ -154,6 +154,7 @@ class TableChunks:
                         "stop": self.chunks[i].stop} for i in todo]
         return ray.data.from_items(descriptors, override_num_blocks=len(todo)).map_batches(
             read_table_chunk, batch_size=1, batch_format="pandas", num_cpus=LIGHT_TASK,
+            concurrency=LIGHT_TASK_CONCURRENCY,
             fn_kwargs=dict(read=self.read, types=types, quarantine_dir=str(self.quarantine_dir),
                            out_dir=str(out_dir), output_types=output_types))
 

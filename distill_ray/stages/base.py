@@ -52,6 +52,10 @@ class Stage:
 # Every actor pool reserves memory, which keeps Ray Data from fusing such tasks into a pool; as separate tasks
 # they must never wait for a CPU the pools hold (teacher 1 + verifier 0.5 of 2 CPUs would deadlock).
 LIGHT_TASK = 0
+# Tasks that reserve no CPU are not held back by the CPUs free, so Ray Data would run one per block it has at once,
+# each in a Ray worker process of its own (10^6 problems: over 100 workers and 16 GB before this cap). A light
+# task is milliseconds a batch: a few at a time keep ahead of the pools.
+LIGHT_TASK_CONCURRENCY = 4
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class BatchStage(Stage):
 
     def apply(self, ds):
         return ds.map_batches(metered(self.fn, self.name), fn_kwargs=self.fn_kwargs, batch_format="pandas",
-                              batch_size=self.batch_size, num_cpus=self.cpus)
+                              batch_size=self.batch_size, num_cpus=self.cpus,
+                              concurrency=LIGHT_TASK_CONCURRENCY if self.cpus == LIGHT_TASK else None)
 
 
 @dataclass(frozen=True)
