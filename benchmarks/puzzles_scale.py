@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,54 +25,17 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-MB = 1 << 20
-
-
-def sample_rss(pid: int, peaks: dict, stop: threading.Event, sink: str = "PuzzleSink",
-               starts: dict[str, set] | None = None) -> None:
-    """Peak RSS of the driver, of the sink actor (its class name in the process title: ``sink``), of the largest
-    other process, and of all of them together; ``starts``: the pids seen per marker in a process title (how
-    many processes of that kind the job started)."""
-    while not stop.is_set():
-        try:
-            root = psutil.Process(pid)
-            procs = [root] + root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return
-        total = 0
-        for p in procs:
-            try:
-                rss, name = p.memory_info().rss, " ".join(p.cmdline()[:2])
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            total += rss
-            for marker, pids in (starts or {}).items():
-                if marker in name:
-                    pids.add(p.pid)
-            key = "driver" if p.pid == pid else "sink" if sink in name else "worker_max"
-            peaks[key] = max(peaks.get(key, 0), rss)
-        peaks["all"] = max(peaks.get("all", 0), total)
-        stop.wait(0.5)
+from benchmarks.jobs import Job  # noqa: E402
 
 
 def run(num: int, out: Path, extra: list[str]) -> dict:
     shutil.rmtree(out.parent, ignore_errors=True)
-    cmd = [sys.executable, "-m", "distill_ray.cli", "puzzles", "--num", str(num), "--output", str(out),
-           "--set", "chunk_size=10000", "--set", "num_cpus=2", "--set", "progress_s=30", *extra]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks, stop = {}, threading.Event()
-    sampler = threading.Thread(target=sample_rss, args=(proc.pid, peaks, stop), daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(f"job failed:\n{err[-3000:]}")
+    job = Job.launch(["puzzles", "--num", str(num), "--output", str(out), "--set", "chunk_size=10000",
+                      "--set", "num_cpus=2", "--set", "progress_s=30", *extra], sink="PuzzleSink")
+    wall = job.wait()
     summary = json.loads(out.with_name(out.name + ".manifest.json").read_text())["summary"]
     return {"num": num, "wall_s": wall, "per_s": num / wall, "stream_per_s": summary["run"]["rows_per_s"],
-            "kept": summary["kept"], "fates": summary["by_fate"], **{k: v / MB for k, v in peaks.items()}}
+            "kept": summary["kept"], "fates": summary["by_fate"], **job.peaks_mb()}
 
 
 def breakdown(num: int) -> dict:

@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +27,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.puzzles_scale import MB, sample_rss  # noqa: E402
+from benchmarks.jobs import Job  # noqa: E402
 
 SAMPLES = 4
 
@@ -74,71 +69,40 @@ def as_table(task: dict, directory: Path) -> tuple[dict, dict]:
     return table, {"engine": "replay", "model": str(directory / "recorded")}
 
 
-def start(num: int, out: Path, table: bool = False, dedupe: bool = True) -> tuple[subprocess.Popen, dict, dict, threading.Event, threading.Thread]:
-    cmd = [sys.executable, "-m", "distill_ray.cli", "generate", "--config", str(config(num, out, table, dedupe))]
-    # Its own short temp dir (Ray's socket paths must stay < 108 bytes): the marker its Ray processes carry.
-    env = {**os.environ, "DISTILL_RAY_PROGRESS": "0", "TMPDIR": tempfile.mkdtemp(prefix="st", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    peaks, starts, stop = {}, {"TeacherActor": set()}, threading.Event()
-    sampler = threading.Thread(target=sample_rss, args=(proc.pid, peaks, stop, "ShardSink", starts), daemon=True)
-    sampler.start()
-    proc.args_tmpdir = env["TMPDIR"]
-    return proc, peaks, starts, stop, sampler
+def launch(config_path: Path) -> Job:
+    return Job.launch(["generate", "--config", str(config_path)], sink="ShardSink", markers=("TeacherActor",))
 
 
 def run(num: int, out: Path, table: bool = False, dedupe: bool = True) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    config(num, out, table, dedupe)   # the table and recorded dataset are made before the clock starts
-    began = time.perf_counter()
-    proc, peaks, starts, stop, sampler = start(num, out, table, dedupe)
-    _, err = proc.communicate()
-    wall = time.perf_counter() - began
-    stop.set()
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(f"job failed:\n{err[-3000:]}")
+    job = launch(config(num, out, table, dedupe))   # config() makes the table and recorded dataset first
+    wall = job.wait()
     stats = json.loads((out / "dataset.manifest.json").read_text())["stats"]
     rows = num * SAMPLES
     return {"num": num, "wall_s": wall, "rows_per_s": rows / wall, "stream_rows_per_s": rows / stats["seconds"],
-            "verified": stats["verified"], "kept": stats["kept"], "teacher_starts": len(starts["TeacherActor"]),
-            **{k: v / MB for k, v in peaks.items()}}
+            "verified": stats["verified"], "kept": stats["kept"], "teacher_starts": len(job.starts["TeacherActor"]),
+            **job.peaks_mb()}
 
 
 def kill_and_resume(num: int, out: Path) -> dict:
     """Kill the job's whole session once its first shard exists, rerun it, and check what the dataset holds."""
     shutil.rmtree(out, ignore_errors=True)
     shards = out / "dataset"
-    proc, _, _, stop, _ = start(num, out)
+    config_path = config(num, out)
+    job = launch(config_path)
     while not list(shards.glob("part-*.parquet")):
-        if proc.poll() is not None:
+        if job.proc.poll() is not None:
             raise RuntimeError("the job ended before its first shard")
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stop.set()
-    for p in psutil.process_iter(["cmdline"]):   # its Ray cluster, found by its temp dir
-        if proc.args_tmpdir in " ".join(p.info["cmdline"] or []):
-            p.kill()
+    job.kill()
     before = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
-    resumed = run_again(num, out)
+    resumed = launch(config_path).wait()
     after = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
     rows = pq.read_table(shards, columns=["task_id", "teacher", "sample_index"]).to_pandas()
     return {"shards_before_kill": len(before), "shards": len(after),
             "untouched": all(after[name] == stamp for name, stamp in before.items()),
             "rows": len(rows), "distinct_rows": len(rows.drop_duplicates()), "expected_rows": num * SAMPLES,
             "resume_wall_s": resumed}
-
-
-def run_again(num: int, out: Path) -> float:
-    began = time.perf_counter()
-    proc, _, _, stop, _ = start(num, out)
-    _, err = proc.communicate()
-    stop.set()
-    if proc.returncode:
-        raise RuntimeError(f"resumed job failed:\n{err[-3000:]}")
-    return time.perf_counter() - began
 
 
 def measure(quick: bool = False, workdir: str = "/tmp/distill-ray-bench-stream") -> list[dict]:
