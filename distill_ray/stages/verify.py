@@ -46,14 +46,11 @@ def judge_rows(verifier, batch: pd.DataFrame, dedupe: bool = True) -> pd.DataFra
     word) is run once; its repeats get the same verdict and ``verify_seconds`` 0 (no time was spent on them)."""
     checks = [row_check(row) for row in batch.itertuples(index=False)]
     if dedupe:
-        first = {check: None for check in checks}   # the distinct checks, in order
-        verdict_of = dict(zip(first, verifier.verify(list(first))))
-        seen: set = set()
-        verdicts = []
-        for check in checks:
-            verdict = verdict_of[check]
-            verdicts.append(verdict if check not in seen else dataclasses.replace(verdict, seconds=0.0))
-            seen.add(check)
+        distinct = list(dict.fromkeys(checks))   # in order of first appearance
+        first = dict(zip(distinct, verifier.verify(distinct)))
+        repeat = {check: dataclasses.replace(verdict, seconds=0.0) for check, verdict in first.items()}
+        # A check's first row takes its verdict (pop), every later row the repeat's.
+        verdicts = [first.pop(check) if check in first else repeat[check] for check in checks]
     else:
         verdicts = verifier.verify(checks)
     batch["passed"] = [v.passed for v in verdicts]

@@ -6,6 +6,7 @@ another task of the uid exists: zombies, dying ones and ones it cannot see in /p
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 
 import pytest
@@ -46,17 +47,16 @@ import time
 """
 
 # A child in a session of its own, not in the candidate's process group, that outlives the candidate.
-DAEMON = """
-def solution():
+LEAVE_A_DAEMON = """
+if os.fork() == 0:
+    os.setsid()
     if os.fork() == 0:
-        os.setsid()
-        if os.fork() == 0:
-            import time
-            time.sleep(1000)
-        os._exit(0)
-    os.wait()
-    return 1
+        import time
+        time.sleep(1000)
+    os._exit(0)
+os.wait()
 """
+DAEMON = "def solution():\n" + textwrap.indent(LEAVE_A_DAEMON.strip() + "\nreturn 1\n", "    ")
 
 # A child that has exited but that the candidate never reaps: a zombie, reparented to the zygote.
 ZOMBIE = """
@@ -123,16 +123,7 @@ if pid == 0:
 os.waitpid(pid, 0)
 return x == 1
 """
-SAT_DAEMON = """
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        import time
-        time.sleep(1000)
-    os._exit(0)
-os.wait()
-return x == 1
-"""
+SAT_DAEMON = LEAVE_A_DAEMON.strip() + "\nreturn x == 1\n"
 
 
 def test_next_sat_finds_no_process_of_the_judge_uid():
