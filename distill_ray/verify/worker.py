@@ -40,8 +40,10 @@ def main() -> None:
     limits = setup["limits"]
     sandbox.NATIVE = native.load(setup.get("native"))   # before the mount namespace may hide its path
     protections = sandbox.setup_worker_isolation(limits)
-    protections["native_fork"] = ("on (C fork loop and sandbox entry)" if sandbox.NATIVE
-                                  else "off: pure-Python fork loop and sandbox entry")
+    protections["native_fork"] = ("off: pure-Python fork loop and sandbox entry" if sandbox.NATIVE is None else
+                                  "on (C fork loop and sandbox entry; a watching zygote for checks without a fresh"
+                                  " judge)" if sandbox.NATIVE.run_watching_zygote else
+                                  "on (C fork loop and sandbox entry)")
     forker = ForkerClient()
     runner = CheckRunner(limits, forker, protections)
     write_msg(1, {"hello": protections, "pid": os.getpid()})
