@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
                         ("verify", "re-run every row's check of a dataset in the sandbox"),
                         ("train", "fine-tune the student on dataset/ with Ray Train + DeepSpeed"),
                         ("evaluate", "pass@k of teacher and students on the held-out problems"),
+                        ("critic", "train a correctness critic on dataset/'s verdicts; report it on held-out rows"),
                         ("experiment", "the EKT experiment: one student, one data budget, arms x seeds")]:
         sub = commands.add_parser(name, help=help_)
         sub.add_argument("--config", help="YAML config file (see configs/)")
@@ -42,8 +43,10 @@ def parser() -> argparse.ArgumentParser:
                              "re-verify the run's dataset")
             sub.add_argument("--output", default="-", help="JSONL verdicts for INPUT ('-': stdout)")
             sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
-        if name == "train":
+        if name in ("train", "critic"):
             sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
+        if name == "critic":
+            sub.add_argument("--out", help="where the critic goes (default: critic.path, else <output_dir>/critic)")
         if name == "evaluate":
             sub.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
                              help="evaluate this model (repeatable; default: teacher and students of the run)")
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(workflow.reverify(cfg, args.dataset), indent=2))
     elif args.command == "train":
         print(json.dumps(workflow.train(cfg, args.dataset), indent=2, default=str))
+    elif args.command == "critic":
+        print(json.dumps(workflow.critic(cfg, args.dataset, args.out), indent=2))
     elif args.command == "evaluate":
         models = dict(item.split("=", 1) for item in args.model) or None
         print(json.dumps(workflow.evaluate(cfg, models), indent=2))

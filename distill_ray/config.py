@@ -113,6 +113,18 @@ class VoteConfig(Section):
                                    "prompt's majority answer.")
 
 
+class CriticConfig(Section):
+    path: str | None = Field(None, description="A critic directory written by `distill-ray critic`: generate "
+                             "then scores every candidate (critic_score, critic_accept) and, where no verifier can "
+                             "decide (unlabelled gsm8k), the vote counts and keeps only the candidates it accepts.")
+    target_precision: float = Field(0.9, gt=0, le=1, description="`distill-ray critic`: the acceptance threshold "
+                                    "is the lowest whose precision on held-out verified rows reaches this.")
+    held_out: float = Field(0.4, gt=0, lt=1, description="`distill-ray critic`: share of the problems held out "
+                            "(half to choose the threshold, half to report on); none of their rows is trained on.")
+    hash_bits: int = Field(16, ge=8, le=24, description="`distill-ray critic`: 2**bits hashed n-gram features.")
+    l2: float = Field(1e-3, ge=0, description="`distill-ray critic`: L2 penalty on the weights.")
+
+
 class TrainConfig(Section):
     enabled: bool = Field(True, description="Train a student (false: stop after the dataset).")
     mode: Literal["offline", "on_policy"] = Field(
@@ -270,6 +282,7 @@ class RunConfig(Section):
                                           "fields of `teacher` (give each a unique name); empty: just `teacher`.")
     verify: VerifyConfig = VerifyConfig()
     vote: VoteConfig = VoteConfig()
+    critic: CriticConfig = CriticConfig()
     train: TrainConfig = TrainConfig()
     on_policy: OnPolicyConfig = OnPolicyConfig()
     eval: EvalConfig = EvalConfig()

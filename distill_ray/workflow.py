@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from distill_ray.config import RunConfig, TeacherConfig
+from distill_ray.critic import Critic, train_critic
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
@@ -145,9 +146,13 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
     per use. The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at
     a given path changes from run to run)."""
     prompt_cfg = cfg.prompt if num_shots is None else cfg.prompt.model_copy(update={"num_shots": num_shots})
+    critic_path = cfg.critic.path if vote else None
     stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
-                            sampling_seed=sampling_seed)
-    params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume"}))
+                            sampling_seed=sampling_seed, critic_path=critic_path)
+    params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume",
+                                                "critic"}))
+    if critic_path:   # the critic's weights decide rows: a resumed run must use the same ones
+        params["critic"] = Critic.load(critic_path).digest()
     source = problems if isinstance(problems, TableChunks) else ProblemChunks(problems, cfg.chunk_size)
     return run_in_shards(source, PROBLEM_COLUMNS, stages, out_dir, params, resume=vote and cfg.resume, log=log)
 
@@ -240,6 +245,23 @@ def per_teacher(counts: Counter) -> dict:
     gen_seconds, tokens = float(counts["gen_seconds"]), int(counts["completion_tokens"])
     return {"candidates": int(counts["candidates"]), "verified": int(counts["verified"]), "completion_tokens": tokens,
             "gen_seconds": gen_seconds, "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0}
+
+
+def critic(cfg: RunConfig, dataset_dir: str | None = None, out_dir: str | None = None) -> dict:
+    """Train the correctness critic on a dataset's verified rows; write it (weights and report) to ``out_dir``
+    (default ``critic.path``, else ``<output_dir>/critic``) and return its report."""
+    data = Path(dataset_dir) if dataset_dir else Path(cfg.output_dir) / "dataset"
+    columns = ["task_id", "program", "sat", "question", "finished", "passed", "status"]
+    rows = pd.concat([t.to_pandas() for _, t in ShardSet(data).iter_tables(columns)], ignore_index=True)
+    c = cfg.critic
+    model, report = train_critic(rows, c.target_precision, c.held_out, c.hash_bits, c.l2)
+    out = Path(out_dir or c.path or Path(cfg.output_dir) / "critic")
+    model.save(out, {"dataset": str(data), **report})
+    test = report["test"]
+    log(f"critic: held-out precision {test['precision']} recall {test['recall']} (base rate {test['base_rate']}, "
+        f"AUC {test['auc']}); its top candidate passes {test['rerank_top1_pass']} vs a random one's "
+        f"{test['random_pick_pass']} -> {out}")
+    return {"critic": str(out), **report}
 
 
 def reverify(cfg: RunConfig, dataset_dir: str | None = None) -> dict:

@@ -1,6 +1,6 @@
 """The distillation pipeline, one row per problem until the teachers, then one row per candidate:
 
-    problem columns -> prompt -> [teacher A | teacher B | ...] -> extract -> verify -> vote -> Parquet
+    problem columns -> prompt -> [teacher A | teacher B | ...] -> extract -> verify (-> critic) -> vote -> Parquet
 
 Each teacher is its own actor pool (its own model, prompt style and sampling); the branches share the
 prompt stage's chat messages and their candidate rows are unioned, each labelled with its ``teacher``.
@@ -12,20 +12,23 @@ from __future__ import annotations
 
 from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig, VoteConfig
 from distill_ray.prompts import Exemplar
-from distill_ray.stages import Columns, Stage, check_flow, extract, prompt, teacher, verify, vote
+from distill_ray.stages import Columns, Stage, check_flow, critic, extract, prompt, teacher, verify, vote
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
 
 def distill_stages(teachers: list[TeacherConfig], prompt_cfg: PromptConfig, verify_cfg: VerifyConfig,
                    exemplars: list[Exemplar], seed: int, vote_cfg: VoteConfig | None = None,
-                   sampling_seed: int | None = None) -> list[Stage]:
-    """prompt -> teachers -> extract -> verify, then the vote when ``vote_cfg`` is given (the training dataset;
-    evaluation has none). ``seed`` draws the exemplars; ``sampling_seed`` (default ``seed``) the samples."""
+                   sampling_seed: int | None = None, critic_path: str | None = None) -> list[Stage]:
+    """prompt -> teachers -> extract -> verify (-> the critic, given its path), then the vote when ``vote_cfg`` is
+    given (the training dataset; evaluation has none). ``seed`` draws the exemplars; ``sampling_seed`` (default
+    ``seed``) the samples."""
     stages = [prompt.build(prompt_cfg, exemplars, seed),
               teacher.build(teachers, seed if sampling_seed is None else sampling_seed),
               extract.build(),
               verify.build(verify_cfg)]
-    return stages + [vote.build(vote_cfg, teachers)] if vote_cfg else stages
+    if critic_path:
+        stages.append(critic.build(critic_path))
+    return stages + [vote.build(vote_cfg, teachers, critic=bool(critic_path))] if vote_cfg else stages
 
 
 def output_columns(stages: list[Stage]) -> Columns:

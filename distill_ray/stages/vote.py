@@ -44,18 +44,29 @@ WRITES = {
 }
 
 
-def build(vote: VoteConfig, teachers: list[TeacherConfig]) -> GroupStage:
-    return GroupStage("vote", reads=READS, writes=WRITES, key="task_id", fn=vote_group, groups_fn=vote_groups,
+def build(vote: VoteConfig, teachers: list[TeacherConfig], critic: bool = False) -> GroupStage:
+    """With ``critic``, the critic stage's verdict (``critic_accept``) decides for the rows no verifier can."""
+    return GroupStage("vote", reads=READS + (("critic_accept",) if critic else ()), writes=WRITES, key="task_id",
+                      fn=vote_group, groups_fn=vote_groups,
                       fn_kwargs=dict(require_majority=vote.require_majority,
                                      weights={t.name: t.weight for t in teachers}))
+
+
+def vote_keys(rows: pd.DataFrame) -> list[str | None]:
+    """Each row's vote key; a row the critic rejected (``critic_accept`` False) abstains where the verifier
+    cannot decide (unlabelled gsm8k), so it neither votes nor is kept."""
+    keys = [vote_key(kind, passed, answer) for kind, passed, answer in zip(rows["kind"], rows["passed"], rows["answer"])]
+    if "critic_accept" not in rows:
+        return keys
+    return [None if not is_labelled(kind, expected) and not bool(accept) else key
+            for key, kind, expected, accept in zip(keys, rows["kind"], rows["expected"], rows["critic_accept"])]
 
 
 def vote_group(group: pd.DataFrame, require_majority: bool = False,
                weights: dict[str, float] | None = None) -> pd.DataFrame:
     """Vote over all candidates of one task; rows come out ordered by (teacher, sample_index)."""
     group = group.sort_values(["teacher", "sample_index"], kind="stable").reset_index(drop=True)
-    keys = [vote_key(kind, passed, answer) for kind, passed, answer in
-            zip(group["kind"], group["passed"], group["answer"])]
+    keys = vote_keys(group)
     counts = {t: Counter(k for k, t_ in zip(keys, group["teacher"]) if t_ == t and k is not None)
               for t in dict.fromkeys(group["teacher"])}
     distribution = weighted_distribution(counts, weights or {})
@@ -90,7 +101,7 @@ def vote_groups(rows: pd.DataFrame, require_majority: bool = False,
     the sink's whole budget at millions of rows). Rows come out ordered by (task_id, teacher, sample_index)."""
     rows = rows.sort_values(["task_id", "teacher", "sample_index"], kind="stable").reset_index(drop=True)
     tasks, teachers, programs = rows["task_id"].tolist(), rows["teacher"].tolist(), rows["program"].tolist()
-    keys = [vote_key(kind, passed, answer) for kind, passed, answer in zip(rows["kind"], rows["passed"], rows["answer"])]
+    keys = vote_keys(rows)
     labelled = [is_labelled(kind, expected) for kind, expected in zip(rows["kind"], rows["expected"])]
     passed = [bool(p) for p in rows["passed"]]
     out = {column: [] for column in WRITES}

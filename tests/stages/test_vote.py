@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -117,6 +118,25 @@ def test_no_answers_at_all():
     assert json.loads(out["label_distribution"].iloc[0]) == {}
 
 
+def test_a_candidate_the_critic_rejects_abstains_where_no_verifier_decides():
+    # unlabelled: 5, 5 (rejected), 6 -> the voters are 5 and 6: no agreement, shares 1/2 each; the rejected 5 is
+    # not kept, whatever its answer's share
+    rows = group({"a": ["5", "5", "6"]}).assign(critic_accept=[True, False, True])
+    out = vote_group(rows)
+    assert not out["agreement"].any()
+    assert json.loads(out["label_distribution"].iloc[0]) == {"5": 0.5, "6": 0.5}
+    assert list(out["keep"]) == [True, False, True] and list(out["label_weight"]) == [0.5, 0.0, 0.5]
+    # without the critic: 5 has 2 of 3 votes (one teacher agrees only when unanimous): shares 2/3, 1/3
+    plain = vote_group(group({"a": ["5", "5", "6"]}))
+    assert list(plain["label_weight"]) == approx([2 / 3, 2 / 3, 1 / 3]) and plain["keep"].all()
+
+
+def test_where_the_verifier_decides_the_critic_changes_nothing():
+    labelled = group({"a": ["12", "12", "7"]}, expected=12.0, passed={"a": [True, True, False]})
+    out = vote_group(labelled.assign(critic_accept=[False, True, True]))
+    pd.testing.assert_frame_equal(out.drop(columns="critic_accept"), vote_group(labelled))
+
+
 def random_candidates(seed: int, tasks: int = 60) -> pd.DataFrame:
     """Candidates of puzzles, labelled and unlabelled GSM8K, from 1-3 teachers with ties, silences, duplicates."""
     import numpy as np
@@ -143,11 +163,15 @@ def test_the_chunk_vote_equals_the_per_task_vote_row_for_row(seed, require_major
     from distill_ray.stages.vote import vote_groups
 
     rows = random_candidates(seed)
+    if seed % 2:   # half the runs with the critic's verdicts beside the verifier's
+        rows["critic_accept"] = np.random.default_rng(seed).random(len(rows)) < 0.7
     weights = {"a": 1.0, "b": 2.0, "c": 0.5}
     expected = pd.concat([vote_group(g.reset_index(drop=True), require_majority, weights)
                           for _, g in rows.groupby("task_id")], ignore_index=True)
     got = vote_groups(rows, require_majority, weights)
     order = ["task_id", "teacher", "sample_index"]
     expected, got = (f.sort_values(order).reset_index(drop=True)[expected.columns] for f in (expected, got))
+    for frame in (expected, got):   # a task where every row abstains has no winner: None in one, NaN in the other
+        frame["vote_answer"] = frame["vote_answer"].astype("string")
     assert expected["keep"].any() and not expected["keep"].all() and expected["agreement"].nunique() == 2
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
