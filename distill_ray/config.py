@@ -43,6 +43,12 @@ class TaskConfig(Section):
     difficulty: int = Field(1, ge=1, le=3, description="Puzzle difficulty, 1 (trivial) to 3.")
     families: list[str] | None = Field(None, description="Puzzle families to use (null: all): ours for source "
                                        "puzzles, P3's for source p3; other sources have none and ignore it.")
+    decontaminate: bool = Field(True, description="Drop (and quarantine) every train problem and few-shot "
+                                "exemplar whose text is an evaluation problem's, exactly or nearly (see "
+                                "tasks/decontaminate.py); the dataset manifest counts them. Puzzles are disjoint "
+                                "from their eval split by construction.")
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity of word "
+                                            "3-grams from which a problem counts as a near-duplicate.")
     max_question_chars: int = Field(16_000, ge=1, description="Longer questions in a jsonl source are "
                                     "quarantined instead of prompted.")
 

@@ -26,6 +26,7 @@ from distill_ray.pipelines.distill import distill_stages
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
 from distill_ray.resumable import ProblemChunks, TableChunks, row_params, run_in_shards
 from distill_ray.shards import Manifest, ShardSet
+from distill_ray.tasks.decontaminate import EvalIndex, contaminated_count, decontaminate
 from distill_ray.stages import apply_stages
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
@@ -44,6 +45,7 @@ def connect_ray(cfg: RunConfig):
 # Sources whose exemplars are fixed (GSM8K's hand-written ones, MBPP's prompt split) or absent (HumanEval): no
 # train problems are reserved for the pool.
 FIXED_EXEMPLARS = ("gsm8k", "mbpp", "humaneval")
+ALL_EVAL = 10**9   # "every evaluation problem there is" (a source returns fewer when its data runs out)
 
 
 def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
@@ -62,16 +64,33 @@ def load_task(cfg: RunConfig) -> tuple[list[Exemplar], list[dict], list[dict]]:
     train, eval_ = load_problems(t.source, num_train=t.num_train + reserve, num_eval=t.num_eval, seed=cfg.seed,
                                  path=t.path, difficulty=t.difficulty, families=families,
                                  max_question_chars=t.max_question_chars, quarantine=quarantine)
-    write_quarantine(Path(cfg.output_dir), quarantine)
+    index = eval_index(cfg, families)
+    train = list(decontaminate(train, index, quarantine))
     if t.source == "gsm8k":
-        return [Exemplar(e["question"], e["reference"], e["family"]) for e in GSM8K_EXEMPLARS], train, eval_
-    if t.source == "mbpp":
+        pool = [Exemplar(e["question"], e["reference"], e["family"])
+                for e in decontaminate(GSM8K_EXEMPLARS, index, quarantine)]
+    elif t.source == "mbpp":
         from distill_ray.tasks.functions import read_mbpp
 
-        return exemplar_pool(read_mbpp(t.path, "prompt")), train, eval_
-    if t.source == "humaneval":   # no train split: teachers are prompted zero-shot (HumanEval's own protocol)
-        return [], [], eval_
-    return exemplar_pool(train[:reserve]), train[reserve:], eval_
+        pool = exemplar_pool(list(decontaminate(read_mbpp(t.path, "prompt"), index, quarantine)))
+    else:   # the pool is carved off the train split (humaneval has none: zero-shot, HumanEval's own protocol)
+        pool, train = exemplar_pool(train[:reserve]), train[reserve:]
+    write_quarantine(Path(cfg.output_dir), quarantine)
+    return pool, train, eval_
+
+
+def eval_index(cfg: RunConfig, families: list[str] | None = None) -> EvalIndex | None:
+    """Every evaluation problem of the task's source (its whole eval split, not just the ``num_eval`` a run
+    evaluates), indexed for decontamination; None where it is off or not needed (puzzles: disjoint by
+    construction)."""
+    from distill_ray.tasks import load_problems
+
+    t = cfg.task
+    if not t.decontaminate or t.source in ("puzzles", "table"):
+        return None
+    _, every_eval = load_problems(t.source, num_train=0, num_eval=ALL_EVAL, seed=cfg.seed, path=t.path,
+                                  difficulty=t.difficulty, families=families, max_question_chars=t.max_question_chars)
+    return EvalIndex(every_eval, t.near_duplicate_threshold)
 
 
 def load_table(cfg: RunConfig) -> tuple[list[Exemplar], "TableChunks", list[dict]]:
@@ -96,8 +115,11 @@ def load_table(cfg: RunConfig) -> tuple[list[Exemplar], "TableChunks", list[dict
             quarantine += bad
         eval_ += [p for p in problems if p["split"] == "eval"][:t.num_eval - len(eval_)]
         pool += [p for p in problems if p["split"] == "train"][:pool_size - len(pool)]
-    write_quarantine(Path(cfg.output_dir), quarantine)
+    index = EvalIndex(eval_, t.near_duplicate_threshold) if t.decontaminate else None
     read["exclude"] = frozenset(p["task_id"] for p in pool)
+    read["contamination"] = index   # each train chunk's read drops (quarantines) what matches an eval row
+    pool = list(decontaminate(pool, index, quarantine))
+    write_quarantine(Path(cfg.output_dir), quarantine)
     return exemplar_pool(pool), TableChunks(train, read, Path(cfg.output_dir) / "quarantine"), eval_
 
 
@@ -171,9 +193,14 @@ def generate(cfg: RunConfig) -> dict:
     log(f"generate: {train.rows():,} {'table rows' if cfg.task.source == 'table' else 'train problems'} in "
         f"{len(train)} chunks x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}" for t in teachers))
     seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
-    train.merge_quarantine(Path(cfg.output_dir) / "quarantine.jsonl")
+    quarantine = Path(cfg.output_dir) / "quarantine.jsonl"
+    train.merge_quarantine(quarantine)
     shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))
     stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
+    stats["contaminated"] = contaminated_count(json.loads(line) for line in quarantine.read_text().splitlines())
+    if stats["contaminated"]:
+        log(f"generate: {stats['contaminated']} train problems or exemplars matched an evaluation problem and were "
+            f"dropped (reasons in {quarantine})")
     write_manifest(out, cfg, stats)
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")

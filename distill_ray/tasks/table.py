@@ -16,11 +16,14 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import pyarrow as pa
 
 from distill_ray.tasks.jsonl import MAX_QUESTION_CHARS, parse_record
+
+if TYPE_CHECKING:
+    from distill_ray.tasks.decontaminate import EvalIndex
 
 SOURCE = "table"
 SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
@@ -90,10 +93,11 @@ def plan_chunks(files: list[Path], chunk_size: int, skip: int = 0, limit: int | 
 
 
 def read_chunk(chunk: TableChunk, columns: dict[str, str], kind: str | None,
-               max_question_chars: int = MAX_QUESTION_CHARS,
-               exclude: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+               max_question_chars: int = MAX_QUESTION_CHARS, exclude: frozenset = frozenset(),
+               contamination: "EvalIndex | None" = None) -> tuple[list[dict], list[dict]]:
     """(problems, quarantined) of a chunk's rows, in row order; problems whose task_id is in ``exclude`` (the
-    exemplar pool) are left out."""
+    exemplar pool) are left out, train problems that match an evaluation problem of ``contamination`` are
+    quarantined (tasks/decontaminate.py)."""
     rows = read_file(chunk.file).slice(chunk.start, chunk.stop - chunk.start).to_pylist()
     problems, quarantined = [], []
     for offset, row in enumerate(rows):
@@ -104,8 +108,13 @@ def read_chunk(chunk: TableChunk, columns: dict[str, str], kind: str | None,
             quarantined.append({"file": chunk.file, "row": position, "reason": str(error),
                                 "raw": json.dumps(row, default=str)[:200]})
             continue
-        if problem["task_id"] not in exclude:
+        if problem["task_id"] in exclude:
+            continue
+        why = contamination.match(problem) if contamination is not None and problem["split"] == "train" else None
+        if why is None:
             problems.append(problem)
+        else:
+            quarantined.append({"file": chunk.file, "row": position, "task_id": problem["task_id"], "reason": why})
     return problems, quarantined
 
 

@@ -126,7 +126,8 @@ def test_generation_stats_add_up_shard_by_shard():
 @pytest.mark.slow
 def test_a_table_source_streams_from_files_with_mapped_columns_and_quarantines_bad_rows(ray_cluster, tmp_path):
     """A Parquet folder with its own column names, read by Ray Data chunk by chunk: the pool and eval rows are
-    carved off, bad rows are quarantined with file and row, and a resume reads only the chunk not written."""
+    carved off, bad rows and a copy of an eval row are quarantined with file and row, and a resume reads only
+    the chunk not written."""
     import json
 
     import pyarrow as pa
@@ -141,6 +142,7 @@ def test_a_table_source_streams_from_files_with_mapped_columns_and_quarantines_b
     rows = [{"uid": f"q{i}", "text": f"def sat(x: int):\n    return x == {i}", "ans": "int",
              "part": "eval" if i % 10 == 9 else "train", "ref": f"def sol():\n    return {i}"} for i in range(40)]
     rows[5]["text"] = "no sat here"                                            # quarantined: no def sat(
+    rows[7]["text"] = "def sat(x: int):\n    return x  ==  9"                   # quarantined: eval row q9's text
     table_dir = tmp_path / "table"
     table_dir.mkdir()
     write(pa.Table.from_pylist(rows[:24]), table_dir / "part-0.parquet")
@@ -157,7 +159,7 @@ def test_a_table_source_streams_from_files_with_mapped_columns_and_quarantines_b
     assert [p["task_id"] for p in eval_] == ["table/q9", "table/q19", "table/q29"]
     assert [(c.start, c.stop) for c in train.chunks] == [(0, 8), (8, 16), (16, 24), (0, 8), (8, 10)]  # 34 rows
     problems = train.problems()
-    assert len(problems) == 34 - 4 - 3 - 1 and "table/q5" not in {p["task_id"] for p in problems}
+    assert len(problems) == 34 - 4 - 3 - 2 and not {"table/q5", "table/q7"} & {p["task_id"] for p in problems}
 
     # The replay engine serves what a "teacher" recorded: here each problem's reference, as a dataset.
     recorded = tmp_path / "recorded"
@@ -169,10 +171,13 @@ def test_a_table_source_streams_from_files_with_mapped_columns_and_quarantines_b
     assert stats["problems"] == len(problems) and stats["candidates"] == 2 * len(problems)
     assert stats["verified"] == stats["candidates"]                          # the references pass
     quarantine = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
-    assert [(q["file"].rsplit("/", 1)[1], q["row"]) for q in quarantine] == [("part-0.parquet", 5)]
+    assert [(q["file"].rsplit("/", 1)[1], q["row"]) for q in quarantine] == [("part-0.parquet", 5),
+                                                                              ("part-0.parquet", 7)]
+    assert quarantine[1]["reason"] == "contaminated: the same text as evaluation problem table/q9"
+    assert stats["contaminated"] == 1
     shards = ShardSet(tmp_path / "out" / "dataset")
     assert shards.done() == set(range(5))
     shards.path(3).unlink()
     stats = generate(cfg)                                                      # resumed: chunk 3 only
     assert stats["candidates"] == 2 * len(problems) and shards.done() == set(range(5))
-    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 2 == stats["contaminated"] + 1
