@@ -123,6 +123,9 @@ class CriticConfig(Section):
     path: str | None = Field(None, description="A critic directory written by `distill-ray critic`: generate "
                              "then scores every candidate (critic_score, critic_accept) and, where no verifier can "
                              "decide (unlabelled gsm8k), the vote counts and keeps only the candidates it accepts.")
+    resample_rounds: int = Field(0, ge=0, description="With a critic: each candidate it rejects is sampled again "
+                                 "by its teacher, up to this many times, keeping its best-scored attempt (the "
+                                 "`attempts` column); 0: no resampling. The dataset only, never an evaluation.")
     target_precision: float = Field(0.9, gt=0, le=1, description="`distill-ray critic`: the acceptance threshold "
                                     "is the lowest whose precision on held-out verified rows reaches this.")
     held_out: float = Field(0.4, gt=0, lt=1, description="`distill-ray critic`: share of the problems held out "

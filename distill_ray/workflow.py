@@ -8,6 +8,7 @@ Each step reads the typed config and passes plain values to the library; outputs
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from functools import lru_cache
@@ -168,13 +169,14 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
     per use. The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at
     a given path changes from run to run)."""
     prompt_cfg = cfg.prompt if num_shots is None else cfg.prompt.model_copy(update={"num_shots": num_shots})
-    critic_path = cfg.critic.path if vote else None
+    critic_path = cfg.critic.path
     stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
-                            sampling_seed=sampling_seed, critic_path=critic_path)
+                            sampling_seed=sampling_seed, critic_path=critic_path,
+                            resample_rounds=cfg.critic.resample_rounds if vote else 0)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume",
                                                 "critic"}))
     if critic_path:   # the critic's weights decide rows: a resumed run must use the same ones
-        params["critic"] = Critic.load(critic_path).digest()
+        params["critic"] = [Critic.load(critic_path).digest(), cfg.critic.resample_rounds]
     source = problems if isinstance(problems, TableChunks) else ProblemChunks(problems, cfg.chunk_size)
     return run_in_shards(source, PROBLEM_COLUMNS, stages, out_dir, params, resume=vote and cfg.resume, log=log)
 
@@ -498,11 +500,22 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
         sample_problems(eval_problems, [sampler], exemplars, cfg, out / "eval" / label, vote=False,
                         num_shots=None if is_teacher else 0, sampling_seed=cfg.seed + 1)
-        rows = pq.read_table(out / "eval" / label, columns=["task_id", "passed"]).to_pandas()
+        columns = ["task_id", "sample_index", "passed"] + (["critic_score"] if cfg.critic.path else [])
+        rows = pq.read_table(out / "eval" / label, columns=columns).to_pandas()
         counts = {t: (len(g), int(g["passed"].sum())) for t, g in rows.groupby("task_id")}
         results[label] = summarize_passk(counts, e.k)
+        if cfg.critic.path:
+            results[label]["critic@1"] = critic_pick(rows)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")
     return results
+
+
+def critic_pick(rows: pd.DataFrame) -> dict:
+    """The pass rate of each problem's one sample the critic scores highest (ties: the first sample), against
+    pass@1 (a random sample): what the critic's ranking is worth where no verifier runs at inference."""
+    top = rows.sort_values(["critic_score", "sample_index"], ascending=[False, True], kind="stable")
+    picked = top.groupby("task_id").head(1)["passed"].astype(bool)
+    return {"mean": float(picked.mean()) if len(picked) else math.nan, "problems": int(len(picked))}
 
 
 def default_eval_models(cfg: RunConfig) -> dict[str, str]:

@@ -129,3 +129,25 @@ def test_cli_trains_saves_and_the_saved_critic_scores_the_same(tmp_path):
     assert other.digest() != critic.digest() == Critic.load(out).digest()
     with pytest.raises(FileNotFoundError, match="distill-ray critic"):
         Critic.load(tmp_path / "nowhere")
+
+
+def test_the_critics_pick_is_each_problems_top_scored_sample():
+    from distill_ray.workflow import critic_pick
+
+    rows = pd.DataFrame({"task_id": ["a", "a", "a", "b", "b", "c"], "sample_index": [0, 1, 2, 0, 1, 0],
+                         "critic_score": [0.2, 0.9, 0.9, 0.7, 0.1, 0.5],
+                         "passed": [True, False, True, False, True, True]})
+    # a: 0.9 twice -> the first (sample 1, fails); b: sample 0 (fails); c: its only sample (passes)
+    assert critic_pick(rows) == {"mean": pytest.approx(1 / 3), "problems": 3}
+
+
+def test_the_report_shows_the_critics_pick_beside_pass_at_k():
+    from distill_ray.evaluate.report import render_markdown
+
+    entry = {"problems": 2, "samples": 8, "correct": 3, "pass@1": {"mean": 0.375, "ci95": [0.1, 0.6], "problems": 2}}
+    plain = render_markdown({"name": "r", "eval_k": [1], "evaluation": {"teacher": entry}})
+    assert "critic's pick" not in plain
+    with_critic = render_markdown({"name": "r", "eval_k": [1],
+                                   "evaluation": {"teacher": {**entry, "critic@1": {"mean": 0.5, "problems": 2}}}})
+    header, _, row = [line for line in with_critic.splitlines() if line.startswith("|")][:3]
+    assert header.endswith("| critic's pick passes |") and row.endswith("| 0.500 |")

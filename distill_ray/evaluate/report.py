@@ -100,11 +100,13 @@ def render_markdown(report: dict) -> str:
     evaluation = report.get("evaluation", {})
     if evaluation:
         ks = report["eval_k"]
-        rows = [[model, s["problems"], s["samples"], s["correct"], *(interval(s[f"pass@{k}"]) for k in ks)]
-                for model, s in evaluation.items()]
+        critic = all("critic@1" in s for s in evaluation.values())
+        rows = [[model, s["problems"], s["samples"], s["correct"], *(interval(s[f"pass@{k}"]) for k in ks),
+                 *([f"{s['critic@1']['mean']:.3f}"] if critic else [])] for model, s in evaluation.items()]
         lines += ["## Evaluation (held-out problems, by execution)", ""]
-        lines += table(["model", "problems", "samples", "correct", *(f"pass@{k} (95% CI)" for k in ks)], rows,
-                       right=3 + len(ks)) + [""]
+        lines += table(["model", "problems", "samples", "correct", *(f"pass@{k} (95% CI)" for k in ks),
+                        *(["critic's pick passes"] if critic else [])], rows,
+                       right=3 + len(ks) + critic) + [""]
     lines += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in report.get("outputs", {}).items()] + [""]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ the list here; the flow check, the output schema and the README's stage table fo
 from __future__ import annotations
 
 from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig, VoteConfig
+from distill_ray.critic import Critic
 from distill_ray.prompts import Exemplar
 from distill_ray.stages import Columns, Stage, check_flow, critic, extract, prompt, teacher, verify, vote
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
@@ -18,12 +19,17 @@ from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
 def distill_stages(teachers: list[TeacherConfig], prompt_cfg: PromptConfig, verify_cfg: VerifyConfig,
                    exemplars: list[Exemplar], seed: int, vote_cfg: VoteConfig | None = None,
-                   sampling_seed: int | None = None, critic_path: str | None = None) -> list[Stage]:
+                   sampling_seed: int | None = None, critic_path: str | None = None,
+                   resample_rounds: int = 0) -> list[Stage]:
     """prompt -> teachers -> extract -> verify (-> the critic, given its path), then the vote when ``vote_cfg`` is
     given (the training dataset; evaluation has none). ``seed`` draws the exemplars; ``sampling_seed`` (default
-    ``seed``) the samples."""
+    ``seed``) the samples; ``resample_rounds`` > 0 (with a critic): the teachers sample again what it rejects."""
+    resample = None
+    if critic_path and resample_rounds:
+        c = Critic.load(critic_path)
+        resample = dict(weights=c.weights, threshold=c.threshold, rounds=resample_rounds)
     stages = [prompt.build(prompt_cfg, exemplars, seed),
-              teacher.build(teachers, seed if sampling_seed is None else sampling_seed),
+              teacher.build(teachers, seed if sampling_seed is None else sampling_seed, resample),
               extract.build(),
               verify.build(verify_cfg)]
     if critic_path:

@@ -14,11 +14,14 @@ import pyarrow as pa
 from distill_ray.config import TeacherConfig
 from distill_ray.prompts import PLAIN_STOP, render_plain_prompt
 from distill_ray.stages.base import ActorStage, Stage, UnionStage
+from distill_ray.stages.resample import Resampler
 from distill_ray.teachers import SamplingSettings, make_engine
 from distill_ray.teachers.provenance import CANDIDATE_COLUMNS, candidate_columns
 
 READS = ("task_id", "messages", "response_prefix")
 WRITES = {"teacher": pa.string(), **CANDIDATE_COLUMNS}
+RESAMPLE_READS = ("kind", "sat", "question")           # what the critic reads of the problem
+RESAMPLE_WRITES = {"attempts": pa.int64()}             # generations a candidate slot took (1: not resampled)
 
 
 def sampling_settings(teacher: TeacherConfig, seed: int) -> SamplingSettings:
@@ -58,11 +61,12 @@ def engine_options(teacher: TeacherConfig) -> dict:
 class TeacherActor:
     """One engine per actor; each input row becomes ``teacher.samples`` candidate rows."""
 
-    def __init__(self, teacher: TeacherConfig, seed: int):
+    def __init__(self, teacher: TeacherConfig, seed: int, resample: dict | None = None):
         self.name = teacher.name
         self.engine = make_engine(teacher.engine, teacher.model, **engine_options(teacher))
         self.sampling = sampling_settings(teacher, seed)
         self.prompt_style = teacher.prompt_style
+        self.resample = Resampler(**resample) if resample else None   # critic-guided (stages/resample.py)
 
     def render(self, messages: str, prefix: str) -> str:
         """chat: the model's own template (instruct models); plain: few-shot text (base models)."""
@@ -79,12 +83,14 @@ class TeacherActor:
         rows["teacher"] = self.name
         for column, values in candidate_columns(prompts, generations, sampling, self.engine.provenance()).items():
             rows[column] = values
-        return rows
+        return self.resample(self.engine, rows, prompts, sampling) if self.resample else rows
 
 
-def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage:
-    """One teacher's actor pool."""
-    return ActorStage(name, reads=READS, writes=WRITES, cls=TeacherActor, init_kwargs=dict(teacher=teacher, seed=seed),
+def pool(teacher: TeacherConfig, seed: int, name: str = "teacher", resample: dict | None = None) -> ActorStage:
+    """One teacher's actor pool; ``resample``: Resampler's arguments (the critic's weights, threshold, rounds)."""
+    reads, writes = (READS + RESAMPLE_READS, {**WRITES, **RESAMPLE_WRITES}) if resample else (READS, WRITES)
+    return ActorStage(name, reads=reads, writes=writes, cls=TeacherActor,
+                      init_kwargs=dict(teacher=teacher, seed=seed, resample=resample),
                       actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
                       gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size,
                       fanout=teacher.samples,
@@ -92,12 +98,14 @@ def pool(teacher: TeacherConfig, seed: int, name: str = "teacher") -> ActorStage
                                                    teacher.actor_memory_gib) if teacher.actor_memory_gib else None)
 
 
-def build(teachers: list[TeacherConfig], seed: int) -> Stage:
-    """One teacher: its actor pool. Several: one pool (branch) each, unioned. ``seed``: the sampling seed."""
+def build(teachers: list[TeacherConfig], seed: int, resample: dict | None = None) -> Stage:
+    """One teacher: its actor pool. Several: one pool (branch) each, unioned. ``seed``: the sampling seed;
+    ``resample``: critic-guided resampling in every pool (see ``pool``)."""
     names = [t.name for t in teachers]
     if len(set(names)) != len(names):
         raise ValueError(f"teacher names must be unique, got {names}")
     if len(teachers) == 1:
-        return pool(teachers[0], seed)
-    branches = tuple((pool(t, seed, f"teacher:{t.name}"),) for t in teachers)
-    return UnionStage(f"teachers[{' | '.join(names)}]", reads=READS, writes=WRITES, branches=branches)
+        return pool(teachers[0], seed, resample=resample)
+    branches = tuple((pool(t, seed, f"teacher:{t.name}", resample),) for t in teachers)
+    first = branches[0][0]
+    return UnionStage(f"teachers[{' | '.join(names)}]", reads=first.reads, writes=first.writes, branches=branches)

@@ -1,5 +1,6 @@
-"""The critic stage in a real generate job (SmolLM2 on GSM8K questions, some without their answer): every
-candidate is scored, and where no verifier decides, a candidate the critic rejects neither votes nor is kept."""
+"""The critic in a real generate job (SmolLM2 on GSM8K questions, some without their answer): the teacher samples
+again what it rejects (one round), every candidate is scored, and where no verifier decides, a candidate the
+critic rejects neither votes nor is kept."""
 
 from __future__ import annotations
 
@@ -32,13 +33,17 @@ def test_generate_scores_every_candidate_and_the_vote_drops_what_the_critic_reje
     settings = [f"output_dir={tmp_path / 'run'}", "task.source=jsonl", f"task.path={task_file}",
                 f"task.num_train={LABELLED + UNLABELLED}", "task.num_eval=1", f"prompt.pool_size={POOL}",
                 f"prompt.num_shots={POOL}", "teacher.samples=4", "teacher.max_new_tokens=48",
-                "teacher.torch_threads=1", "verify.workers_per_actor=1", f"critic.path={tmp_path / 'critic'}"]
+                "teacher.torch_threads=1", "verify.workers_per_actor=1", f"critic.path={tmp_path / 'critic'}",
+                "critic.resample_rounds=1"]
     workflow.generate(load_config(REPO / "configs" / "demo.yaml", settings))
     rows = pq.read_table(tmp_path / "run" / "dataset").to_pandas()
 
     np.testing.assert_allclose(rows["critic_score"], critic.score(rows), atol=1e-9)
     assert rows["critic_accept"].equals(rows["critic_score"] >= 0.5)
     assert rows["critic_accept"].nunique() == 2
+    assert all(sorted(g) == [0, 1, 2, 3] for _, g in rows.groupby("task_id")["sample_index"])
+    # one round: a slot the critic accepted at once took one generation, any other two
+    assert set(rows["attempts"]) == {1, 2} and rows.loc[rows["attempts"] == 1, "critic_accept"].all()
     unlabelled = rows["expected"].isna()
     assert unlabelled.any() and (~unlabelled).any()
     # where no verifier decides: rejected rows abstain (not in the label distribution's counts) and are not kept
