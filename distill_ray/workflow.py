@@ -27,8 +27,8 @@ from distill_ray.pipelines.distill import distill_stages
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
 from distill_ray.resumable import ProblemChunks, TableChunks, row_params, run_in_shards
 from distill_ray.shards import Manifest, ShardSet
-from distill_ray.tasks.decontaminate import EvalIndex, contaminated_count, decontaminate
 from distill_ray.stages import apply_stages
+from distill_ray.tasks.decontaminate import EvalIndex, contaminated_count, decontaminate
 from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
 
