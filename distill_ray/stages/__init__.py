@@ -1,5 +1,6 @@
-"""The stages, one module each: ``prompt``, ``teacher``, ``extract``, ``verify``, ``vote`` (the distillation
-pipeline) and the puzzle job's ``generate``, ``check``, ``sink``. Each declares the columns it reads and writes
+"""The stages, one module each: ``prompt``, ``teacher``, ``extract``, ``verify``, ``critic`` (optional), ``vote``
+(the distillation pipeline; ``resample`` is the teacher actors' critic-guided resampling) and the puzzle job's
+``generate``, ``check``, ``sink``. Each declares the columns it reads and writes
 (with their Arrow types) beside its function or actor, and a ``build()`` from its validated config section.
 ``base`` holds the stage kinds, the flow check and the wrapper every stage runs in."""
 
