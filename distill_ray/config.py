@@ -127,7 +127,7 @@ class CriticConfig(Section):
                                  "by its teacher, up to this many times, keeping its best-scored attempt (the "
                                  "`attempts` column); 0: no resampling. The dataset only, never an evaluation.")
     target_precision: float = Field(0.9, gt=0, le=1, description="`distill-ray critic`: the acceptance threshold "
-                                    "is the lowest whose precision on held-out verified rows reaches this.")
+                                    "accepts the most passing held-out verified rows at this precision or more.")
     held_out: float = Field(0.4, gt=0, lt=1, description="`distill-ray critic`: share of the problems held out "
                             "(half to choose the threshold, half to report on); none of their rows is trained on.")
     hash_bits: int = Field(16, ge=8, le=24, description="`distill-ray critic`: 2**bits hashed n-gram features.")

@@ -137,19 +137,26 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(greater / (len(pos) * len(neg)))
 
 
+def top_pick_pass(task_ids, scores, passed) -> tuple[float, int]:
+    """(the pass rate of each problem's top-scored row, the number of problems); a tie goes to the row that
+    comes first."""
+    frame = pd.DataFrame({"task": np.asarray(task_ids), "score": np.asarray(scores), "passed": np.asarray(passed)})
+    top = frame.sort_values("score", ascending=False, kind="stable").groupby("task").head(1)
+    return (float(top["passed"].astype(bool).mean()) if len(top) else math.nan), int(len(top))
+
+
 def evaluate(scores: np.ndarray, labels: np.ndarray, task_ids: pd.Series, threshold: float) -> dict:
     """Precision/recall at threshold, AUC, and reranking: the pass rate of each problem's top-scored candidate
     against a random candidate's (the mean pass rate per problem) and the best possible (any candidate passes)."""
     accepted = scores >= threshold
-    frame = pd.DataFrame({"task": task_ids.to_numpy(), "score": scores, "passed": labels})
-    top = frame.sort_values("score", ascending=False, kind="stable").groupby("task").head(1)
-    per_task = frame.groupby("task")["passed"]
-    return {"rows": int(len(labels)), "problems": int(frame["task"].nunique()),
+    per_task = pd.Series(labels).groupby(task_ids.to_numpy())
+    return {"rows": int(len(labels)), "problems": int(per_task.ngroups),
             "base_rate": _round(labels.mean()) if len(labels) else None,
             "precision": _round(labels[accepted].mean()) if accepted.any() else None,
             "recall": _round((accepted & labels).sum() / labels.sum()) if labels.any() else None,
             "accepted": int(accepted.sum()), "auc": _round(auc(scores, labels)),
-            "rerank_top1_pass": _round(top["passed"].mean()), "random_pick_pass": _round(per_task.mean().mean()),
+            "rerank_top1_pass": _round(top_pick_pass(task_ids, scores, labels)[0]),
+            "random_pick_pass": _round(per_task.mean().mean()),
             "any_pass": _round(per_task.any().mean())}
 
 

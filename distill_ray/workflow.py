@@ -8,7 +8,6 @@ Each step reads the typed config and passes plain values to the library; outputs
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter, defaultdict
 from functools import lru_cache
@@ -19,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from distill_ray.config import RunConfig, TeacherConfig
-from distill_ray.critic import Critic, train_critic
+from distill_ray.critic import Critic, top_pick_pass, train_critic
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_model_card, write_report
 from distill_ray.models import resolve_model
@@ -169,14 +168,15 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
     per use. The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at
     a given path changes from run to run)."""
     prompt_cfg = cfg.prompt if num_shots is None else cfg.prompt.model_copy(update={"num_shots": num_shots})
-    critic_path = cfg.critic.path
+    # Loaded once, here: a missing or broken critic fails before any work.
+    critic_model = Critic.load(cfg.critic.path) if cfg.critic.path else None
     stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
-                            sampling_seed=sampling_seed, critic_path=critic_path,
+                            sampling_seed=sampling_seed, critic_model=critic_model,
                             resample_rounds=cfg.critic.resample_rounds if vote else 0)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume",
                                                 "critic"}))
-    if critic_path:   # the critic's weights decide rows: a resumed run must use the same ones
-        params["critic"] = [Critic.load(critic_path).digest(), cfg.critic.resample_rounds]
+    if critic_model is not None:   # the critic's weights decide rows: a resumed run must use the same ones
+        params["critic"] = [critic_model.digest(), cfg.critic.resample_rounds]
     source = problems if isinstance(problems, TableChunks) else ProblemChunks(problems, cfg.chunk_size)
     return run_in_shards(source, PROBLEM_COLUMNS, stages, out_dir, params, resume=vote and cfg.resume, log=log)
 
@@ -513,9 +513,9 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
 def critic_pick(rows: pd.DataFrame) -> dict:
     """The pass rate of each problem's one sample the critic scores highest (ties: the first sample), against
     pass@1 (a random sample): what the critic's ranking is worth where no verifier runs at inference."""
-    top = rows.sort_values(["critic_score", "sample_index"], ascending=[False, True], kind="stable")
-    picked = top.groupby("task_id").head(1)["passed"].astype(bool)
-    return {"mean": float(picked.mean()) if len(picked) else math.nan, "problems": int(len(picked))}
+    rows = rows.sort_values(["task_id", "sample_index"], kind="stable")
+    mean, problems = top_pick_pass(rows["task_id"], rows["critic_score"], rows["passed"])
+    return {"mean": mean, "problems": problems}
 
 
 def default_eval_models(cfg: RunConfig) -> dict[str, str]:

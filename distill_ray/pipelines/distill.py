@@ -19,22 +19,21 @@ from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
 def distill_stages(teachers: list[TeacherConfig], prompt_cfg: PromptConfig, verify_cfg: VerifyConfig,
                    exemplars: list[Exemplar], seed: int, vote_cfg: VoteConfig | None = None,
-                   sampling_seed: int | None = None, critic_path: str | None = None,
+                   sampling_seed: int | None = None, critic_model: Critic | None = None,
                    resample_rounds: int = 0) -> list[Stage]:
-    """prompt -> teachers -> extract -> verify (-> the critic, given its path), then the vote when ``vote_cfg`` is
+    """prompt -> teachers -> extract -> verify (-> the critic, given one), then the vote when ``vote_cfg`` is
     given (the training dataset; evaluation has none). ``seed`` draws the exemplars; ``sampling_seed`` (default
     ``seed``) the samples; ``resample_rounds`` > 0 (with a critic): the teachers sample again what it rejects."""
     resample = None
-    if critic_path and resample_rounds:
-        c = Critic.load(critic_path)
-        resample = dict(weights=c.weights, threshold=c.threshold, rounds=resample_rounds)
+    if critic_model is not None and resample_rounds:
+        resample = dict(weights=critic_model.weights, threshold=critic_model.threshold, rounds=resample_rounds)
     stages = [prompt.build(prompt_cfg, exemplars, seed),
               teacher.build(teachers, seed if sampling_seed is None else sampling_seed, resample),
               extract.build(),
               verify.build(verify_cfg)]
-    if critic_path:
-        stages.append(critic.build(critic_path))
-    return stages + [vote.build(vote_cfg, teachers, critic=bool(critic_path))] if vote_cfg else stages
+    if critic_model is not None:
+        stages.append(critic.build(critic_model))
+    return stages + [vote.build(vote_cfg, teachers, critic=critic_model is not None)] if vote_cfg else stages
 
 
 def output_columns(stages: list[Stage]) -> Columns:

@@ -24,7 +24,6 @@ def score_candidates(batch: pd.DataFrame, weights, threshold: float) -> pd.DataF
     return batch
 
 
-def build(path: str) -> BatchStage:
-    critic = Critic.load(path)   # loaded once here: a missing or broken critic fails before any work
+def build(critic: Critic) -> BatchStage:
     return BatchStage("critic", reads=READS, writes=WRITES, fn=score_candidates, cpus=LIGHT_TASK,
                       fn_kwargs=dict(weights=critic.weights, threshold=critic.threshold))

@@ -2,8 +2,9 @@
 
 CodeRL regenerates the programs its critic rejects; here each rejected candidate slot of a batch is sampled
 again (a fresh seed per round; a prompt's rejected slots in one request, sharing its prefill), up to ``rounds``
-times, and keeps its best-scored attempt; it stops at the first one the critic accepts. The slot keeps its ``sample_index``, so a prompt still has exactly
-``samples`` rows (the sink counts on it), and ``attempts`` records how many generations it took.
+times, and keeps its best-scored attempt; it stops at the first one the critic accepts. The slot keeps its
+``sample_index``, so a prompt still has exactly ``samples`` rows (the sink counts on it), and ``attempts``
+records how many generations it took.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from distill_ray.critic import Critic
-from distill_ray.extract import extract_program
+from distill_ray.stages.extract import extract_programs
 from distill_ray.teachers.provenance import candidate_columns
 
 SEED_STRIDE = 1_000_003   # round r samples with seed + r * SEED_STRIDE: never a seed of the first pass
@@ -25,9 +26,7 @@ class Resampler:
         self.critic, self.rounds = Critic(weights, threshold), rounds
 
     def scores(self, rows: pd.DataFrame) -> np.ndarray:
-        programs = [extract_program(p, c, k) for p, c, k in zip(rows["response_prefix"], rows["completion"],
-                                                                 rows["kind"])]
-        return self.critic.score(rows.assign(program=programs))
+        return self.critic.score(extract_programs(rows.copy()))   # the program the extract stage will find
 
     def __call__(self, engine, rows: pd.DataFrame, prompts: list[str], sampling) -> pd.DataFrame:
         """``rows``: a batch's candidates, prompt-major (``sampling.n`` per prompt in ``prompts``)."""

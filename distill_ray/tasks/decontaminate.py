@@ -7,9 +7,10 @@ A problem's text is its question (or, for a puzzle, its ``sat``), lower-cased, i
   evaluation problem's is at least ``threshold`` (found through datasketch's LSH index over the evaluation
   problems, then confirmed on the two MinHashes).
 
-The procedural puzzles get the exact check only: puzzles of one family share their template and differ in
-constants, so their 3-gram similarity says nothing about leakage, and hashing millions of them would cost the
-driver minutes. A contaminated problem is dropped and quarantined with the evaluation problem it matches.
+The procedural puzzles are not checked: their eval split never repeats a train ``sat`` (tasks/puzzles.py), one
+family's puzzles share their template and differ in constants (so 3-gram similarity says nothing about leakage),
+and hashing millions of them would cost the driver minutes. A contaminated problem is dropped and quarantined with
+the evaluation problem it matches.
 """
 
 from __future__ import annotations
