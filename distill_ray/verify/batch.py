@@ -35,6 +35,7 @@ import struct
 import time
 
 from distill_ray.verify import children, codec, native, sandbox, watching_zygote
+from distill_ray.verify.budget import wall_cap
 
 _INT = struct.Struct("<i")
 
@@ -188,7 +189,7 @@ def _with_zygote(jobs: list[dict], first: int, scratch: Scratch, send) -> int:
             if zpid < 0:
                 reply, state = {"error": f"forker: {why}", "seconds": 0.0}, "next"
             else:
-                reply, state = _one(job, rep_r, out_r, judge, ctl_w, info_r, scratch, helper is not None)
+                reply, state = _one(job, rep_r, out_r, judge, ctl_w, info_r, scratch, zpid, helper is not None)
             if state == "next" and not _tell(ctl_w, b"n"):   # it forks the next candidate while we reply
                 state = "dead"
             send(reply)
@@ -330,10 +331,12 @@ def _read_int(fd: int) -> int | None:
     return _INT.unpack(data)[0] if len(data) == _INT.size else None
 
 
-def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scratch: Scratch,
+def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scratch: Scratch, zpid: int,
          zygote_kills: bool = False) -> tuple[dict, str]:
     """The forker's side of one check: (reply for the worker, "next" | "replaced" (scratch) | "dead" (zygote)).
 
+    The candidate's budget is CPU time (limits' timeout_s, its whole process tree: sandbox.tree_cpu, as the zygote
+    zpid is the subreaper of what it starts), with a wall-clock cap (schema.wall_cap); the same for a judge.
     zygote_kills: the zygote is the C loop, which on "r" kills the uid itself where the check left any process
     (zygote.c: kill_and_reap); the forker then kills the process group only."""
     start = time.monotonic()
@@ -342,12 +345,12 @@ def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scra
     if pid is None or pid < 0:
         return ({"error": "forker: could not start the candidate", "seconds": time.monotonic() - start},
                 "dead" if pid is None else "next")
-    deadline = start + limits["timeout_s"]
-    msg, why, status, tail = _watch(pid, uid, rep_r, out_r, deadline, limits, ctl_w, info_r, zygote_kills)
+    msg, why, status, tail = _watch(pid, uid, rep_r, out_r, start, limits, ctl_w, info_r, zpid, zygote_kills)
     reply = {"msg": msg, "why": why, "status": status, "tail": tail}
     if judge is not None and status is not None and type(msg) is dict and "ok" in msg \
             and _worth_judging(msg["ok"], job.get("ans_type")):
-        reply["judge"], status = _judge(judge, msg["ok"], limits, job["judge_uid"], ctl_w, info_r, zygote_kills)
+        reply["judge"], status = _judge(judge, msg["ok"], limits, job["judge_uid"], ctl_w, info_r, zpid,
+                                        zygote_kills)
     replaced = scratch.reset()
     if scratch.private_tmp:
         sandbox.wipe_private_tmp(keep=scratch.path)
@@ -356,16 +359,19 @@ def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scra
     return reply, "dead" if status is None else "replaced" if replaced else "next"
 
 
-def _watch(pid: int, uid, rep_r: int, out_r: int, deadline: float, limits: dict, ctl_w: int, info_r: int,
+def _watch(pid: int, uid, rep_r: int, out_r: int, start: float, limits: dict, ctl_w: int, info_r: int, zpid: int,
            zygote_kills: bool = False):
-    """Wait for a sandboxed process's message (or the deadline), kill its uid, have the zygote reap it:
+    """Wait for a sandboxed process's message (or its budget: CPU timeout_s, wall cap from start), kill its uid,
+    have the zygote reap it:
     (message, why, wait status or None if the zygote is gone, output tail). zygote_kills: see _one; the uid is
     still killed here if anything goes wrong before the zygote has reaped (it may be gone)."""
     sink = sandbox.OutputSink(out_r, limits["max_output_bytes"])
     status = None
     try:
         try:
-            msg, why = sandbox.wait_message(rep_r, sink, deadline, limits["max_answer_bytes"])
+            budget = limits["timeout_s"]
+            msg, why = sandbox.wait_message(rep_r, sink, start + wall_cap(budget), limits["max_answer_bytes"],
+                                            (budget, start, lambda: sandbox.tree_cpu(zpid, pid)))
         finally:
             sandbox.kill_group(pid)
             if not zygote_kills:
@@ -377,7 +383,7 @@ def _watch(pid: int, uid, rep_r: int, out_r: int, deadline: float, limits: dict,
     return msg, why, status, sink.tail()
 
 
-def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int,
+def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int, zpid: int,
            zygote_kills: bool = False) -> tuple[list, int | None]:
     """An untrusted sat's fresh judge (forked by the zygote, see _judge_plan) on the plain answer:
     ([report or None, why], the zygote's last wait status, None if it is gone)."""
@@ -390,8 +396,7 @@ def _judge(judge: list, answer, limits: dict, uid, ctl_w: int, info_r: int,
         codec.write_msg(req_w, {"answer": answer})
     except OSError:
         pass   # it is gone: wait_message sees EOF
-    msg, why, status, _ = _watch(pid, uid, rep_r, out_r, start + limits["timeout_s"], limits, ctl_w, info_r,
-                                 zygote_kills)
+    msg, why, status, _ = _watch(pid, uid, rep_r, out_r, start, limits, ctl_w, info_r, zpid, zygote_kills)
     return [msg if type(msg) is dict else None, why], status
 
 

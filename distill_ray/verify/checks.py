@@ -14,6 +14,7 @@ import signal
 import time
 
 from distill_ray.verify import children, sandbox
+from distill_ray.verify.budget import wall_cap
 from distill_ray.verify.codec import from_plain, safe_text
 from distill_ray.verify.judge import SatJudge
 
@@ -230,7 +231,7 @@ class CheckRunner:
                                      "sat": c["sat"] if c["kind"] == "p3" and not c.get("trusted_sat") else None,
                                      "ans_type": typ if c["kind"] == "p3" else None}
                                     for _, c, lim, typ in jobs],
-                                    reply_timeout=4 * max(lim["timeout_s"] for _, _, lim, _ in jobs) + 10)
+                                    reply_timeout=2 * wall_cap(max(lim["timeout_s"] for _, _, lim, _ in jobs)) + 10)
         except OSError:
             self.lost = ["forker died", -1]   # nothing of this batch ran (-1: none of its checks)
         ready, last_yield = [], time.monotonic()
@@ -285,20 +286,31 @@ class CheckRunner:
             out.append((index, result))
         return out
 
-    def end_sandboxes(self) -> None:
-        """Kill every process left of this worker's sandbox uids and reap every child (the worker exits next)."""
-        deadline = time.monotonic() + 1.0
+    def end_sandboxes(self, wait_s: float = 30.0) -> bool:
+        """Kill every process left of this worker's sandboxes and reap every child (the worker exits next): True
+        once none is left (ECHILD). Whatever a check left comes back to us (the subreaper) as its parents die; each
+        round SIGKILLs the sandbox uids and every child we still have (all of them sandbox leftovers by now: the
+        forker and the persistent judge are reaped first), until none is left. Killed processes are reaped as they
+        finish dying, which on a loaded machine takes a while: the worker must not exit first, or they would end
+        as unreaped zombies of the Verifier's process (if it is a subreaper) or live on (not killed yet)."""
+        deadline = time.monotonic() + wait_s
+        uids = [u for u in (self.cand_uid, self.judge_uid, self.sat_judge.uid) if u is not None]
         while True:
-            for uid in (self.cand_uid, self.judge_uid):
+            for uid in uids:
                 sandbox.kill_uid(uid)
+            for pid in sandbox.children_of(os.getpid()):
+                try:
+                    os.kill(pid, signal.SIGKILL)   # our child: its pid cannot be reused before we reap it
+                except ProcessLookupError:
+                    pass
             try:
-                if os.waitpid(-1, os.WNOHANG)[0]:
-                    continue
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
             except ChildProcessError:
-                return
+                return True
             if time.monotonic() > deadline:
-                return
-            time.sleep(0.001)
+                return False
+            time.sleep(0.005)
 
     def _limits_for(self, check: dict) -> dict:
         timeout = check.get("timeout_s")
@@ -346,11 +358,13 @@ class CheckRunner:
 
     def _sat_verdict(self, report, why, answer) -> dict:
         if report is None:
-            if why == "timeout":
-                return verdict("timeout", f"sat timed out after {self.limits['timeout_s']}s", answer)
+            if why in ("timeout", "cpu"):
+                return verdict("timeout", f"sat timed out ({self._budget_text(why)})", answer)
             return verdict("error", f"sat process ended without a result ({why})", answer)
         if "invalid" in report:
             return verdict("invalid", str(report["invalid"]), answer)
+        if report.get("cpu_out") is True:   # the persistent judge's own CPU timer ran out (children.serve_sat)
+            return verdict("timeout", f"sat timed out ({self._budget_text('cpu')})", answer)
         if "raised" in report and type(report["raised"]) is list and len(report["raised"]) == 2:
             return verdict("fail", "sat raised %s: %s" % tuple(report["raised"]), answer)
         if report.get("sat") is True:
@@ -432,12 +446,19 @@ class CheckRunner:
             return verdict("fail", "%s: %s" % tuple(report["fail"]))
         if report is not None and "harness" in report:
             return verdict("error", report["harness"])
-        if why == "timeout":
-            return verdict("timeout", f"timeout after {self.limits['timeout_s']}s")
+        if why in ("timeout", "cpu"):
+            return verdict("timeout", f"timeout ({self._budget_text(why)})")
         err = report.get("cand_err") if report else None
         return self._no_answer({"err": err} if err else None, why, status, sink)
 
     # -- processes
+
+    def _budget_text(self, why: str) -> str:
+        """Which limit ran out: the CPU budget ("cpu"), or the wall-clock cap ("timeout": it slept or waited)."""
+        t = self.limits["timeout_s"]
+        if why == "cpu":
+            return f"used its {t:g}s of CPU time"
+        return f"ran {wall_cap(t):g}s of wall clock, the cap for a {t:g}s CPU budget"
 
     def _no_answer(self, msg, why: str, status, sink) -> dict:
         """Classify a candidate that produced no answer."""
@@ -446,8 +467,8 @@ class CheckRunner:
             if name == "MemoryError":
                 return verdict("memory", f"MemoryError (limit {self.limits['memory_mb']} MB)")
             return verdict("error", f"{name}: {text}")
-        if why == "timeout":
-            return verdict("timeout", f"timeout after {self.limits['timeout_s']}s")
+        if why in ("timeout", "cpu"):
+            return verdict("timeout", f"timeout ({self._budget_text(why)})")
         if status is not None and os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGXCPU:
@@ -471,9 +492,13 @@ class CheckRunner:
             os.close(rep_w)
             os.close(out_w)
         sink = sandbox.OutputSink(out_r, self.limits["max_output_bytes"])
+        # CPU budget: B's tree, and A's (also_kill: forked by the forker) where B talks to it (asserts); what they
+        # orphan comes back to us, their subreaper (sandbox.tree_cpu)
+        first, me = pid if also_kill is None else also_kill, os.getpid()
         try:
-            deadline = time.monotonic() + self.limits["timeout_s"]
-            msg, why = sandbox.wait_message(rep_r, sink, deadline, self.limits["max_answer_bytes"])
+            start, budget = time.monotonic(), self.limits["timeout_s"]
+            msg, why = sandbox.wait_message(rep_r, sink, start + wall_cap(budget), self.limits["max_answer_bytes"],
+                                            (budget, start, lambda: sandbox.tree_cpu(me, first)))
         finally:
             if also_kill is not None:
                 self._kill(also_kill, self.cand_uid)

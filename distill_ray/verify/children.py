@@ -183,33 +183,51 @@ def sat_report(code, answer) -> dict:
         sat_fn = ns.get("sat")
         if not callable(sat_fn):
             return {"invalid": "sat source defines no sat()"}
+    except OutOfCpu:
+        raise
     except BaseException as e:
         return {"invalid": "sat does not compile/run: %s: %s" % tuple(_describe(e))}
     try:
         result = sat_fn(from_plain(answer))
         return {"sat": result is True, "type": type(result).__name__}
+    except OutOfCpu:
+        raise
     except BaseException as e:
         return {"raised": _describe(e)}
 
 
-def serve_sat(cpu_budget_s: int) -> None:
+class OutOfCpu(BaseException):
+    """The persistent judge's call ran out of its CPU budget (serve_sat's ITIMER_PROF)."""
+
+
+def _out_of_cpu(signum, frame):
+    raise OutOfCpu()
+
+
+def serve_sat(cpu_budget_s: float) -> None:
     """The persistent judge (see judge.py): trusted sat sources and plain answers in, reports out, until EOF.
 
     Code objects are cached by source (they are immutable); every call gets a fresh namespace and a fresh
-    answer object. RLIMIT_CPU is cumulative, so before each call its soft limit is moved to what this process
-    has used so far plus one call's budget.
+    answer object. Each call may use its request's "cpu" seconds of CPU time (default cpu_budget_s): a CPU timer
+    (ITIMER_PROF, this process's user + system time) armed per call ends it with the report {"cpu_out": true}
+    (trusted sats do not catch a BaseException; one stuck in C code is ended by the worker's wall-clock cap).
     """
-    import resource
+    import signal
     sys.set_int_max_str_digits(0)
+    signal.signal(signal.SIGPROF, _out_of_cpu)
     codes: dict = {}
-    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     for req in _requests(REQUEST_FD):
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        resource.setrlimit(resource.RLIMIT_CPU, (int(used.ru_utime + used.ru_stime) + cpu_budget_s + 1, hard))
         if len(codes) > 256:
             codes.clear()
-        code = codes.get(req["sat"]) or codes.setdefault(req["sat"], compile_sat(req["sat"]))
-        write_msg(REPORT_FD, sat_report(code, req["answer"]))   # each report at once: the worker times each call
+        try:
+            signal.setitimer(signal.ITIMER_PROF, float(req.get("cpu", cpu_budget_s)))
+            code = codes.get(req["sat"]) or codes.setdefault(req["sat"], compile_sat(req["sat"]))
+            report = sat_report(code, req["answer"])
+            signal.setitimer(signal.ITIMER_PROF, 0)
+        except OutOfCpu:   # (one-shot: it fires once per arming)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            report = {"cpu_out": True}
+        write_msg(REPORT_FD, report)   # each report at once: the worker times each call
 
 
 def _requests(fd: int):

@@ -8,8 +8,9 @@ need not run in a fresh process per check; the candidate's answer still is. The 
   signal, ptrace or read it;
 - receives only a sat source and the answer as plain data (`codec`), rebuilds fresh builtin objects from it
   and runs sat in a fresh namespace per call;
-- gets a wall-clock limit per call (and a CPU limit it re-arms itself per call); when a call runs out, or the
-  process dies or answers garbage, it is SIGKILLed and a fresh one serves the next call.
+- gets a CPU budget per call (the check's timeout_s, a CPU timer the judge arms itself per call: that call is a
+  timeout, the judge goes on) and a wall-clock cap per call (budget.wall_cap); when a call runs past the cap, or
+  the process dies or answers garbage, it is SIGKILLed and a fresh one serves the next call.
 
 Requests are pipelined and batched: the worker queues answers as the forker streams them back, sends what is
 queued in one write (flush) and collects the reports later, so the judge wakes up once for several calls and
@@ -22,9 +23,10 @@ import os
 import time
 
 from distill_ray.verify import children, sandbox
+from distill_ray.verify.budget import wall_cap
 from distill_ray.verify.codec import FrameBuffer, frame
 
-CPU_UNLIMITED = 1 << 30   # the judge's hard RLIMIT_CPU; it sets its soft limit per call (see children.serve_sat)
+CPU_UNLIMITED = 1 << 30   # the judge's RLIMIT_CPU; it times each call's CPU itself (see children.serve_sat)
 MAX_CALLS = 20_000        # recycle the process now and then: no state grows without bound, whatever sat does
 MAX_IN_FLIGHT = 32        # bounded pipelining: replies (<= ~300 bytes) never fill the 64 KiB reply pipe
 PIPE_BUDGET = 32 << 10    # request bytes sent and unanswered, at most (the pipe holds 64 KiB; see flush)
@@ -37,15 +39,17 @@ class SatJudge:
         self.limits, self.uid = limits, uid
         self.pid: int | None = None
         self.calls = 0
-        self.unsent: list[list] = []      # queued by submit, sent by flush: [key, request frame, timeout_s, None]
-        self.in_flight: list[list] = []   # sent, unanswered: [key, request frame, timeout_s, started_at or None]
+        self.unsent: list[list] = []      # queued by submit, sent by flush: [key, request frame, wall cap, None]
+        self.in_flight: list[list] = []   # sent, unanswered: [key, request frame, wall cap, started_at or None]
         self.done: list[tuple] = []       # (key, report | None, why)
 
     # -- public
 
     def submit(self, key, sat: str, plain_answer, timeout_s: float) -> None:
-        """Queue sat(answer); flush() sends it, its (key, report, why) comes back from collect()."""
-        self.unsent.append([key, frame({"sat": sat, "answer": plain_answer}), float(timeout_s), None])
+        """Queue sat(answer) with a CPU budget of timeout_s (its wall-clock cap: budget.wall_cap); flush() sends
+        it, its (key, report, why) comes back from collect()."""
+        self.unsent.append([key, frame({"sat": sat, "answer": plain_answer, "cpu": float(timeout_s)}),
+                            wall_cap(timeout_s), None])
 
     def flush(self) -> None:
         """Send the queued calls, as many per write as fit.
@@ -102,7 +106,7 @@ class SatJudge:
         rep_r, rep_w = os.pipe()
         null = os.open(os.devnull, os.O_WRONLY)
         limits = {**self.limits, "cpu_limit": CPU_UNLIMITED}
-        budget = int(self.limits["cpu_limit"])
+        budget = float(self.limits["timeout_s"])
         try:
             self.pid = sandbox.fork_sandboxed(lambda: children.serve_sat(budget), limits, self.uid, sandbox.root_fd(),
                                               {children.REPORT_FD: rep_w, children.REQUEST_FD: req_r,

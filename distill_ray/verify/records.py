@@ -12,8 +12,8 @@ import struct
 from distill_ray.verify import codec
 
 RECORD = struct.Struct("<iiiqqdii")   # index, why, wait status, claimed bytes, cap, seconds, body length, tail length
-OK, EOF, TIMEOUT, TOO_LARGE, NO_FORK, ERROR = range(6)   # zygote.c's WHY_* (ERROR: written by the forker)
-_WHY = {OK: "ok", EOF: "eof", TIMEOUT: "timeout"}
+OK, EOF, TIMEOUT, TOO_LARGE, NO_FORK, ERROR, CPU = range(7)   # zygote.c's WHY_* (ERROR: written by the forker)
+_WHY = {OK: "ok", EOF: "eof", TIMEOUT: "timeout", CPU: "cpu"}   # TIMEOUT: the wall-clock cap; CPU: the budget
 
 
 def error(index: int, text: str) -> bytes:

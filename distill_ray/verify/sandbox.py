@@ -720,20 +720,88 @@ def readable(fds: list[int], timeout: float) -> list[int]:
     return select.select(fds, [], [], timeout)[0]
 
 
-def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: int):
+CPU_STEP_S = 0.01   # the shortest wait between two CPU readings (/proc counts in 10 ms ticks)
+TREE_MAX = 512      # processes summed per reading, at most (RLIMIT_NPROC bounds them where uids drop)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int):
+    """(CPU seconds of pid and of the children it reaped: utime + stime + cutime + cstime, start time in ticks), or
+    None (gone). /proc/<pid>/stat's fields after the command, which may hold anything, so split after its ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(x) for x in fields[11:15]) / _TICK, int(fields[19])
+
+
+def children_of(pid: int) -> list[int]:
+    """pid's children, those of each of its threads (/proc/<pid>/task/<tid>/children)."""
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_cpu(watcher: int, first: int) -> float:
+    """The CPU seconds a check's processes have used: first (its candidate, or judge) and what it started.
+
+    That is first's process tree, plus the children of watcher (the process they come back to when orphaned, as
+    it is their subreaper) started no earlier than first, and their trees; for each process its own CPU time and
+    that of the children it reaped (nothing reaps a check's processes while it runs but the check's own). Read on
+    the slow path only (see wait_message), as zygote.c's tree_cpu does."""
+    start = _stat(first)
+    if start is None:
+        return 0.0
+    total, seen, todo = 0.0, {first}, [first]
+    for pid in children_of(watcher):
+        st = _stat(pid) if pid not in seen else None
+        if st is not None and st[1] >= start[1]:
+            seen.add(pid)
+            todo.append(pid)
+    while todo and len(seen) <= TREE_MAX:
+        pid = todo.pop()
+        st = _stat(pid)
+        if st is None:
+            continue
+        total += st[0]
+        for child in children_of(pid):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return total
+
+
+def wait_message(fd: int, sink: OutputSink | None, deadline: float, max_bytes: int, cpu=None):
     """Wait for one framed message on fd until the deadline, draining the output pipe meanwhile.
 
-    Returns (message, why): message is None with why "timeout", "eof" or "too large: ..." when none arrived.
+    cpu: (budget_s, start, used): the message must also come before used() (the CPU seconds of the check's
+    processes, see tree_cpu) reaches budget_s; deadline is then the wall-clock cap. used() is first read once
+    the check has run budget_s of wall time (a single process cannot have used more by then: an honest check
+    that ends sooner never costs a reading), then again each time the rest of the budget could have run out.
+    Returns (message, why): message is None with why "timeout" (the deadline), "cpu" (the CPU budget), "eof" or
+    "too large: ..." when none arrived.
     """
     # Both fds stay blocking (two syscalls fewer per check): they are read only when select says they are readable,
     # and nobody else holds their read ends, so a read never waits.
     reader = FrameBuffer(max_bytes)
     watch = [fd] + ([sink.fd] if sink is not None else [])
+    check_at = deadline if cpu is None else cpu[1] + cpu[0]
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if now >= deadline:
             return None, "timeout"
-        ready = readable(watch, left)
+        if now >= check_at:
+            used = cpu[2]()
+            if used >= cpu[0]:
+                return None, "cpu"
+            check_at = now + max(cpu[0] - used, CPU_STEP_S)
+        ready = readable(watch, min(deadline, check_at) - now)
         if sink is not None and sink.fd in ready and not sink.drain():
             watch.remove(sink.fd)
         if fd in ready:

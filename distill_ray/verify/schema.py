@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from distill_ray.verify.budget import WALL_FACTOR, WALL_SLACK_S, wall_cap  # noqa: F401  (timeout_s: see there)
+
 KINDS = ("p3", "gsm8k", "asserts")
 MAX_TIMEOUT_S = 600.0   # largest per-check timeout_s accepted
 STATUSES = ("pass", "fail", "timeout", "error", "memory", "invalid", "answered")
@@ -21,7 +23,7 @@ class Check:
     record_answer: bool = False
     tests: str = ""                 # asserts: assert lines, or HumanEval's `def check(candidate): ...`
     entry_point: str = ""           # asserts: if set, `check(<entry_point>)` runs after the tests code
-    timeout_s: float | None = None  # this check's wall-clock limit; None: the Verifier's SandboxLimits.timeout_s
+    timeout_s: float | None = None  # this check's CPU budget (wall cap: wall_cap()); None: SandboxLimits.timeout_s
     # p3: sat comes from a curated source (P3, our puzzle families), not a model. It then runs in the worker's
     # persistent judge process (one fork per check instead of two); a model-written sat must leave this False.
     trusted_sat: bool = False
@@ -38,10 +40,12 @@ class Verdict:
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 2.0          # wall clock: candidate top level + call; p3's sat judge gets as much again
+    # CPU seconds of the candidate (top level + call) and every process it starts, wall clock capped at
+    # wall_cap(timeout_s); p3's sat judge gets as much again; asserts: the candidate and the tests together
+    timeout_s: float = 2.0
     memory_mb: int = 512            # RLIMIT_AS of each sandboxed process
     max_output_bytes: int = 65536   # stdout+stderr kept per check; the rest is read and discarded
-    cpu_s: int = 0                  # RLIMIT_CPU seconds; 0 means int(timeout_s) + 2 (wall clock ends first)
+    cpu_s: int = 0                  # RLIMIT_CPU seconds per process; 0 means int(timeout_s) + 2 (a backstop)
     file_size_mb: int = 16          # RLIMIT_FSIZE: largest file a candidate may write
     max_open_files: int = 64        # RLIMIT_NOFILE
     max_processes: int = 4          # RLIMIT_NPROC per sandbox uid (threads count): 1 process + a few threads

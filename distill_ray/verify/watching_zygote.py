@@ -29,6 +29,7 @@ import os
 import random
 
 from distill_ray.verify import children, native, records, sandbox
+from distill_ray.verify.budget import wall_cap
 
 STOP_NONE, STOP_DONE, STOP_DIRTY, STOP_FULL, STOP_UNAVAILABLE = range(5)   # zygote.c
 LOG_HEAD = 64
@@ -145,8 +146,10 @@ def _loop_args(todo: list[dict], pipes: list, scratch, state) -> tuple | None:
         flat.append(_flat_plan(job, rep_w, out_w, scratch.fd, plans))
         if flat[-1] is None:
             return None
-    limits = [v for job in todo for v in (int(job["limits"]["timeout_s"] * 1e6), job["limits"]["max_output_bytes"],
-                                          job["limits"]["max_answer_bytes"], -1 if job["uid"] is None else job["uid"])]
+    # per check: CPU budget and wall-clock cap in microseconds (budget.py), output and answer caps, uid
+    limits = [v for job in todo for lim in (job["limits"],)
+              for v in (int(lim["timeout_s"] * 1e6), int(wall_cap(lim["timeout_s"]) * 1e6), lim["max_output_bytes"],
+                        lim["max_answer_bytes"], -1 if job["uid"] is None else job["uid"])]
     closes = [fd for p in pipes for fd in (p[1], p[3])]   # the zygote gives up each candidate's write ends
     watched = [fd for p in pipes for fd in (p[0], p[2])]
     return native.watch_arrays(flat, closes, watched, limits, *state)

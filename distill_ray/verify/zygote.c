@@ -29,6 +29,8 @@
 #include <sys/xattr.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 #ifndef SYS_pidfd_open
@@ -379,7 +381,7 @@ static void put_length(unsigned char *b, uint32_t n) {
    from C (run_candidate) and exits without returning through ctypes (whose return path alone writes a dozen
    pages). */
 
-enum { WHY_OK, WHY_EOF, WHY_TIMEOUT, WHY_TOO_LARGE, WHY_NO_FORK };   /* records.py */
+enum { WHY_OK, WHY_EOF, WHY_TIMEOUT, WHY_TOO_LARGE, WHY_NO_FORK, WHY_CPU = 6 };   /* records.py */
 enum { STOP_NONE, STOP_DONE, STOP_DIRTY, STOP_FULL, STOP_UNAVAILABLE };
 #define TAIL 120            /* output bytes a reply carries: sandbox.OutputSink.tail */
 #define CHUNK 65536         /* bytes per read, as sandbox.wait_message */
@@ -426,14 +428,121 @@ static void keep_output(struct seen *s, const char *data, long long n, long long
     s->tail_len = old + (int)n;
 }
 
-/* sandbox.wait_message: one frame on rep, draining out meanwhile, until it is complete, EOF or the deadline. */
-static int watch(int rep, int out, double deadline, long long max_out, long long max_ans, struct seen *s,
-                 char *chunk) {
+struct dirent64_raw { unsigned long long d_ino; long long d_off; unsigned short d_reclen; unsigned char d_type;
+                      char d_name[]; };
+
+/* ---- The CPU budget (budget.py): sandbox.tree_cpu, step for step ----
+   A check's CPU time: its candidate's process tree, plus the zygote's other children (orphans of the check: the
+   zygote is their subreaper) started no earlier than the candidate, and their trees; for each process its own CPU
+   time and that of the children it reaped, from /proc/<pid>/stat (clock ticks). Read only once the check has run
+   its budget in wall time (see watch), so an honest check never pays for it. */
+#define TREE_MAX 512        /* sandbox.TREE_MAX */
+#define CPU_STEP_S 0.01     /* sandbox.CPU_STEP_S */
+
+/* pid's CPU ticks (utime + stime + cutime + cstime) and start time; -1 where it is gone. */
+static long long stat_cpu(pid_t pid, unsigned long long *start) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) return -1;
+    unsigned long long f[20];   /* the fields after the command: f[0] is the state (skipped) */
+    p++;
+    for (int k = 0; k < 20; k++) {
+        while (*p == ' ') p++;
+        if (!*p) return -1;
+        f[k] = k == 0 ? 0 : strtoull(p, &p, 10);
+        if (k == 0) while (*p && *p != ' ') p++;
+    }
+    if (start) *start = f[19];
+    return (long long)(f[11] + f[12] + f[13] + f[14]);
+}
+
+/* Appends pid's children (those of each of its threads) to kids[*n..cap). */
+static void children_of(pid_t pid, pid_t *kids, int *n, int cap) {
+    char path[96], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return;
+    char ents[2048];
+    long got;
+    while ((got = syscall(SYS_getdents64, dfd, ents, sizeof ents)) > 0) {
+        for (long off = 0; off < got; off += ((struct dirent64_raw *)(ents + off))->d_reclen) {
+            const char *tid = ((struct dirent64_raw *)(ents + off))->d_name;
+            if (tid[0] < '0' || tid[0] > '9') continue;
+            snprintf(path, sizeof path, "/proc/%d/task/%s/children", (int)pid, tid);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            ssize_t r = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (r <= 0) continue;
+            buf[r] = 0;
+            for (char *q = buf; *q && *n < cap;) {
+                char *e;
+                long v = strtol(q, &e, 10);
+                if (e == q) break;
+                kids[(*n)++] = (pid_t)v;
+                q = e;
+            }
+        }
+    }
+    close(dfd);
+}
+
+/* CPU seconds used by first's check (see above); watcher: the process its orphans come back to. */
+static double tree_cpu(pid_t watcher, pid_t first) {
+    static pid_t seen[TREE_MAX + 1];
+    unsigned long long first_start, start;
+    if (stat_cpu(first, &first_start) < 0) return 0;
+    int n = 0, done = 0;
+    long long ticks = 0;
+    seen[n++] = first;
+    pid_t kids[TREE_MAX];
+    int nk = 0;
+    children_of(watcher, kids, &nk, TREE_MAX);
+    for (int k = 0; k < nk && n < TREE_MAX; k++) {
+        int dup = 0;
+        for (int j = 0; j < n && !dup; j++) dup = seen[j] == kids[k];
+        if (!dup && stat_cpu(kids[k], &start) >= 0 && start >= first_start) seen[n++] = kids[k];
+    }
+    while (done < n) {   /* seen[done..n) still to read: a breadth-first walk */
+        pid_t pid = seen[done++];
+        long long c = stat_cpu(pid, NULL);
+        if (c < 0) continue;
+        ticks += c;
+        nk = 0;
+        children_of(pid, kids, &nk, TREE_MAX);
+        for (int k = 0; k < nk && n < TREE_MAX; k++) {
+            int dup = 0;
+            for (int j = 0; j < n && !dup; j++) dup = seen[j] == kids[k];
+            if (!dup) seen[n++] = kids[k];
+        }
+    }
+    return (double)ticks / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* sandbox.wait_message: one frame on rep, draining out meanwhile, until it is complete, EOF, the wall-clock cap
+   (deadline), or the check's processes (pid's, see tree_cpu) have used budget seconds of CPU time: read first at
+   start + budget, then each time the rest of the budget could have run out. */
+static int watch(int rep, int out, pid_t pid, double start, double budget, double deadline, long long max_out,
+                 long long max_ans, struct seen *s, char *chunk) {
     struct pollfd p[2] = {{rep, POLLIN, 0}, {out, POLLIN, 0}};
     int nfds = 2;
+    double check_at = start + budget;
     for (;;) {
-        double left = deadline - now();
-        if (left <= 0) return WHY_TIMEOUT;
+        double t = now();
+        if (t >= deadline) return WHY_TIMEOUT;
+        if (t >= check_at) {
+            double used = tree_cpu(getpid(), pid);
+            if (used >= budget) return WHY_CPU;
+            check_at = t + (budget - used > CPU_STEP_S ? budget - used : CPU_STEP_S);
+        }
+        double left = (check_at < deadline ? check_at : deadline) - t;
         struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
         if (ppoll(p, nfds, &ts, NULL) < 0) {
             if (errno == EINTR) continue;
@@ -460,8 +569,6 @@ static int watch(int rep, int out, double deadline, long long max_out, long long
     }
 }
 
-struct dirent64_raw { unsigned long long d_ino; long long d_off; unsigned short d_reclen; unsigned char d_type;
-                      char d_name[]; };
 
 static int empty_dir(const char *path) {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -528,25 +635,25 @@ static void put_record(char *b, int index, int why, int status, long long claime
 
 struct log_head { long long written; int stop; };
 
-/* The zygote's loop over n checks. limits[4i..]: timeout in microseconds, max output bytes, max answer bytes, uid
-   (-1: none); fds[2i], fds[2i+1]: candidate i's report and output pipes (read ends; closes[2i..] the write ends it
+/* The zygote's loop over n checks. limits[5i..]: CPU budget and wall-clock cap in microseconds (budget.py), max
+   output bytes, max answer bytes, uid (-1: none); fds[2i], fds[2i+1]: candidate i's report and output pipes (read ends; closes[2i..] the write ends it
    gets). Returns i in candidate i (sandboxed), -1 in the zygote when it stops (the log's header says why). */
 static int watch_loop(int n, const long long *plans, const int *offsets, const int *closes, const int *fds,
                       const long long *limits, const char *paths, const long long *ids, int npaths,
                       char *log, long long log_size, int wake_fd) {
     struct log_head *head = (struct log_head *)log;
     long long max_ans = 0, written = 0;
-    for (int i = 0; i < n; i++) if (limits[4 * i + 2] > max_ans) max_ans = limits[4 * i + 2];
+    for (int i = 0; i < n; i++) if (limits[5 * i + 3] > max_ans) max_ans = limits[5 * i + 3];
     char *chunk = private_pages(CHUNK);
     struct seen s = {private_pages((size_t)max_ans + 4), max_ans + 4, 0, 0, 0, {0}, 0};
     if (!chunk || !s.frame) { head->stop = STOP_UNAVAILABLE; return -1; }
     bump_reserve();
-    clear_uids(limits + 3, n, 4);   /* one killer per uid per batch, instead of one per check (kill_and_reap) */
+    clear_uids(limits + 4, n, 5);   /* one killer per uid per batch, instead of one per check (kill_and_reap) */
     int stop = STOP_DONE, pending = 0;
     double since = 0;
     for (int i = 0; i < n; i++) {
-        const long long *lim = limits + 4 * i;
-        if (log_size - LOG_HEAD - written < RECORD + TAIL + 4 + lim[2]) { stop = STOP_FULL; break; }
+        const long long *lim = limits + 5 * i;
+        if (log_size - LOG_HEAD - written < RECORD + TAIL + 4 + lim[3]) { stop = STOP_FULL; break; }
         double start = now();
         pid_t pid = fork();
         if (pid == 0) {
@@ -560,15 +667,16 @@ static int watch_loop(int n, const long long *plans, const int *offsets, const i
         s.have = s.claimed = s.kept = 0;
         s.tail_len = 0;
         if (pid > 0) {
-            why = watch(fds[2 * i], fds[2 * i + 1], start + (double)lim[0] * 1e-6, lim[1], lim[2], &s, chunk);
-            if (kill_and_reap(pid, lim[3], &status) != 0) { stop = STOP_NONE; break; }
+            why = watch(fds[2 * i], fds[2 * i + 1], pid, start, (double)lim[0] * 1e-6, start + (double)lim[1] * 1e-6,
+                        lim[2], lim[3], &s, chunk);
+            if (kill_and_reap(pid, lim[4], &status) != 0) { stop = STOP_NONE; break; }
         }
         close(fds[2 * i]);
         close(fds[2 * i + 1]);
         int dirty = !still_clean(paths, ids, npaths) || !rest_clean((int)plans[offsets[i]]);
         int body = why == WHY_OK ? (int)s.claimed : 0;
         char *rec = log + LOG_HEAD + written;
-        put_record(rec, i, why, status, s.claimed, lim[2], now() - start, body, s.tail_len);
+        put_record(rec, i, why, status, s.claimed, lim[3], now() - start, body, s.tail_len);
         memcpy(rec + RECORD, s.frame + 4, body);
         memcpy(rec + RECORD + body, s.tail, s.tail_len);
         written += RECORD + body + s.tail_len;
