@@ -44,14 +44,18 @@ under that uid ends every process it started), and per worker, when the kernel p
 namespace, a private IPC namespace, and a mount namespace with private tmpfs on /tmp, /var/tmp and /dev/shm
 (wiped after each check). `Verifier.protections` says which are active and why not. When the verdict is in,
 every process of the check is SIGKILLed (process group + uid-wide kill, done by a throwaway killer process, so no
-trusted process ever runs as a candidate's uid) and reaped. (A C zygote kills the uid once per batch, and after a
+trusted process ever runs as a candidate's uid) and reaped.
+The time budget is CPU time, so verdicts do not depend on the machine's load (`budget.py`). (A C zygote kills the uid once per batch, and after a
 check only where it has any child left once the candidate is reaped: every process of the uid is then below it,
 see zygote.c, kill_and_reap.)
 
 Trusted code bounds what it does with candidate data: messages are decoded within limits on nesting, values and
 int digits (`codec`), verdict text is made UTF-8-safe, and dirs a candidate leaves are removed iteratively. A forker
 that dies or stalls hands its unanswered checks back: the one it was running runs again alone on a fresh worker
-(an error if that one is lost too), the others as usual. A worker reaps everything it started before it exits.
+(an error if that one is lost too), the others as usual. A worker reaps everything it started before it exits
+(and whatever comes back to it, as their subreaper, from its sandboxes), and the Verifier, once a worker is gone,
+ends and reaps what of it came back to the Verifier's process (a subreaper's): nothing it started is left, alive
+or as a zombie, once it is closed (also at interpreter exit) or its worker is killed.
 
 Not covered: reads of world-readable files; CPU/memory side channels; a candidate reading the programs, answers
 and p3 `sat` sources of earlier checks of the same worker, and the programs and sats of the other checks of its
@@ -68,7 +72,9 @@ Statuses
   gsm8k: an int/float equal to expected within 1e-6; asserts: the tests ran to the end without raising).
 - ``fail``: an answer was obtained (or the tests ran) and it is wrong: wrong value or type, sat returned
   something other than True or raised, a test raised (AssertionError or anything else).
-- ``timeout``: the wall-clock (``timeout_s``) or CPU (``cpu_s``) limit ran out.
+- ``timeout``: the check's budget ran out: ``timeout_s`` seconds of CPU time (the candidate and every process it
+  starts, summed; an untrusted sat's judge gets as much again), its wall-clock cap (``budget.wall_cap``:
+  3 x ``timeout_s`` + 1 s, for programs that sleep or block), or a process's RLIMIT_CPU (``cpu_s``).
 - ``memory``: the candidate hit the address-space limit (MemoryError).
 - ``error``: no answer: the program does not compile, raised, exited (``sys.exit``, ``os._exit``), was killed,
   returned something that is not plain data (e.g. an object with a lying ``__eq__``), or a harness problem.

@@ -8,6 +8,7 @@ killed and replaced, and its unfinished checks are retried once on another worke
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -17,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from distill_ray.verify.codec import safe_text
-from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict
+from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict, wall_cap
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 # -S: no `site`. What it imports, mostly for the .pth files of a big environment (pathlib, urllib, ipaddress,
@@ -35,6 +37,8 @@ _HEADER = struct.Struct(">I")
 WORKER_ENV = {"LD_BIND_NOW": "1"}
 CHUNK = 32   # checks per message to a worker, at most (64 measured no better)
 MAX_REQUEUES = 4   # a check whose worker is lost more often than this (none of them running it) ends as an error
+CLOSE_GRACE_S = 45.0   # a closing worker's own clean-up is bounded by ~32 s (worker._shut_down); then SIGKILL
+UID_BASE = 1_000_000_000   # sandbox.UID_BASE (not imported here: sandbox loads ctypes and the C helper's glue)
 
 
 _NATIVE: list = []
@@ -99,7 +103,11 @@ class _Worker:
         return out
 
     def kill(self, grace_s: float = 0.0) -> None:
-        """Stop the worker; with a grace period it first gets EOF, so it can finish cleaning up its sandboxes."""
+        """Stop the worker; with a grace period it first gets EOF, so it can finish cleaning up its sandboxes.
+
+        Then what it left that came back to this process is ended and reaped (_sweep): where this process is a
+        subreaper (a container's init, a supervisor), the worker's orphans are reparented to it, not to init."""
+        pid = self.proc.pid
         if grace_s > 0:
             try:
                 self.proc.stdin.close()
@@ -116,6 +124,7 @@ class _Worker:
                 f.close()
             except OSError:
                 pass
+        _sweep(pid, thorough=self.proc.returncode != 0)
 
 
 class Verifier:
@@ -132,7 +141,8 @@ class Verifier:
                                "pass SandboxLimits(allow_unsafe=True) to opt in")
         self._lock = threading.Lock()
         # A chunk may wait this long without any verdict before its worker is declared hung.
-        self._stall_s = 2 * self.limits.timeout_s + 30
+        self._stall_s = 2 * wall_cap(self.limits.timeout_s) + 30
+        _OPEN.add(self)
 
     @property
     def protections(self) -> dict:
@@ -160,7 +170,7 @@ class Verifier:
         for w in self._workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
         slowest = max([checks[i].timeout_s or 0 for i in todo], default=0)
-        self._stall_s = 2 * max(self.limits.timeout_s, slowest) + 30
+        self._stall_s = 2 * wall_cap(max(self.limits.timeout_s, slowest)) + 30
         try:
             while queue or any(w.pending for w in self._workers):
                 for w in self._workers:
@@ -248,7 +258,8 @@ class Verifier:
             except OSError:
                 pass
         for w in workers:
-            w.kill(grace_s=5.0)
+            w.kill(grace_s=CLOSE_GRACE_S)
+        _OPEN.discard(self)
 
     def __enter__(self) -> "Verifier":
         return self
@@ -261,6 +272,74 @@ class Verifier:
             self.close()
         except Exception:
             pass
+
+
+_OPEN: "weakref.WeakSet[Verifier]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open() -> None:
+    """A Verifier still open when the interpreter exits is closed: its workers reap all they started first."""
+    for v in list(_OPEN):
+        try:
+            v.close()
+        except Exception:
+            pass
+
+
+def _proc_children() -> list[int]:
+    """This process's children (of each of its threads)."""
+    out = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _of_worker(pid: int, worker: int) -> bool:
+    """Is our child pid something the worker started: in its session (forker, zygotes, judges, candidates; the
+    worker is a session leader, and its session id cannot be reused while a member exists, zombies included), or
+    running as one of its sandbox uids (a candidate's process in a session of its own)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            session = int(f.read().rsplit(b")", 1)[1].split()[3])
+        with open(f"/proc/{pid}/status", "rb") as f:
+            uid = int(next(line for line in f if line.startswith(b"Uid:")).split()[1])
+    except (OSError, IndexError, ValueError, StopIteration):
+        return False
+    return session == worker or UID_BASE + 3 * worker <= uid < UID_BASE + 3 * worker + 3
+
+
+def _sweep(worker: int, thorough: bool, wait_s: float = 10.0) -> None:
+    """End and reap what an exited worker left that came back to us (see _Worker.kill). A worker that exited by
+    itself has already killed and reaped everything (worker._shut_down), so normally this finds nothing and costs
+    one read of our children list. thorough (it was killed, or could not end everything): first kill its sandbox
+    uids, whose processes may have been reparented elsewhere, from a throwaway process that takes the uid."""
+    if thorough and os.geteuid() == 0:
+        for uid in range(UID_BASE + 3 * worker, UID_BASE + 3 * worker + 3):
+            try:
+                subprocess.run([sys.executable, "-I", "-S", "-c", _KILL_UID, str(uid)], timeout=5,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except (OSError, subprocess.SubprocessError):
+                pass
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [pid for pid in _proc_children() if _of_worker(pid, worker)]
+        if not left or time.monotonic() > deadline:
+            return
+        for pid in left:   # our children: their pids cannot be reused before we reap them
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+_KILL_UID = ("import os, sys\nu = int(sys.argv[1])\nos.setresgid(u, u, u)\nos.setresuid(u, u, u)\n"
+             "try:\n    os.kill(-1, 9)\nexcept ProcessLookupError:\n    pass\n")
 
 
 def _verdict(v: dict) -> Verdict:

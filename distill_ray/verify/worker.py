@@ -63,10 +63,13 @@ def main() -> None:
 
 def _shut_down(forker: ForkerClient, runner: CheckRunner, code: int) -> None:
     """Exit, leaving nothing behind: every process this worker started is ended and reaped first (the persistent
-    judge, the forker, whatever a candidate left), so that none outlives it as another process's child."""
+    judge, the forker, whatever a candidate left), so that none outlives it as another process's child. Bounded
+    (~32 s; the Verifier waits pool.CLOSE_GRACE_S); exit code 4 where something could not be ended (the Verifier
+    then sweeps the sandbox uids itself: pool._sweep)."""
     runner.sat_judge.close()
     forker.close(grace_s=2.0 if code == 0 else 0.0)
-    runner.end_sandboxes()
+    if not runner.end_sandboxes() and code == 0:
+        code = 4
     os._exit(code)
 
 

@@ -143,3 +143,107 @@ def test_honest_checks_need_no_uid_wide_kill(path):
         _needs_root(v)
         out = v.verify([_check(path, "def solution():\n    return 42", 42)] * 20 + [_check(path, ALONE, 0)])
     assert all(x.passed for x in out), out
+
+
+# ------------------------------------------------------------------ nothing left once the Verifier is gone
+
+# Run in a process of its own that makes itself a subreaper (as a container's init or a supervisor does): whatever
+# the verifier's processes orphan comes back to it, not to init. Its last atexit hook (registered first) prints
+# the children it still has once the Verifier is gone: closed, its workers killed from outside first, or left
+# to the interpreter's exit.
+LEFT_BEHIND = r"""
+import atexit, ctypes, json, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+
+
+@atexit.register
+def _children_left():   # runs last (registered first): after the Verifier's own atexit close
+    left = []
+    for tid in os.listdir("/proc/self/task"):
+        for pid in open(f"/proc/self/task/{tid}/children").read().split():
+            try:
+                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            left.append([int(pid), state])
+    print(json.dumps({"left": left}), flush=True)
+
+
+from distill_ray.verify import Check, SandboxLimits, Verifier
+how, checks = sys.argv[1], [Check(**c) for c in json.loads(sys.argv[2])]
+v = Verifier(SandboxLimits(timeout_s=1), workers=2)
+workers = [w.proc.pid for w in v._workers]
+out = v.verify(checks)
+print(json.dumps({"workers": workers, "status": [x.status for x in out]}), flush=True)
+if how == "killed":
+    for pid in workers:
+        os.kill(pid, 9)
+if how != "exit":
+    v.close()
+"""
+
+# A child that outlives the candidate, sleeping, and is still there when the check times out (same group).
+SLOW_WITH_CHILD = """
+def solution():
+    if os.fork() == 0:
+        import time
+        time.sleep(1000)
+    while True:
+        pass
+"""
+
+
+def _strays() -> list[dict]:
+    """Checks that leave processes behind, in every path: daemons in sessions of their own, zombies, children of
+    candidates killed at their timeout, a subprocess, an untrusted sat's daemon."""
+    import dataclasses
+    checks = [_check(path, body, 1) for path in ("gsm8k", "trusted", "untrusted")
+              for body in (DAEMON, ZOMBIE, SLOW_WITH_CHILD)]
+    checks += [Check("p3", "def sol():\n    return 1\n", sat=_sat(SAT_DAEMON), ans_type="int"),
+               Check("asserts", "import os\n" + DAEMON.strip() + "\n", tests="assert solution() == 1\n"),
+               Check("gsm8k", "import subprocess\ndef solution():\n    subprocess.Popen(['sleep', '100'], "
+                              "start_new_session=True)\n    return 1\n", expected=1)]
+    return [dataclasses.asdict(c) for c in checks]
+
+
+def _processes_of(workers: list[int]) -> list[tuple]:
+    """Every process on the machine that one of these workers started: in its session, or as its sandbox uids."""
+    from distill_ray.verify.sandbox import UID_BASE
+    uids = {UID_BASE + 3 * w + k for w in workers for k in range(3)}
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/status") as f:
+                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
+        except (OSError, StopIteration, ValueError):
+            continue
+        if int(fields[3]) in workers or uid in uids:
+            found.append((int(name), fields[0], uid))
+    return found
+
+
+@pytest.mark.parametrize("how", ["closed", "killed", "exit"])
+def test_nothing_is_left_once_the_verifier_is_gone(how):
+    import json
+    import subprocess
+    import sys
+    if how == "killed" and os.geteuid() != 0:
+        pytest.skip("a killed worker's sandbox processes are found by their uids, which need root")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", LEFT_BEHIND, how, json.dumps(_strays())], capture_output=True,
+                          text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    ran, left = lines[0], lines[-1]
+    assert "timeout" in ran["status"] and "pass" in ran["status"], ran   # the strays were made
+    assert left["left"] == [], (how, left)   # no child of the subreaper: not a zombie, not a live one
+    found = _processes_of(ran["workers"])
+    deadline = time.monotonic() + 5   # a process reparented to init is reaped there: give init a moment
+    while found and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = _processes_of(ran["workers"])
+    assert found == [], (how, found)
