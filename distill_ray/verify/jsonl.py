@@ -7,7 +7,7 @@ INPUT or OUT ``-`` means stdin/stdout. In (one JSON object a line)::
     {"id": any JSON value, "kind": "p3" | "gsm8k" | "asserts", "program": str,
      "sat": str (p3), "ans_type": str (p3, optional: else sat's first annotation),
      "expected": number or numeric string (gsm8k), "tests": str or list of str (asserts),
-     "entry_point": str (optional), "timeout_s": number (optional, this record's wall-clock limit),
+     "entry_point": str (optional), "timeout_s": number (optional, this record's CPU budget, see budget.py),
      "trusted_sat": bool (optional, default false; p3: true only for a curated sat, never a model-written one:
                     it then runs in a persistent judge process instead of a fresh one, one fork per check)}
 
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None, stdin: IO | None = None, stdout: IO | No
     ap.add_argument("input", help="JSONL file of checks, or - for stdin")
     ap.add_argument("--output", "-o", default="-", help="JSONL verdicts (default -: stdout)")
     ap.add_argument("--workers", type=int, default=2, help="sandbox worker processes (default 2)")
-    ap.add_argument("--timeout-s", type=float, default=d.timeout_s, help="wall-clock limit per check")
+    ap.add_argument("--timeout-s", type=float, default=d.timeout_s,
+                    help="CPU-time budget per check (wall clock capped at 3x + 1 s)")
     ap.add_argument("--memory-mb", type=int, default=d.memory_mb, help="address-space limit per sandbox")
     ap.add_argument("--cpu-s", type=int, default=d.cpu_s, help="CPU limit per check (0: timeout + 2)")
     ap.add_argument("--max-output-bytes", type=int, default=d.max_output_bytes)
