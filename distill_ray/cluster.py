@@ -6,6 +6,8 @@ import os
 import sys
 import tempfile
 
+from distill_ray.stopping import keep_after_ray_init
+
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None, progress_bars: bool | None = None):
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local cluster of ``num_cpus`` CPUs in a
@@ -21,8 +23,48 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, progres
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      _temp_dir=tempfile.mkdtemp(prefix="distill-ray-"))
+        keep_after_ray_init()   # a SIGTERM stops the job gracefully (ray.init's handler just exits)
     if progress_bars is None:
         default = "1" if sys.stderr.isatty() else "0"
         progress_bars = os.environ.get("DISTILL_RAY_PROGRESS", default) == "1"
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
     return ray
+
+
+
+def alive_nodes() -> set[str]:
+    """The ids of the cluster's live nodes (``job_retries`` counts which of them died)."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def job_retries(alive_before: set[str]) -> dict:
+    """What Ray retried for this job so far: restarts per actor class (an actor that died, killed or with its
+    node, and was started again; Ray Data then retried its batch), and how many of the nodes alive before
+    (``alive_nodes()`` at the start) have died. Read from the GCS's tables (Ray's private state API: the public
+    one needs the dashboard, which a local run does not start); an empty report where they cannot be read."""
+    import ray
+    from ray._private import state
+
+    try:
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        actors = state.actors(job_id=job).values()
+        lost = alive_before - alive_nodes()
+    except Exception:   # noqa: BLE001 - a report, never a reason to fail a finished job
+        return {}
+    restarts: dict[str, int] = {}
+    for actor in actors:
+        if actor["NumRestarts"]:
+            name = pool_class(actor["ActorClassName"])
+            restarts[name] = restarts.get(name, 0) + actor["NumRestarts"]
+    return {"actor_restarts": dict(sorted(restarts.items())), "nodes_lost": len(lost)}
+
+
+def pool_class(actor_class: str) -> str:
+    """The class a Ray Data pool actor runs: ``MapWorker(ReadRange->MapBatches(TeacherActor))`` -> ``TeacherActor``
+    (other actors keep their class name)."""
+    import re
+
+    match = re.search(r"MapBatches\((\w+)\)\)$", actor_class)
+    return match.group(1) if match else actor_class

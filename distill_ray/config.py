@@ -95,13 +95,17 @@ class TeacherConfig(SamplingConfig):
         "a node than fit: GiB, or 'auto' (twice the model's weights + 0.5 GiB: 1.5 for SmolLM2-135M, 2.5 for "
         "Gemma-3-270M; 0.5 for the openai and replay engines, which hold no weights). Null: none.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per teacher actor.")
+    resources: dict[str, float] = Field({}, description="Custom Ray resources each teacher actor needs, e.g. "
+                                        "{teacher_node: 1}: the pool runs only on nodes started with them "
+                                        "(`ray start --resources`), and a lost node's actors restart on another.")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (null: torch default).")
     engine_options: dict = Field({}, description="Extra keyword arguments for the engine's constructor "
                                  "(e.g. base_url, api_key_env for openai).")
 
 
 class VerifyConfig(Section):
-    timeout_s: float = Field(2.0, gt=0, description="Wall-clock limit per candidate (module top level + call).")
+    timeout_s: float = Field(2.0, gt=0, description="CPU-time budget per candidate (module top level + call, and "
+                             "every process it starts); wall clock capped at 3x + 1 s.")
     memory_mb: int = Field(512, ge=64, description="Address-space limit per candidate process.")
     actors: int = Field(1, ge=1, description="Verifier actors.")
     cpus_per_actor: float = Field(0.5, gt=0, description="CPUs reserved per verifier actor.")
@@ -109,6 +113,9 @@ class VerifyConfig(Section):
                                            "actor and its sandbox workers; each candidate is capped by memory_mb "
                                            "on its own). Null: none.")
     workers_per_actor: int = Field(2, ge=1, description="Sandbox processes run in parallel by each actor.")
+    resources: dict[str, float] = Field({}, description="Custom Ray resources each verifier actor needs (as "
+                                        "teacher.resources): e.g. {verifier_node: 1} keeps candidates' code off "
+                                        "the nodes that serve the teachers.")
     batch_size: int = Field(32, ge=1, description="Candidates per verifier call.")
     dedupe: bool = Field(True, description="Run a check that repeats one earlier in the same call once (a teacher's "
                          "samples of a problem often agree word for word); its repeats share the verdict.")

@@ -58,6 +58,16 @@ LIGHT_TASK = 0
 LIGHT_TASK_CONCURRENCY = 4
 
 
+def on_driver_node() -> dict:
+    """Ray Data options that pin a task or actor to the driver's node (the label every node carries). The driver's
+    node holds the job's files (the source parts it wrote, the shards and quarantine it reads back), so those need
+    no shared file system; and a lost worker node can never take the sink's buffered rows with it (losing the
+    driver's node ends the job anyway). Called when a stage is applied: the driver is connected then."""
+    import ray
+
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+
+
 @dataclass(frozen=True)
 class BatchStage(Stage):
     kind = "tasks"
@@ -84,6 +94,10 @@ class ActorStage(Stage):
     # (an estimate that needs the model on disk: building a stage list stays cheap).
     memory_gib: float | Callable[[], float | None] | None = None
     batch_size: int | None = 8      # None: one call per block
+    # Custom Ray resources each actor needs: the pool runs only on nodes that declare them (a teacher node,
+    # verifier nodes), and a lost node's actors restart on another node that has them.
+    resources: dict[str, float] = field(default_factory=dict)
+    driver_node: bool = False       # pinned to the driver's node (``on_driver_node``): the shard sinks
     # No restart settings: Ray Data restarts a dead pool actor (killed, OOM-killed, lost node) and retries its
     # batch by default. Setting them explicitly would stop Ray Data from fusing the prompt stage into the
     # teacher actor, and the prompt tasks would then need a CPU of their own (a deadlock on 2 CPUs).
@@ -99,6 +113,8 @@ class ActorStage(Stage):
             memory=int(memory_gib * 2**30) if memory_gib else None,
             batch_size=self.batch_size,
             batch_format="pandas",
+            **({"resources": dict(self.resources)} if self.resources else {}),
+            **(on_driver_node() if self.driver_node else {}),
         )
 
 

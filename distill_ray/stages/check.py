@@ -66,4 +66,5 @@ def build(cfg: PuzzleJobConfig) -> ActorStage:
                       init_kwargs=dict(limits=dict(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb),
                                        workers=cfg.verify_workers, judge=judge_puzzles,
                                        trusted_batch=cfg.trusted_batch),
-                      actors=cfg.verify_actors, cpus_per_actor=0.25, batch_size=cfg.verify_batch, memory_gib=0.5)
+                      actors=cfg.verify_actors, cpus_per_actor=0.25, batch_size=cfg.verify_batch, memory_gib=0.5,
+                      resources=cfg.verify_resources)

@@ -113,4 +113,5 @@ def build(cfg: PuzzleJobConfig, plan: Plan) -> ActorStage:
                       init_kwargs=dict(output=cfg.output, plan=asdict(plan), scope=cfg.near_dup_scope,
                                        threshold=cfg.near_dup_threshold),
                       # the dedupe index (~48 MB per million kept puzzles) and the chunks in flight
-                      actors=1, cpus_per_actor=0.1, batch_size=None, memory_gib=1.0)
+                      actors=1, cpus_per_actor=0.1, batch_size=None, memory_gib=1.0,
+                      driver_node=True)   # its buffered chunks never go down with a worker node

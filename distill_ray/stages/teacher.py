@@ -93,7 +93,7 @@ def pool(teacher: TeacherConfig, seed: int, name: str = "teacher", resample: dic
                       init_kwargs=dict(teacher=teacher, seed=seed, resample=resample),
                       actors=teacher.actors, cpus_per_actor=teacher.cpus_per_actor,
                       gpus_per_actor=teacher.gpus_per_actor, batch_size=teacher.batch_size,
-                      fanout=teacher.samples,
+                      fanout=teacher.samples, resources=teacher.resources,
                       memory_gib=functools.partial(actor_memory_gib, teacher.engine, teacher.model,
                                                    teacher.actor_memory_gib) if teacher.actor_memory_gib else None)
 

@@ -79,4 +79,4 @@ def build(verify: VerifyConfig) -> ActorStage:
                       init_kwargs=dict(limits={"timeout_s": verify.timeout_s, "memory_mb": verify.memory_mb},
                                        workers=verify.workers_per_actor, dedupe=verify.dedupe),
                       actors=verify.actors, cpus_per_actor=verify.cpus_per_actor, batch_size=verify.batch_size,
-                      memory_gib=verify.actor_memory_gib)
+                      memory_gib=verify.actor_memory_gib, resources=verify.resources)

@@ -38,9 +38,11 @@ class PuzzleJobConfig(BaseModel):
     verify_actors: int = Field(1, ge=1, description="Verifier actors.")
     verify_workers: int = Field(2, ge=1, description="Sandbox worker processes per verifier actor.")
     verify_batch: int = Field(512, ge=1, description="Rows per verifier call.")
+    verify_resources: dict[str, float] = Field({}, description="Custom Ray resources each verifier actor needs "
+                                               "(e.g. {verifier_node: 1}: the nodes started with them).")
     trusted_batch: int = Field(32, ge=1, description="Procedural (trusted) puzzles verified per sandboxed "
                                "process; 1: one P3 check each (see distill_ray.synth.batchcheck).")
-    timeout_s: float = Field(2.0, gt=0, description="Sandbox wall-clock limit per check.")
+    timeout_s: float = Field(2.0, gt=0, description="Sandbox CPU-time budget per check (wall clock capped at 3x + 1 s).")
     memory_mb: int = Field(512, ge=64, description="Sandbox address-space limit per process.")
     ray_address: str | None = Field(None, description="Ray cluster to join (null: local, or RAY_ADDRESS).")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray cluster (null: all).")
