@@ -84,7 +84,19 @@ def verify_jsonl_main(cfg: RunConfig, input_path: str, output_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; SIGTERM or SIGINT stops it gracefully (``stopping.py``), exit code 128 + the signal."""
+    from distill_ray.stopping import Stopped, stop_on_signals
+
     args = parser().parse_args(argv)
+    try:
+        with stop_on_signals():
+            return run_command(args)
+    except Stopped as stop:
+        print(f"distill-ray {args.command}: {stop}; rerun the same command to resume", file=sys.stderr)
+        return stop.exit_code
+
+
+def run_command(args) -> int:
     if args.command == "puzzles":
         from distill_ray.synth.job import config_from_args as puzzle_config, run_job
 

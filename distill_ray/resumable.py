@@ -27,13 +27,15 @@ from typing import Callable
 import pandas as pd
 import pyarrow as pa
 
+from distill_ray.cluster import alive_nodes, job_retries
 from distill_ray.shards import Manifest, ShardSet, chunk_ranges
 from distill_ray.stages import ActorStage, Columns, GroupStage, Stage, apply_stages, check_flow, rows_per_row, to_arrow
-from distill_ray.stages.base import LIGHT_TASK, LIGHT_TASK_CONCURRENCY, metered
+from distill_ray.stages.base import LIGHT_TASK, LIGHT_TASK_CONCURRENCY, metered, on_driver_node
+from distill_ray.stopping import Stopped, record_stop
 
 # Settings that change how fast rows are made, never which rows: a resumed run may use others.
 RESOURCE_KEYS = frozenset({"actors", "cpus_per_actor", "gpus_per_actor", "actor_memory_gib", "batch_size",
-                           "torch_threads", "workers_per_actor", "partitions", "engine_options"})
+                           "torch_threads", "workers_per_actor", "partitions", "engine_options", "resources"})
 CHUNK = "_chunk"   # the chunk a row belongs to, from the source to the sink (never written)
 CHUNK_PROBLEMS = "_chunk_problems"   # how many problems its chunk holds: the sink's count of a complete chunk
 SINK_MEMORY_GIB = 0.5   # the rows of the chunks in flight (a few chunks of chunk_size x samples rows)
@@ -69,20 +71,29 @@ def run_in_shards(source: "ProblemChunks | TableChunks", columns: Columns, stage
     todo = [index for index in range(len(source)) if index not in done]
     streamed, group = split_group_stage(stages)
     types = check_flow(columns, stages)
-    start = time.perf_counter()
+    start, alive = time.perf_counter(), None
     if todo:
+        alive = alive_nodes()
         sink = ActorStage("sink", reads=(), writes={}, cls=ShardSink, actors=1, batch_size=None,
                           # No CPU reserved: it must never take the CPU the prompt/extract tasks wait for (a
                           # config that leaves them exactly one of 2 CPUs would deadlock on any fraction).
-                          cpus_per_actor=0, memory_gib=SINK_MEMORY_GIB, init_kwargs=dict(
+                          cpus_per_actor=0, memory_gib=SINK_MEMORY_GIB, driver_node=True, init_kwargs=dict(
                               out_dir=str(out_dir), types=types, group=group, fanout=rows_per_row(streamed)))
         tagged = {**columns, CHUNK: pa.int64(), CHUNK_PROBLEMS: pa.int64()}
         ds = sink.apply(apply_stages(source.dataset(todo, tagged, out_dir, types), tagged, streamed))
-        follow_progress(ds, len(todo), len(source), log, Path(out_dir))
+        try:
+            follow_progress(ds, len(todo), len(source), log, Path(out_dir))
+        except Stopped as stop:   # the stream is shut down: its abandoned shards leave only temporary files
+            shards.remove_temp_files()
+            record_stop(manifest, stop, len(shards.done()), len(source))
+            log(f"{out_dir}: {stop}; {len(shards.done())} of {len(source)} shards written, the rest abandoned: "
+                "rerun with the same output to resume")
+            raise
     missing = sorted(set(todo) - shards.done())
     if missing:
         raise RuntimeError(f"{out_dir}: chunks {missing[:10]} got fewer rows than expected and were not written; "
                            "rerun with the same output to redo them")
+    manifest.update(status="complete", retried=job_retries(alive) if alive else {})
     return time.perf_counter() - start
 
 
@@ -154,7 +165,7 @@ class TableChunks:
                         "stop": self.chunks[i].stop} for i in todo]
         return ray.data.from_items(descriptors, override_num_blocks=len(todo)).map_batches(
             read_table_chunk, batch_size=1, batch_format="pandas", num_cpus=LIGHT_TASK,
-            concurrency=LIGHT_TASK_CONCURRENCY,
+            concurrency=LIGHT_TASK_CONCURRENCY, **on_driver_node(),   # the source parts may be the driver's files
             fn_kwargs=dict(read=self.read, types=types, quarantine_dir=str(self.quarantine_dir),
                            out_dir=str(out_dir), output_types=output_types))
 

@@ -200,6 +200,9 @@ def generate(cfg: RunConfig) -> dict:
     shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))
     stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
     stats["contaminated"] = contaminated_count(json.loads(line) for line in quarantine.read_text().splitlines())
+    stats["retried"] = Manifest.for_output(out).load().get("retried", {})
+    if any(stats["retried"].values()):
+        log(f"generate: retried after failures: {stats['retried']} (each row is still in the dataset once)")
     if stats["contaminated"]:
         log(f"generate: {stats['contaminated']} train problems or exemplars matched an evaluation problem and were "
             f"dropped (reasons in {quarantine})")

@@ -14,6 +14,7 @@ from collections import Counter
 
 from distill_ray.shards import Manifest, ShardSet
 from distill_ray.stages.sink import KEPT, rejected_dir
+from distill_ray.stopping import Stopped, record_stop
 from distill_ray.synth.config import Plan, PuzzleJobConfig
 
 
@@ -43,7 +44,7 @@ def summarize(output: str, plan: Plan) -> dict:
 
 def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
     """Run (or resume) the job; returns the summary written to ``DIR.manifest.json``."""
-    from distill_ray.cluster import connect_ray
+    from distill_ray.cluster import alive_nodes, connect_ray, job_retries
 
     plan = Plan.of(cfg)
     shards = ShardSet(cfg.output)
@@ -54,10 +55,20 @@ def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
     done = frozenset(shards.done())
     todo = plan.total_chunks - len(done)
     log(f"[puzzles] {plan.total_rows} rows in {plan.total_chunks} chunks; {len(done)} already written, {todo} to do")
-    start, counts = time.perf_counter(), Counter()
+    start, counts, retried = time.perf_counter(), Counter(), {}
     if todo:
         connect_ray(cfg.ray_address, cfg.num_cpus, progress_bars=False)   # our progress line replaces them
-        counts = _drive(build_dataset(cfg, plan, done), cfg, plan, len(done), log)
+        alive = alive_nodes()
+        try:
+            counts = _drive(build_dataset(cfg, plan, done), cfg, plan, len(done), log)
+        except Stopped as stop:   # the stream is shut down: its abandoned shards leave only temporary files
+            shards.remove_temp_files()
+            ShardSet(rejected_dir(cfg.output)).remove_temp_files()
+            record_stop(manifest, stop, len(shards.done()), plan.total_chunks)
+            log(f"[puzzles] {stop}; {len(shards.done())} of {plan.total_chunks} chunks written, the rest "
+                "abandoned: rerun with the same output to resume")
+            raise
+        retried = job_retries(alive)
     seconds = time.perf_counter() - start
     rows_run = sum(n for (fam, fate), n in counts.items() if not fate.startswith("_"))
     summary = summarize(cfg.output, plan)
@@ -65,7 +76,8 @@ def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
                       "rows_per_s": round(rows_run / seconds, 1) if seconds else 0.0,
                       "kept": sum(n for (f, fate), n in counts.items() if fate == KEPT),
                       "peak_chunks_pending": counts[("", "_peak_chunks_pending")]}
-    manifest.update(summary=summary)
+    summary["run"]["retried"] = retried
+    manifest.update(summary=summary, status="complete" if summary["chunks_done"] == plan.total_chunks else "partial")
     if summary["chunks_done"] < plan.total_chunks:   # e.g. the sink actor was restarted and lost its buffers
         log(f"[puzzles] {plan.total_chunks - summary['chunks_done']} chunks unfinished: rerun to resume them")
     log(f"[puzzles] done: {summary['kept']} kept of {summary['rows_done']} rows; this run {rows_run} rows in "
