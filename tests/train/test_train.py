@@ -314,6 +314,25 @@ def test_accumulation_weighs_every_target_token_the_same(ray_cluster, tiny_dir, 
 
 
 @pytest.mark.slow
+def test_zero0_on_one_worker_trains_as_zero2(ray_cluster, tiny_dir, tmp_path):
+    """One worker under ZeRO-0 skips DeepSpeed's all-reduce of the gradients (over one rank, the identity):
+    accumulated over two micro-batches it takes the same steps to the same weights as ZeRO-2 on one batch."""
+    import ray.data
+
+    from distill_ray.train import train_student
+
+    common = dict(workers=1, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
+    zero2 = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "zero2",
+                          TrainSettings(zero_stage=2, batch_size=4, grad_accum=1, **common))
+    zero0 = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "zero0",
+                          TrainSettings(zero_stage=0, batch_size=2, grad_accum=2, **common))
+    assert zero0.steps == zero2.steps == 2
+    assert zero0.loss_history == pytest.approx(zero2.loss_history, rel=1e-5)
+    a, b = _weights(zero2.output_dir), _weights(zero0.output_dir)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
+
+
+@pytest.mark.slow
 def test_healing_makes_a_cut_student_a_language_model_again(ray_cluster, teacher_dir, tmp_path):
     """A 4-layer cut of SmolLM2 (first 2 + last 2) writes word salad; a few kd steps from the full model on
     general text bring its held-out NLL on other general text well down."""
