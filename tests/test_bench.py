@@ -41,3 +41,31 @@ def test_rows_of_one_case_in_different_units_stay_apart():
     reps = [[{"stage": "t", "case": "c", "unit": unit, "workers": None, "ours": ours, "baseline": 1.0,
               "baseline_name": "raw"} for unit, ours in (("tokens/s", 30.0), ("prompts/s", 2.0))]]
     assert sorted((r["unit"], r["ours"]) for r in combine(reps)) == [("prompts/s", 2.0), ("tokens/s", 30.0)]
+
+
+def test_vectorised_vote_baseline_gives_the_rows_of_the_vote():
+    """vote_throughput's second baseline is only fair if it computes the same vote: mixed kinds, unlabelled
+    gsm8k, abstaining samples, one to three teachers with weights, ties, duplicates, require_majority."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.vote_throughput import vectorised_vote
+    from distill_ray.stages.vote import WRITES, vote_groups
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in range(80):
+        kind, expected = rng.choice(["gsm8k", "p3"]), rng.choice([np.nan, 0.0])
+        for teacher in "abc"[:rng.integers(1, 4)]:
+            for sample in range(rng.integers(1, 5)):
+                rows.append({"task_id": f"t{task}", "kind": kind, "expected": expected, "teacher": teacher,
+                             "sample_index": sample, "answer": rng.choice([None, "0", "1", "2"]),
+                             "passed": bool(rng.random() < 0.5),
+                             "program": rng.choice(["def f(): return 1", "def f():  return 1", "x"])})
+    frame = pd.DataFrame(rows).sample(frac=1, random_state=0)
+    for weights in ({}, {"a": 2.0, "b": 0.5}):
+        for require_majority in (False, True):
+            want = vote_groups(frame, require_majority, weights)
+            got = vectorised_vote(frame, require_majority, weights)
+            for column in WRITES:
+                assert got[column].tolist() == want[column].tolist(), column
