@@ -57,9 +57,20 @@ class PromptConfig(Section):
     num_shots: int = Field(3, ge=0, description="Few-shot exemplars in each teacher prompt.")
     pool_size: int = Field(42, ge=0, description="Train-split problems reserved as the exemplar pool (never "
                            "solved by the teacher nor trained on); GSM8K uses its hand-written exemplars.")
-    exemplars: Literal["fixed", "random", "retrieved"] = Field(
-        "retrieved", description="Same exemplars for every prompt, drawn per prompt (seeded), or retrieved: "
-        "the most similar train problems (same family first, then identifier overlap).")
+    exemplars: Literal["fixed", "random", "retrieved", "learned"] = Field(
+        "retrieved", description="Same exemplars for every prompt, drawn per prompt (seeded), retrieved: "
+        "the most similar train problems (same family first, then BM25), or learned: the top ones by the dense "
+        "retriever in `prompt.retriever`, trained from the teacher's likelihoods (EPR; `distill-ray retriever`).")
+    retriever: str | None = Field(None, description="Directory of a trained retriever (retriever.json + "
+                                  "retriever.npz, written by `distill-ray retriever --out DIR`); needed by "
+                                  "`exemplars: learned`.")
+
+    @model_validator(mode="after")
+    def _learned_needs_retriever(self):
+        if self.exemplars == "learned" and not self.retriever:
+            raise ValueError("prompt.exemplars 'learned' needs prompt.retriever (the directory `distill-ray "
+                             "retriever --out DIR` wrote)")
+        return self
 
 
 class SamplingConfig(Section):

@@ -12,6 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 SYSTEMS = {
     "p3": (
@@ -115,12 +116,13 @@ def exemplar_pool(problems: list[dict]) -> list[Exemplar]:
 
 
 def choose_exemplars(pool: list[Exemplar], k: int, strategy: str, seed: int, question: str = "",
-                     family: str = "") -> list[Exemplar]:
+                     family: str = "", retriever=None) -> list[Exemplar]:
     """k exemplars for ``question`` (never the question itself).
 
     ``fixed``: the same first k for every prompt; ``random``: k drawn per prompt, seeded by its question;
     ``retrieved``: the most similar ones: same family first, then BM25 score of the question against the
-    exemplar's question, then identifier overlap (ties).
+    exemplar's question, then identifier overlap (ties); ``learned``: the top k by a retriever trained from the
+    teacher's likelihoods (``epr.py``; ``retriever``: an ``epr.Retriever`` or the directory it was saved in).
     """
     candidates = [shot for shot in pool if shot.question != question]
     if strategy == "fixed":
@@ -133,7 +135,16 @@ def choose_exemplars(pool: list[Exemplar], k: int, strategy: str, seed: int, que
         ranked = sorted(range(len(pool)), key=lambda i: (pool[i].family != family, -scores[i],
                                                          -_overlap(words, _words(pool[i].question))))
         return [pool[i] for i in ranked if pool[i].question != question][:k]
-    raise ValueError(f"unknown exemplar strategy {strategy!r} (use 'fixed', 'random' or 'retrieved')")
+    if strategy == "learned":
+        if retriever is None:
+            raise ValueError("exemplar strategy 'learned' needs a retriever (prompt.retriever: the directory "
+                             "`distill-ray retriever --out DIR` wrote)")
+        if isinstance(retriever, (str, Path)):
+            from distill_ray.epr import load_retriever
+
+            retriever = load_retriever(retriever)
+        return retriever.top_k(pool, question, k)
+    raise ValueError(f"unknown exemplar strategy {strategy!r} (use 'fixed', 'random', 'retrieved' or 'learned')")
 
 
 class _BM25:

@@ -18,11 +18,12 @@ WRITES = {"messages": pa.string(),          # JSON list of chat messages (model-
 
 
 def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int, strategy: str,
-                  seed: int) -> pd.DataFrame:
+                  seed: int, retriever=None) -> pd.DataFrame:
     """Few-shot chat messages for each problem (``num_shots=0`` is the zero-shot student prompt)."""
     messages = []
     for kind, question, family in zip(batch["kind"], batch["question"], batch["family"]):
-        shots = choose_exemplars(exemplars, num_shots, strategy, seed, question, family) if num_shots else []
+        shots = (choose_exemplars(exemplars, num_shots, strategy, seed, question, family, retriever)
+                 if num_shots else [])
         messages.append(json.dumps(build_messages(kind, question, shots)))
     batch["messages"] = messages
     batch["response_prefix"] = [response_prefix(k, q) for k, q in zip(batch["kind"], batch["question"])]
@@ -30,7 +31,14 @@ def build_prompts(batch: pd.DataFrame, exemplars: list[Exemplar], num_shots: int
 
 
 def build(prompt: PromptConfig, exemplars: list[Exemplar], seed: int) -> BatchStage:
+    # A learned retriever is loaded (and its digest checked) here on the driver and shipped with the stage, so
+    # workers need not see its directory.
+    retriever = None
+    if prompt.exemplars == "learned":
+        from distill_ray.epr import load_retriever
+
+        retriever = load_retriever(prompt.retriever)
     # No CPU reserved: string work that must never wait behind the pools' reservations (see base.LIGHT_TASK).
     return BatchStage("prompt", reads=READS, writes=WRITES, fn=build_prompts, cpus=LIGHT_TASK,
                       fn_kwargs=dict(exemplars=exemplars, num_shots=prompt.num_shots, strategy=prompt.exemplars,
-                                     seed=seed))
+                                     seed=seed, retriever=retriever))
