@@ -30,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
                         ("train", "fine-tune the student on dataset/ with Ray Train + DeepSpeed"),
                         ("evaluate", "pass@k of teacher and students on the held-out problems"),
                         ("critic", "train a correctness critic on dataset/'s verdicts; report it on held-out rows"),
+                        ("retriever", "EPR: score exemplars with the teacher, train a dense exemplar retriever "
+                         "(prompt.exemplars: learned)"),
                         ("experiment", "the EKT experiment: one student, one data budget, arms x seeds")]:
         sub = commands.add_parser(name, help=help_)
         sub.add_argument("--config", help="YAML config file (see configs/)")
@@ -47,6 +49,11 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--dataset", help="dataset directory (default: <output_dir>/dataset)")
         if name == "critic":
             sub.add_argument("--out", help="where the critic goes (default: critic.path, else <output_dir>/critic)")
+        if name == "retriever":
+            sub.add_argument("--out", help="where the retriever goes (default: <output_dir>/retriever)")
+            sub.add_argument("--queries", type=int, default=96, help="train problems scored (after task.num_train)")
+            sub.add_argument("--candidates", type=int, default=12, help="exemplars scored per problem")
+            sub.add_argument("--epochs", type=int, default=40, help="retriever training epochs")
         if name == "evaluate":
             sub.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
                              help="evaluate this model (repeatable; default: teacher and students of the run)")
@@ -143,6 +150,8 @@ def run_command(args) -> int:
         print(json.dumps(workflow.train(cfg, args.dataset), indent=2, default=str))
     elif args.command == "critic":
         print(json.dumps(workflow.critic(cfg, args.dataset, args.out), indent=2))
+    elif args.command == "retriever":
+        print(json.dumps(workflow.retriever(cfg, args.out, args.queries, args.candidates, args.epochs), indent=2))
     elif args.command == "evaluate":
         models = dict(item.split("=", 1) for item in args.model) or None
         print(json.dumps(workflow.evaluate(cfg, models), indent=2))

@@ -296,6 +296,49 @@ def critic(cfg: RunConfig, dataset_dir: str | None = None, out_dir: str | None =
     return {"critic": str(out), **report}
 
 
+def retriever(cfg: RunConfig, out_dir: str | None = None, num_queries: int = 96, num_candidates: int = 12,
+              epochs: int = 40) -> dict:
+    """EPR (``epr.py``): score candidate exemplars with the (first) teacher, train the dense retriever, write it
+    to ``out_dir`` (default ``<output_dir>/retriever``) and return its report. The scored problems are the
+    ``num_queries`` train problems that follow the run's own ``task.num_train`` (same seed, same exemplar pool,
+    read through the same decontaminating load): a ``generate`` with this config never solves one of them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill_ray import epr
+
+    t, teacher = cfg.task, cfg.teacher_list()[0]
+    if t.source == "table" or teacher.engine not in ("hf", "vllm"):
+        raise ValueError("distill-ray retriever needs a built-in task source and a teacher model transformers "
+                         f"can load (got task.source {t.source!r}, teacher.engine {teacher.engine!r})")
+    out = Path(out_dir or Path(cfg.output_dir) / "retriever")
+    wider = cfg.model_copy(update={"output_dir": str(out), "task": t.model_copy(
+        update={"num_train": t.num_train + num_queries})})
+    pool, train, _ = load_task(wider)
+    solved = {p["question"] for p in train[:t.num_train]}
+    queries = [p for p in train[t.num_train:] if p.get("reference") and p["question"] not in solved][:num_queries]
+    if not queries or len(pool) < 2:
+        raise ValueError(f"nothing to train a retriever on: {len(queries)} problems with references, pool of {len(pool)}")
+    if teacher.torch_threads:
+        torch.set_num_threads(teacher.torch_threads)
+    path = resolve_model(teacher.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    log(f"retriever: scoring {len(queries)} problems x {min(num_candidates, len(pool))} exemplars with {teacher.model}")
+    trained, report = epr.build_retriever(model, tokenizer, queries, pool, num_candidates=num_candidates,
+                                          prompt_style=teacher.prompt_style, seed=cfg.seed, epochs=epochs, log=log)
+    report = {"teacher": teacher.model, "task_source": t.source, "seed": cfg.seed,
+              "query_task_ids": [q["task_id"] for q in queries], **report}
+    trained.save(out, report)
+    hits = report["held_out_top1_in_positives"]
+    log(f"retriever: held-out top-1 among the LM's positives: retriever {hits['retriever']}, BM25 {hits['bm25']}, "
+        f"same family + BM25 {hits['retrieved']}, random {hits['random']} -> {out} (digest {trained.digest[:12]})")
+    return {"retriever": str(out), "digest": trained.digest,
+            **{k: v for k, v in report.items() if k != "query_task_ids"}}
+
+
 def reverify(cfg: RunConfig, dataset_dir: str | None = None) -> dict:
     """Re-run every row's own check (rows are self-contained) and compare with the stored verdicts."""
     import ray
