@@ -301,6 +301,10 @@ class RunConfig(Section):
     resume: bool = Field(True, description="Continue an existing dataset at output_dir (same settings required) "
                          "instead of deleting it and starting over.")
     ray: RayConfig = RayConfig()
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (file:outputs/mlruns, http://host:5000): "
+                                   "generate logs its dataset's numbers and training each step's loss and the run's "
+                                   "throughput there, when mlflow is installed. Null: MLFLOW_TRACKING_URI if set, "
+                                   "else no MLflow (TensorBoard files are always written).")
     task: TaskConfig = TaskConfig()
     prompt: PromptConfig = PromptConfig()
     teacher: TeacherConfig = Field(TeacherConfig(), description="The teacher, or with `teachers` the settings "

@@ -21,6 +21,7 @@ from distill_ray.config import RunConfig, TeacherConfig
 from distill_ray.critic import Critic, top_pick_pass, train_critic
 from distill_ray.evaluate.passk import pass_at_k, summarize_passk
 from distill_ray.evaluate.report import write_model_card, write_report
+from distill_ray.mlflow_log import mlflow_run, numbers
 from distill_ray.models import resolve_model
 from distill_ray.pipelines.distill import distill_stages
 from distill_ray.prompts import Exemplar, build_messages, exemplar_pool, render, response_prefix
@@ -174,7 +175,7 @@ def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exempla
                             sampling_seed=sampling_seed, critic_model=critic_model,
                             resample_rounds=cfg.critic.resample_rounds if vote else 0)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume",
-                                                "critic"}))
+                                                "critic", "mlflow_uri"}))
     if critic_model is not None:   # the critic's weights decide rows: a resumed run must use the same ones
         params["critic"] = [critic_model.digest(), cfg.critic.resample_rounds]
     source = problems if isinstance(problems, TableChunks) else ProblemChunks(problems, cfg.chunk_size)
@@ -207,6 +208,9 @@ def generate(cfg: RunConfig) -> dict:
         log(f"generate: {stats['contaminated']} train problems or exemplars matched an evaluation problem and were "
             f"dropped (reasons in {quarantine})")
     write_manifest(out, cfg, stats)
+    with mlflow_run(cfg.mlflow_uri, f"{cfg.name}/generate", cfg.model_dump()) as tracking:
+        if tracking is not None:
+            tracking.log({f"generate/{k}": v for k, v in numbers(stats).items()})
     log(f"generate: {stats['verified']}/{stats['candidates']} candidates verified, {stats['kept']} kept "
         f"-> {out}")
     return {"dataset": str(out), **stats}
@@ -417,7 +421,7 @@ def train_settings(cfg: RunConfig, teacher_dir: Path | None = None, **changes) -
     """The trainer's settings: ``train``, the run's seed and teacher (``changes`` override single fields)."""
     from distill_ray.train import TrainSettings
 
-    return TrainSettings(**{**cfg.train.model_dump(), "seed": cfg.seed,
+    return TrainSettings(**{**cfg.train.model_dump(), "seed": cfg.seed, "mlflow_uri": cfg.mlflow_uri,
                             "teacher_dir": str(teacher_dir) if teacher_dir else None, **changes})
 
 
@@ -553,6 +557,10 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
         if cfg.critic.path:
             results[label]["critic@1"] = critic_pick(rows)
         log(f"evaluate: {label} pass@1 = {results[label]['pass@1']['mean']:.3f}" if 1 in e.k else f"evaluate: {label} done")
+    with mlflow_run(cfg.mlflow_uri, f"{cfg.name}/evaluate", cfg.model_dump()) as tracking:
+        if tracking is not None:   # per model: evaluate/<model>.pass_at_<k>.mean
+            tracking.log({f"evaluate/{k}": v for k, v in numbers(results).items()
+                          if k.endswith(".mean") or k.endswith("critic@1")})
     return results
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill_ray.config import OnPolicyConfig, VerifyConfig
+from distill_ray.mlflow_log import mlflow_run
 from distill_ray.onpolicy.actors import RolloutJudge, StudentSampler, TeacherScorer
 from distill_ray.onpolicy.loop import on_policy_loop_per_worker
 from distill_ray.train.config import TrainResult, TrainSettings
@@ -45,13 +46,15 @@ def train_on_policy(init_dir: str | Path, problems: list[dict], teachers: list[S
         "judge": actor(RolloutJudge).remote({"timeout_s": verify.timeout_s, "memory_mb": verify.memory_mb},
                                             verify.workers_per_actor),
     }
-    trainer = _make_trainer(init_dir, problems, actors, output_dir, settings, op)
-    started = time.perf_counter()
-    try:
-        result = trainer.fit()
-    finally:
-        _stop(actors)
-    wall = time.perf_counter() - started
+    with mlflow_run(settings.mlflow_uri, output_dir.name, {**settings.model_dump(), "on_policy": op.model_dump()}) \
+            as tracking:
+        trainer = _make_trainer(init_dir, problems, actors, output_dir, settings, op, tracking)
+        started = time.perf_counter()
+        try:
+            result = trainer.fit()
+        finally:
+            _stop(actors)
+        wall = time.perf_counter() - started
     export_checkpoint(result.checkpoint, init_dir, output_dir)
     train_result = write_result(result, init_dir, output_dir, settings, wall, on_policy=op.model_dump(),
                                 teachers=[t.__dict__ for t in teachers])
@@ -72,7 +75,7 @@ def require_student_vocabulary(student_dir: Path, teachers: list[ScoringTeacher]
 
 
 def _make_trainer(init_dir: Path, problems: list[dict], actors: dict, output_dir: Path, settings: TrainSettings,
-                  op: OnPolicyConfig):
+                  op: OnPolicyConfig, tracking=None):
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
@@ -81,7 +84,7 @@ def _make_trainer(init_dir: Path, problems: list[dict], actors: dict, output_dir
                            "problems": problems, "actors": actors,
                            "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR")},
         scaling_config=scaling_config(settings),
-        run_config=run_config(settings, output_dir),
+        run_config=run_config(settings, output_dir, tracking),
     )
 
 

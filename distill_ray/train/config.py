@@ -30,6 +30,8 @@ class TrainSettings(TrainConfig):
     shuffle_buffer: int = Field(10_000, ge=0, description="Rows each worker permutes at a time, seeded per epoch "
                                 "(0: split order).")
     deepspeed: dict = Field({}, description="Extra DeepSpeed config keys, merged over ours.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI of the run (the run config's mlflow_uri; "
+                                   "null: MLFLOW_TRACKING_URI if set, else no MLflow).")
     fail_at_step: int | None = Field(None, description="Testing fault tolerance: raise once after this step (not "
                                      "after a resume).")
 

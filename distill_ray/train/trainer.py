@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from distill_ray.mlflow_log import MlflowRun, mlflow_run
 from distill_ray.train.config import TrainResult, TrainSettings
 from distill_ray.train.data import as_dataset
 from distill_ray.train.loop import DATASET_PREFIX, HF_DIR, train_loop_per_worker
@@ -31,10 +32,11 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     settings = settings or TrainSettings()
     init_dir, output_dir = Path(init_dir).resolve(), Path(output_dir).resolve()
     splits = split_for_workers(as_dataset(data), settings)
-    trainer = _make_trainer(init_dir, splits, output_dir, settings)
-    started = time.perf_counter()
-    result = trainer.fit()  # raises TrainingFailedError once max_failures restarts are used up
-    wall = time.perf_counter() - started
+    with mlflow_run(settings.mlflow_uri, output_dir.name, settings.model_dump()) as tracking:
+        trainer = _make_trainer(init_dir, splits, output_dir, settings, tracking)
+        started = time.perf_counter()
+        result = trainer.fit()  # raises TrainingFailedError once max_failures restarts are used up
+        wall = time.perf_counter() - started
 
     export_checkpoint(result.checkpoint, init_dir, output_dir)
     train_result = write_result(result, init_dir, output_dir, settings, wall)
@@ -116,7 +118,7 @@ def _order_key(batch, seed: int):
     return batch
 
 
-def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: TrainSettings):
+def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: TrainSettings, tracking=None):
     from ray.train import DataConfig
     from ray.train.torch import TorchTrainer
 
@@ -130,7 +132,7 @@ def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: Trai
             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
         },
         scaling_config=scaling_config(settings),
-        run_config=run_config(settings, output_dir),
+        run_config=run_config(settings, output_dir, tracking),
         # Each worker reads its own split whole (``loop.DATASET_PREFIX``): no streaming split, whose
         # block-to-worker assignment changes from run to run.
         datasets={f"{DATASET_PREFIX}{rank}": split for rank, split in enumerate(splits)},
@@ -147,10 +149,16 @@ def scaling_config(settings: TrainSettings):
     return ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu, resources_per_worker=resources)
 
 
-def run_config(settings: TrainSettings, output_dir: Path):
+def run_config(settings: TrainSettings, output_dir: Path, tracking: MlflowRun | None = None):
+    """Ray Train's run settings: storage, restarts, checkpoints kept, and the tracking callbacks (TensorBoard;
+    MLflow when ``tracking`` is the run the driver opened)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    from distill_ray.train.tracking import TensorBoardCallback, log_dir_for
+    from distill_ray.train.tracking import MlflowCallback, TensorBoardCallback, log_dir_for
+
+    callbacks = [TensorBoardCallback(log_dir_for(output_dir))] if settings.tensorboard else []
+    if tracking is not None:
+        callbacks.append(MlflowCallback(tracking.uri, tracking.run_id))
 
     return RunConfig(
         # A fresh name per run: Ray Train resumes a run whose name already exists in the storage.
@@ -158,7 +166,7 @@ def run_config(settings: TrainSettings, output_dir: Path):
         storage_path=settings.storage_path or str(output_dir / RUN_STORAGE),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
-        callbacks=[TensorBoardCallback(log_dir_for(output_dir))] if settings.tensorboard else [],
+        callbacks=callbacks,
     )
 
 

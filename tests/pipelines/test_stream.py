@@ -64,7 +64,7 @@ def test_the_teacher_pool_starts_once_for_all_chunks_and_a_resume_samples_only_t
     task = {"source": "puzzles", "num_train": 12, "num_eval": 2, "families": ["add_const"]}
     overrides = [f"output_dir={tmp_path}", "task.source=puzzles", "task.num_train=12", "task.num_eval=2",
                  "task.families=[add_const]", "prompt.pool_size=4", "chunk_size=4", "teacher.engine=replay",
-                 "teacher.model=references", "teacher.samples=3",
+                 "teacher.model=references", "teacher.samples=3", f"mlflow_uri=file:{tmp_path / 'mlruns'}",
                  f"teacher.engine_options={{task: {task}, task_seed: 0, pool_size: 4, wrong_fraction: 0.3}}"]
 
     def teacher_actors() -> set[str]:
@@ -83,6 +83,11 @@ def test_the_teacher_pool_starts_once_for_all_chunks_and_a_resume_samples_only_t
 
     board = scalars(tmp_path / "tensorboard" / "dataset")           # the stream's progress, for TensorBoard
     assert board["stream/rows"][-1][1] == 12 * 3 and board["stream/shards_written"][-1][1] == 3
+    import mlflow                                                   # and the dataset's numbers, for MLflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("distill-ray").experiment_id])
+    assert run.data.metrics["generate/candidates"] == 12 * 3 and run.info.status == "FINISHED"
 
     # A job killed after chunk 1: the rerun streams chunk 1 alone and leaves the others untouched.
     kept = {c: shards.path(c).stat().st_mtime_ns for c in (0, 2)}

@@ -164,7 +164,9 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
 
     from distill_ray.train import train_student
 
-    settings = TrainSettings(workers=2, zero_stage=2, epochs=3, batch_size=4, lr=3e-3, log_every=0)
+    mlflow_uri = f"file:{tmp_path / 'mlruns'}"
+    settings = TrainSettings(workers=2, zero_stage=2, epochs=3, batch_size=4, lr=3e-3, log_every=0,
+                             mlflow_uri=mlflow_uri)
     result = train_student(tiny_dir, ray.data.from_items(pattern_rows()), tmp_path / "student", settings)
 
     # 32 rows split over 2 workers, 4 per micro-batch: 4 optimizer steps per epoch.
@@ -186,6 +188,16 @@ def test_train_student_zero2_two_workers(ray_cluster, tiny_dir, tmp_path):
     assert [step for step, _ in events["train/loss"]] == list(range(1, 13))
     assert [v for _, v in events["train/loss"]] == pytest.approx(result.loss_history, rel=1e-5)
     assert events["train/tokens"][-1][1] == result.tokens and not (tmp_path / "student" / "tensorboard").exists()
+    # MLflow: the same loss per step and run numbers, in a finished run named after the student.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("distill-ray").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "student" and run.data.params["zero_stage"] == "2"
+    losses = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [m.step for m in losses] == list(range(1, 13))
+    assert [m.value for m in losses] == pytest.approx(result.loss_history, rel=1e-5)
+    assert run.data.metrics["train/tokens"] == result.tokens
     # The default checkpoint storage under the output is gone once the student is exported.
     assert not (tmp_path / "student" / "_ray_train").exists() and saved["result"]["checkpoint_path"] is None
 
