@@ -33,10 +33,16 @@ def stage_table(stages) -> str:
 
 
 def distill_stage_table() -> str:
+    """The distillation pipeline with its optional critic stage (any critic: only its declarations show)."""
+    import numpy as np
+
     from distill_ray.config import PromptConfig, TeacherConfig, VerifyConfig, VoteConfig
+    from distill_ray.critic import Critic
     from distill_ray.pipelines.distill import distill_stages
 
-    return stage_table(distill_stages([TeacherConfig()], PromptConfig(), VerifyConfig(), [], 0, VoteConfig()))
+    stages = distill_stages([TeacherConfig()], PromptConfig(), VerifyConfig(), [], 0, VoteConfig(),
+                            critic_model=Critic(np.zeros(2), 0.5))
+    return stage_table(stages).replace("| critic |", "| critic (with `critic.path`) |")
 
 
 def puzzle_stage_table() -> str:
