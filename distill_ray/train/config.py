@@ -53,6 +53,8 @@ class TrainResult:
     resumed_from: list[int] = field(default_factory=list)  # steps at which the run restarted from a checkpoint
     peak_rss_mb: float = 0.0    # rank 0 worker's peak resident memory
     history: list[dict] = field(default_factory=list)  # per-step records (on-policy: divergence, verified, times)
+    step_seconds: list[float] = field(default_factory=list)  # rank 0's seconds of each optimizer step (its batch
+    # wait included): their median is a steady-state step time that other jobs' bursts of load hardly move
 
     @property
     def samples_per_s(self) -> float:

@@ -50,6 +50,7 @@ class TrainState:
     data_seconds: float = 0.0     # rank 0's share of ``seconds`` spent waiting for batches and tokenizing
     epoch_start_seconds: float = 0.0  # rank 0's share of ``seconds`` waiting for each epoch's first batch
     loss_history: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)   # rank 0's seconds of each optimizer step
     resumed_from: list[int] = field(default_factory=list)  # steps at which this run was restored
     history: list[dict] = field(default_factory=list)      # per-step records of loops that keep them (on-policy)
 
@@ -223,7 +224,8 @@ def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, sta
         for window in _windows(_epoch_batches(split, settings, state.epoch, rank), settings.grad_accum):
             if window[0][0] < state.micro_in_epoch:
                 continue  # resumed mid-epoch: trained on before the checkpoint (windows align with steps)
-            stats = _Window(started=time.perf_counter())
+            # The step's clock starts before its batch is fetched: the wait is part of it (``data_seconds``).
+            stats = _Window(started=fetch_start)
             # Seeded by position, so a resumed run draws the same demonstrations and noise again.
             batches = [(index, make_batch(rows, tokenizer, settings.max_length, pad_id, objective.needs,
                                           random.Random(_seed(settings, rank, state.epoch, index)),
@@ -335,7 +337,9 @@ def _close_step(state: TrainState, window: _Window, device) -> None:
     state.samples += int(samples)
     state.tokens += int(tokens)
     state.input_tokens += int(input_tokens)
-    state.seconds += time.perf_counter() - window.started
+    elapsed = time.perf_counter() - window.started
+    state.seconds += elapsed
+    state.step_seconds.append(elapsed)
     state.data_seconds += window.data_seconds  # rank 0's is what gets reported
     state.epoch_start_seconds += window.epoch_start_seconds
 

@@ -66,7 +66,7 @@ def write_result(result, init_dir: Path, output_dir: Path, settings: TrainSettin
         # Kept only where it outlives the run (release_run_storage).
         checkpoint_path=result.checkpoint.path if result.checkpoint and settings.storage_path else None,
         resumed_from=list(metrics.get("resumed_from", [])), peak_rss_mb=metrics.get("peak_rss_mb", 0.0),
-        history=list(metrics.get("history", [])),
+        history=list(metrics.get("history", [])), step_seconds=list(metrics.get("step_seconds", [])),
     )
     (output_dir / RESULT_FILE).write_text(json.dumps(
         {"init_dir": str(init_dir), "settings": settings.model_dump(), **extra, "result": asdict(train_result)},
