@@ -17,7 +17,8 @@ Like for like:
   parallel: no gradient buckets or flat partitions to copy into).
 
 Prints samples/s and tokens/s (target tokens, and all non-padding tokens) and the ratios against the
-baseline; steady state is the loop without Ray Data's wait for the first batch.
+baseline, over the whole loop and in steady state: the median step time times the steps, on both sides (a
+median that bursts of other jobs' load, and Ray Data's wait for the first batch, hardly move).
 
     python benchmarks/train_throughput.py --steps 20 --workers 1 2 --zero-stages 0 2
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -85,9 +87,10 @@ def baseline(init_dir: Path, rows: list[dict], steps: int, batch_size: int, sett
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     samples = tokens = input_tokens = 0
-    losses = []
+    losses, step_seconds = [], []
     started = time.perf_counter()
     for step in range(steps):
+        step_started = time.perf_counter()
         start = (step * batch_size) % len(rows)
         chunk = (rows + rows)[start:start + batch_size]
         batch = collate(tokenize_rows(tokenizer, [r["prompt_text"] for r in chunk],
@@ -102,8 +105,10 @@ def baseline(init_dir: Path, rows: list[dict], steps: int, batch_size: int, sett
         samples += len(chunk)
         tokens += out.tokens
         input_tokens += int(batch["attention_mask"].sum())
+        step_seconds.append(time.perf_counter() - step_started)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "samples": samples, "tokens": tokens, "input_tokens": input_tokens,
+            "median_step": statistics.median(step_seconds),
             "first_loss": float(losses[0]), "last_loss": float(losses[-1]), "threads": torch.get_num_threads(),
             "nice": os.nice(0)}
 
@@ -126,6 +131,11 @@ def ray_run(init_dir: Path, data: Path, work: Path, workers: int, zero_stage: in
     return result, settings
 
 
+def steady_seconds(result) -> float:
+    """A run's steady-state loop time: its median step time times its steps."""
+    return statistics.median(result.step_seconds) * result.steps
+
+
 def train_settings(args, workers: int = 1, zero_stage: int = 2, threads: int | None = None):
     from distill_ray.train import TrainSettings
 
@@ -142,9 +152,9 @@ def measure(quick: bool = False) -> list[dict]:
     init_dir, runs, base = run(args)
     rows = []
     for (workers, zero), (r, settings, base) in runs.items():
-        steady = r.seconds - r.epoch_start_seconds
-        for unit, ours, plain in (("target tokens/s", r.tokens / steady, base["tokens"] / base["seconds"]),
-                                  ("samples/s", r.samples / steady, base["samples"] / base["seconds"])):
+        steady, plain_steady = steady_seconds(r), base["median_step"] * args.steps
+        for unit, ours, plain in (("target tokens/s", r.tokens / steady, base["tokens"] / plain_steady),
+                                  ("samples/s", r.samples / steady, base["samples"] / plain_steady)):
             rows.append({"stage": "train", "case": f"tiny Llama, ZeRO-{zero}, {unit.split('/')[0]}",
                          "unit": unit, "workers": workers, "ours": ours, "baseline": plain,
                          "baseline_name": f"plain PyTorch loop, 1 process, {base['threads']} thread(s), "
@@ -199,40 +209,42 @@ def run(args) -> tuple[Path, dict, dict]:
     def plain(threads: int) -> dict:
         result = baseline_in_ray(init_dir, ordered, args.steps, args.global_batch, settings, threads)
         print(f"plain torch in a Ray task (nice {result['nice']}), {threads} thread(s): "
-              f"{result['seconds'] / args.steps:.3f} s/step", flush=True)
+              f"{result['seconds'] / args.steps:.3f} s/step, median {result['median_step']:.3f}", flush=True)
         return result
 
     bases = [plain(threads) for threads in sorted({1, args.threads})]
-    threads = min(bases, key=lambda b: b["seconds"])["threads"]
+    threads = min(bases, key=lambda b: b["median_step"])["threads"]
     runs = {}
     for zero in args.zero_stages:
         for w in args.workers:
             # Other jobs' load drifts: each run gets its own baseline, timed right before and right after it.
             before = plain(threads)
             result = ray_run(init_dir, work / "data", work, w, zero, max(1, threads // w), args)
-            runs[(w, zero)] = (*result, min(before, plain(threads), key=lambda b: b["seconds"]))
-    base = min((b for *_, b in runs.values()), key=lambda b: b["seconds"])
+            runs[(w, zero)] = (*result, min(before, plain(threads), key=lambda b: b["median_step"]))
+    base = min((b for *_, b in runs.values()), key=lambda b: b["median_step"])
     base["driver"] = baseline(init_dir, ordered, args.steps, args.global_batch, settings, threads)
     print(f"plain torch in the driver (nice {base['driver']['nice']}), {threads} thread(s): "
-          f"{base['driver']['seconds'] / args.steps:.3f} s/step", flush=True)
+          f"{base['driver']['seconds'] / args.steps:.3f} s/step, median {base['driver']['median_step']:.3f}",
+          flush=True)
     return init_dir, runs, base
 
 
 def report(init_dir: Path, runs: dict, base: dict, args) -> None:
     from transformers import AutoModelForCausalLM
 
-    def rates(r) -> tuple:
-        return r["samples"] / r["seconds"], r["tokens"] / r["seconds"], r["input_tokens"] / r["seconds"], \
-            r["seconds"] / args.steps
+    def rates(r) -> tuple:   # the plain loop: whole loop, and median step x steps
+        return tuple((r["samples"] / sec, r["tokens"] / sec, r["input_tokens"] / sec, sec / args.steps)
+                     for sec in (r["seconds"], r["median_step"] * args.steps))
 
-    table = {f"plain torch, Ray task, nice {base['nice']} (fastest)": (*rates(base), 1.0),
-             f"plain torch, driver, nice {base['driver']['nice']}": (*rates(base["driver"]), 1.0)}
+    table = {}
+    for name, r in ((f"plain torch, Ray task, nice {base['nice']} (fastest)", base),
+                    (f"plain torch, driver, nice {base['driver']['nice']}", base["driver"])):
+        table[name], table[f"  same, steady state [{name}]"] = (*rates(r)[0], None), (*rates(r)[1], None)
     for (workers, zero), (r, settings, own) in runs.items():
-        steady = r.seconds - r.epoch_start_seconds  # without Ray Data's start-up wait for the first batch
-        own_rate = own["tokens"] / own["seconds"]
-        table[f"  plain torch, just before/after [{workers}, {zero}]"] = (*rates(own), 1.0)
+        own_rate = own["tokens"] / (own["median_step"] * args.steps)
+        table[f"  plain torch steady, just before/after [{workers}, {zero}]"] = (*rates(own)[1], None)
         for name, sec in ((f"ray ZeRO-{zero}, {workers} worker(s) x {settings.torch_threads} thr", r.seconds),
-                          ("  same, steady state", steady)):
+                          ("  same, steady state", steady_seconds(r))):
             table[f"{name} [{workers}, {zero}]"] = (r.samples / sec, r.tokens / sec, r.input_tokens / sec,
                                                     sec / r.steps, r.tokens / sec / own_rate)
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(init_dir).parameters())
@@ -240,13 +252,15 @@ def report(init_dir: Path, runs: dict, base: dict, args) -> None:
           f"plain loop {base['threads']} thread(s), load average {os.getloadavg()[0]:.1f}")
     print(f"{'':46}{'samples/s':>10}{'target tok/s':>14}{'input tok/s':>13}{'s/step':>8}{'ratio':>7}"
           f"{'vs fastest':>11}{'vs driver':>10}")
-    fastest, driver = base["tokens"] / base["seconds"], base["driver"]["tokens"] / base["driver"]["seconds"]
+    fastest = base["tokens"] / (base["median_step"] * args.steps)
+    driver = base["driver"]["tokens"] / (base["driver"]["median_step"] * args.steps)
     for name, row in table.items():
-        own = f"{row[4]:7.2f}" if not name.lstrip().startswith("plain") else f"{'':7}"
-        print(f"{name:46}{row[0]:10.1f}{row[1]:14.1f}{row[2]:13.1f}{row[3]:8.3f}{own}{row[1] / fastest:11.2f}"
-              f"{row[1] / driver:10.2f}")
-    print("ratio: against the plain loop timed just before/after the run (the faster of the two), at the same "
-          "thread count and priority")
+        own = f"{row[4]:7.2f}" if row[4] is not None else f"{'':7}"
+        print(f"{name.split(' [plain')[0]:46}{row[0]:10.1f}{row[1]:14.1f}{row[2]:13.1f}{row[3]:8.3f}{own}"
+              f"{row[1] / fastest:11.2f}{row[1] / driver:10.2f}")
+    print("ratio: target tokens/s against the plain loop's steady state timed just before/after the run (the "
+          "faster of the two), at the same thread count and priority; vs fastest / vs driver: against the "
+          "fastest steady state of the plain loop in a Ray task / in the driver")
     print(f"loss first -> last: plain {base['first_loss']:.3f} -> {base['last_loss']:.3f}, " + ", ".join(
         f"ray[{w} w, ZeRO-{z}] {r.loss_history[0]:.3f} -> {r.loss_history[-1]:.3f}"
         for (w, z), (r, *_) in runs.items()))
