@@ -62,8 +62,11 @@ class ResourceSampler:
         tracked = {}
         while not self._stop.wait(self.interval_s):
             cpu: dict[str, float] = {}
+            mine = own_processes(psutil)
             for process in psutil.process_iter(["pid", "cmdline"]):
                 try:
+                    if mine is not None and process.pid not in mine:
+                        continue   # another job's process on this machine
                     kind = self.kind(process)
                     if kind is None:
                         continue
@@ -88,6 +91,23 @@ class ResourceSampler:
         return {kind: {"peak_rss_mb": round(self.peak_rss_mb[kind], 1),
                        "mean_cpu_percent": round(statistics.mean(self.cpu_samples.get(kind) or [0.0]), 1)}
                 for kind in sorted(self.peak_rss_mb)}
+
+
+def own_processes(psutil) -> set[int] | None:
+    """This process and its descendants when it started its own Ray cluster (a local one: the raylet and every
+    Ray worker, actor and sandbox then descend from it), so another job's processes on the same machine are never
+    counted; None when it joined a cluster (``ray job submit``): then every matching process on the machine counts."""
+    def command(process) -> str:
+        try:
+            return " ".join(process.cmdline())
+        except psutil.Error:   # exited meanwhile
+            return ""
+
+    me = psutil.Process()
+    descendants = me.children(recursive=True)
+    if not any("raylet" in command(p) for p in descendants):
+        return None
+    return {me.pid, *(p.pid for p in descendants)}
 
 
 def combine(repetitions: list[list[dict]]) -> list[dict]:

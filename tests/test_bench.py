@@ -69,3 +69,20 @@ def test_vectorised_vote_baseline_gives_the_rows_of_the_vote():
             got = vectorised_vote(frame, require_majority, weights)
             for column in WRITES:
                 assert got[column].tolist() == want[column].tolist(), column
+
+
+def test_the_resource_sampler_counts_only_its_own_clusters_processes(ray_cluster):
+    """Started by this process, the cluster's workers are its descendants: they count, another job's do not."""
+    import os
+
+    import psutil
+
+    from distill_ray.bench import own_processes
+
+    @ray_cluster.remote
+    def pid() -> int:
+        return os.getpid()
+
+    worker = ray_cluster.get(pid.remote())
+    mine = own_processes(psutil)
+    assert mine is not None and os.getpid() in mine and worker in mine and os.getppid() not in mine
