@@ -8,13 +8,12 @@ No timing is asserted but generous bounds that say a candidate was stopped at al
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from distill_ray.verify import Check, SandboxLimits, Verifier, pool
+from distill_ray.verify import Check, SandboxLimits, Verifier
 from distill_ray.verify.budget import wall_cap
 
 SLEEP = "import time\ndef solution():\n    time.sleep(0.7)\n    return 7\n"
@@ -44,18 +43,6 @@ def loaded():
         for p in burners:
             p.kill()
             p.wait()
-
-
-@pytest.fixture(params=["native", "python"])
-def mode(request, monkeypatch):
-    if request.param == "python":
-        monkeypatch.setenv("DISTILL_RAY_VERIFY_NATIVE", "0")
-    elif not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler: only the pure-Python path exists here")
-    else:
-        monkeypatch.delenv("DISTILL_RAY_VERIFY_NATIVE", raising=False)
-    monkeypatch.setattr(pool, "_NATIVE", [])
-    return request.param
 
 
 def test_sleep_passes_and_loops_time_out_on_a_loaded_machine(loaded, mode):

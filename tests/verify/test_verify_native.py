@@ -28,18 +28,6 @@ def _checks() -> list[Check]:
 WANT = ["pass", "pass", "pass", "fail", "timeout", "error", "timeout"]
 
 
-@pytest.fixture(params=["python", "native"])
-def mode(request, monkeypatch):
-    if request.param == "python":
-        monkeypatch.setenv("DISTILL_RAY_VERIFY_NATIVE", "0")
-    elif not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler: only the pure-Python path exists here")
-    else:
-        monkeypatch.delenv("DISTILL_RAY_VERIFY_NATIVE", raising=False)   # a run of the suite with it set to 0
-    monkeypatch.setattr(pool, "_NATIVE", [])   # build (or not) again under this setting
-    return request.param
-
-
 def test_same_verdicts_and_own_random_streams(mode):
     with Verifier(SandboxLimits(timeout_s=3), workers=1) as v:
         assert v.protections["native_fork"].startswith("on" if mode == "native" else "off"), v.protections
