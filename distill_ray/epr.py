@@ -368,5 +368,10 @@ def build_retriever(model, tokenizer, queries: list[dict], pool: list[Exemplar],
         "held_out_top1_in_positives": {k: round(v / n, 3) for k, v in hits.items()}
         | {"random": round(positives / max(num_candidates, 1), 3)},
         "held_out_mean_logprob_spread": round(float(np.mean(spread)), 3) if spread else None,
+        # every scored pair, for audit (the command writes these to scores.jsonl, not to retriever.json)
+        "scored": [{"question": q["question"], "family": q.get("family", ""), "held_out": i in test_ids,
+                    "candidates": [{"question": pool[c].question, "family": pool[c].family, "logprob": round(v, 4)}
+                                   for c, v in zip(candidates[i], scores[i])]}
+                   for i, q in enumerate(queries)],
     }
     return retriever, report

@@ -333,9 +333,12 @@ def retriever(cfg: RunConfig, out_dir: str | None = None, num_queries: int = 96,
     log(f"retriever: scoring {len(queries)} problems x {min(num_candidates, len(pool))} exemplars with {teacher.model}")
     trained, report = epr.build_retriever(model, tokenizer, queries, pool, num_candidates=num_candidates,
                                           prompt_style=teacher.prompt_style, seed=cfg.seed, epochs=epochs, log=log)
+    scored = report.pop("scored")
     report = {"teacher": teacher.model, "task_source": t.source, "seed": cfg.seed,
               "query_task_ids": [q["task_id"] for q in queries], **report}
     trained.save(out, report)
+    (out / "scores.jsonl").write_text("".join(json.dumps({"task_id": q["task_id"], **row}) + "\n"
+                                              for q, row in zip(queries, scored)))
     hits = report["held_out_top1_in_positives"]
     log(f"retriever: held-out top-1 among the LM's positives: retriever {hits['retriever']}, BM25 {hits['bm25']}, "
         f"same family + BM25 {hits['retrieved']}, random {hits['random']} -> {out} (digest {trained.digest[:12]})")

@@ -186,4 +186,7 @@ def test_retriever_command_scores_trains_and_writes_a_report(tmp_path, tokenizer
     _, train, _ = workflow.load_task(cfg.model_copy(update={"task": cfg.task.model_copy(update={"num_train": 12})}))
     assert saved["report"]["query_task_ids"] == [p["task_id"] for p in train[4:12]]
     assert epr.Retriever.load(tmp_path / "r").digest == report["digest"]
+    scored = [json.loads(line) for line in (tmp_path / "r" / "scores.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in scored] == saved["report"]["query_task_ids"] and "scored" not in saved["report"]
+    assert all(len(r["candidates"]) == 3 for r in scored) and sum(r["held_out"] for r in scored) == 2
     assert main(["generate", "--set", "prompt.exemplars=learned"]) == 2   # no retriever: a config error
