@@ -94,20 +94,14 @@ class ResourceSampler:
 
 
 def own_processes(psutil) -> set[int] | None:
-    """This process and its descendants when it started its own Ray cluster (a local one: the raylet and every
-    Ray worker, actor and sandbox then descend from it), so another job's processes on the same machine are never
-    counted; None when it joined a cluster (``ray job submit``): then every matching process on the machine counts."""
-    def command(process) -> str:
-        try:
-            return " ".join(process.cmdline())
-        except psutil.Error:   # exited meanwhile
-            return ""
-
-    me = psutil.Process()
-    descendants = me.children(recursive=True)
-    if not any("raylet" in command(p) for p in descendants):
+    """This process and its descendants: a local Ray cluster's raylet and every Ray worker, actor and sandbox
+    descend from the process that started it (the bench, or a stage's subprocess), so another job's processes on
+    the same machine are never counted. None (every matching process on the machine) when the bench joins a
+    cluster (``RAY_ADDRESS``, e.g. under ``ray job submit``), whose processes do not descend from it."""
+    if os.environ.get("RAY_ADDRESS"):
         return None
-    return {me.pid, *(p.pid for p in descendants)}
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.children(recursive=True))}
 
 
 def combine(repetitions: list[list[dict]]) -> list[dict]:

@@ -71,7 +71,7 @@ def test_vectorised_vote_baseline_gives_the_rows_of_the_vote():
                 assert got[column].tolist() == want[column].tolist(), column
 
 
-def test_the_resource_sampler_counts_only_its_own_clusters_processes(ray_cluster):
+def test_the_resource_sampler_counts_only_its_own_clusters_processes(ray_cluster, monkeypatch):
     """Started by this process, the cluster's workers are its descendants: they count, another job's do not."""
     import os
 
@@ -86,3 +86,5 @@ def test_the_resource_sampler_counts_only_its_own_clusters_processes(ray_cluster
     worker = ray_cluster.get(pid.remote())
     mine = own_processes(psutil)
     assert mine is not None and os.getpid() in mine and worker in mine and os.getppid() not in mine
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")   # joined a cluster: its processes are not descendants
+    assert own_processes(psutil) is None
