@@ -24,11 +24,16 @@ NUM_TRAIN, SAMPLES, CHUNK = 18, 2, 3
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     """A head node (the driver's: the sink and the job's files live there) and no worker node yet."""
     from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")   # short: Ray's socket paths must stay < 108 bytes
+    # Cluster writes its address to <RAY_TMPDIR>/ray/ray_current_cluster (whatever temp_dir says): keep that file
+    # in ours, neither failing where /tmp/ray does not exist yet (a fresh machine) nor redirecting another
+    # cluster's `ray.init(address="auto")`.
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    os.makedirs(os.path.join(temp_dir, "ray"))
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, temp_dir=temp_dir,
                                                                 include_dashboard=False))
     yield cluster
@@ -56,6 +61,16 @@ def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 3
         time.sleep(0.2)
 
 
+def lose_node(cluster, node, resources: dict, job: subprocess.Popen):
+    """Kill ``node`` outright (its raylet and every worker on it, at once); a new node with the same resources
+    joins, as an autoscaler's or a spot replacement would; wait for the job. Returns (the new node, stdout,
+    stderr)."""
+    cluster.remove_node(node, allow_graceful=False)
+    replacement = cluster.add_node(num_cpus=1, resources=resources)
+    stdout, stderr = job.communicate(timeout=600)
+    return replacement, stdout, stderr
+
+
 @pytest.mark.slow
 def test_a_lost_teacher_node_costs_a_restart_and_no_candidate(cluster, tmp_path):
     teacher_node = cluster.add_node(num_cpus=1, resources={"teacher_node": 1})
@@ -75,10 +90,7 @@ def test_a_lost_teacher_node_costs_a_restart_and_no_candidate(cluster, tmp_path)
         assert actor_nodes(cluster, "VerifierActor") == {verifier_node.node_id}
         assert actor_nodes(cluster, "ShardSink") == {cluster.head_node.node_id}   # the driver's node
         written_before = len(list(shards_dir.glob("part-*.parquet")))
-        cluster.remove_node(teacher_node, allow_graceful=False)   # its raylet and every worker on it, at once
-        # A new machine joins, as an autoscaler's or a spot replacement would: the pool restarts there.
-        replacement = cluster.add_node(num_cpus=1, resources={"teacher_node": 1})
-        stdout, stderr = job.communicate(timeout=600)
+        replacement, stdout, stderr = lose_node(cluster, teacher_node, {"teacher_node": 1}, job)
     finally:
         if job.poll() is None:
             job.kill()
@@ -111,9 +123,7 @@ def test_a_lost_verifier_node_loses_no_puzzle(cluster, tmp_path):
                  "a shard was written")
         assert actor_nodes(cluster, "VerifierActor") == {verifier_node.node_id}
         written_before = len(list(out.glob("part-*.parquet")))
-        cluster.remove_node(verifier_node, allow_graceful=False)
-        replacement = cluster.add_node(num_cpus=1, resources={"verifier_node": 1})
-        _, stderr = job.communicate(timeout=600)
+        replacement, _, stderr = lose_node(cluster, verifier_node, {"verifier_node": 1}, job)
     finally:
         if job.poll() is None:
             job.kill()
