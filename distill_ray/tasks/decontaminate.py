@@ -56,27 +56,42 @@ class EvalIndex:
         self.hashes: dict[str, MinHash] = {}
         self.lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM) if threshold is not None else None
         for p in eval_problems:
-            text = problem_text(p)
-            self.exact.setdefault(exact_key(text), p["task_id"])
-            if self.lsh is not None and p["task_id"] not in self.hashes:
-                self.hashes[p["task_id"]] = m = minhash(text)
-                self.lsh.insert(p["task_id"], m)
+            self.add(p)
+
+    def add(self, problem: dict) -> None:
+        """Index one more problem (GAL's dedupe grows an index of the inputs kept so far)."""
+        text = problem_text(problem)
+        self.exact.setdefault(exact_key(text), problem["task_id"])
+        if self.lsh is not None and problem["task_id"] not in self.hashes:
+            self.hashes[problem["task_id"]] = m = minhash(text)
+            self.lsh.insert(problem["task_id"], m)
 
     def __len__(self) -> int:
         return len(self.exact)
 
-    def match(self, problem: dict) -> str | None:
-        """Why ``problem`` is contaminated, or None."""
+    def nearest(self, problem: dict) -> tuple[str, str, float] | None:
+        """("exact" or "near", the indexed problem's task_id, estimated Jaccard) for the problem ``problem``
+        copies, or None."""
         text = problem_text(problem)
         same = self.exact.get(exact_key(text))
         if same is not None:
-            return f"contaminated: the same text as evaluation problem {same}"
+            return "exact", same, 1.0
         if self.lsh is None:
             return None
         m = minhash(text)
         similar = [(self.hashes[k].jaccard(m), k) for k in self.lsh.query(m)]
         best = max((s for s in similar if s[0] >= self.threshold), default=None)
-        return f"contaminated: near-duplicate (Jaccard ~{best[0]:.2f}) of evaluation problem {best[1]}" if best else None
+        return ("near", best[1], best[0]) if best else None
+
+    def match(self, problem: dict) -> str | None:
+        """Why ``problem`` is contaminated, or None."""
+        found = self.nearest(problem)
+        if found is None:
+            return None
+        how, other, jaccard = found
+        if how == "exact":
+            return f"contaminated: the same text as evaluation problem {other}"
+        return f"contaminated: near-duplicate (Jaccard ~{jaccard:.2f}) of evaluation problem {other}"
 
 
 def decontaminate(problems: Iterable[dict], index: EvalIndex | None, quarantine: list[dict]) -> Iterator[dict]:
