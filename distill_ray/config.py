@@ -152,6 +152,20 @@ class CriticConfig(Section):
     l2: float = Field(1e-3, ge=0, description="`distill-ray critic`: L2 penalty on the weights.")
 
 
+class GalConfig(Section):
+    prompts: int = Field(0, ge=0, description="GAL (generate, annotate, learn): prompts asking each teacher to "
+                         "write new train problems in the task's format (gsm8k questions, p3 puzzles) from "
+                         "`gal.shots` real train problems; kept ones are annotated by the teachers and the vote "
+                         "like unlabelled problems and trained on beside the real ones (see README, 'Several "
+                         "teachers'). 0: off.")
+    samples: int = Field(4, ge=1, description="New problems each teacher writes per GAL prompt.")
+    shots: int = Field(3, ge=1, description="Real train problems shown in each GAL prompt (of one family, where "
+                       "the task has families).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of the GAL writers (high: varied "
+                               "problems; duplicates are dropped anyway).")
+    max_new_tokens: int = Field(96, ge=1, description="Token budget per written problem.")
+
+
 class TrainConfig(Section):
     enabled: bool = Field(True, description="Train a student (false: stop after the dataset).")
     mode: Literal["offline", "on_policy"] = Field(
@@ -314,6 +328,7 @@ class RunConfig(Section):
     verify: VerifyConfig = VerifyConfig()
     vote: VoteConfig = VoteConfig()
     critic: CriticConfig = CriticConfig()
+    gal: GalConfig = GalConfig()
     train: TrainConfig = TrainConfig()
     on_policy: OnPolicyConfig = OnPolicyConfig()
     eval: EvalConfig = EvalConfig()

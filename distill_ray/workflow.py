@@ -136,6 +136,9 @@ def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
 
     t, out = cfg.task, Path(cfg.output_dir)
     if t.source == "table":
+        if cfg.gal.prompts:
+            raise ValueError("gal.prompts: a table source is streamed, not held by the driver; GAL needs a "
+                             "built-in or jsonl source")
         exemplars, train, _ = load_table(cfg)
         return exemplars, train
     if t.source == "puzzles":
@@ -146,8 +149,41 @@ def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
         exemplars = exemplar_pool(list(islice(problems, reserve)))
     else:
         exemplars, problems, _ = load_task(cfg)
+    if cfg.gal.prompts:   # the real problems are held here then: GAL shows them and dedupes against them
+        problems = with_generated_inputs(cfg, list(problems))
     return exemplars, TableChunks(write_problem_table(problems, out / "source", cfg.chunk_size), None,
                                   out / "quarantine")
+
+
+def with_generated_inputs(cfg: RunConfig, train: list[dict]) -> list[dict]:
+    """GAL (``gal.py``): the real train problems, then the problems the teachers wrote that are well-formed, new
+    and not an evaluation problem's copy; every written problem's fate goes to ``gal_inputs.jsonl``."""
+    from distill_ray import gal
+
+    index = gal_eval_index(cfg)
+    log(f"gal: {len(cfg.teacher_list())} teacher(s) write {cfg.gal.prompts} x {cfg.gal.samples} new problems each "
+        f"from {cfg.gal.shots} real ones per prompt")
+    kept, records = gal.generate_inputs(train, cfg.teacher_list(), cfg.gal, cfg.seed, index,
+                                        cfg.task.near_duplicate_threshold)
+    path = gal.write_audit(cfg.output_dir, records)
+    counts = gal.summary(records)
+    log(f"gal: {counts['kept']} of {counts['generated']} written problems kept ({counts['malformed']} malformed, "
+        f"{counts['duplicate_exact']} + {counts['duplicate_near']} exact + near duplicates, {counts['contaminated']} "
+        f"contaminated) -> {path}")
+    return train + kept
+
+
+def gal_eval_index(cfg: RunConfig) -> EvalIndex | None:
+    """What generated problems are decontaminated against: every evaluation problem of a real source, or the
+    run's eval puzzles (procedural train puzzles are disjoint from them by construction; a teacher's are not)."""
+    t = cfg.task
+    if not t.decontaminate:
+        return None
+    index = eval_index(cfg, t.families if t.source in ("puzzles", "p3") else None)
+    if index is None:
+        _, _, eval_problems = load_task(cfg)
+        index = EvalIndex(eval_problems, t.near_duplicate_threshold)
+    return index
 
 
 def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
@@ -202,6 +238,10 @@ def generate(cfg: RunConfig) -> dict:
     stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
     stats["contaminated"] = contaminated_count(json.loads(line) for line in quarantine.read_text().splitlines())
     stats["retried"] = Manifest.for_output(out).load().get("retried", {})
+    if cfg.gal.prompts:   # GAL's written problems: how many were generated, dropped (and why) and kept
+        from distill_ray import gal
+
+        stats["gal"] = gal.summary(gal.read_audit(cfg.output_dir))
     if any(stats["retried"].values()):
         log(f"generate: retried after failures: {stats['retried']} (each row is still in the dataset once)")
     if stats["contaminated"]:
