@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="throughput of every stage against its simplest baseline")
     bench.add_argument("--stages", default="teacher,verify,vote,puzzles,train,on_policy,stream",
                        help="comma-separated stages (teacher, verify, vote, puzzles, train, on_policy, stream)")
-    bench.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions: about 8 minutes on 2 cores for every stage")
+    bench.add_argument("--quick", action="store_true",
+                       help="small sizes, 2 repetitions: 1-3 minutes per stage on 2 idle cores")
     bench.add_argument("--repeats", type=int, help="repetitions per stage (default 3, quick 2); medians reported")
     bench.add_argument("--output", default="outputs/bench", help="directory for bench.md, bench.json, bench.png")
     from distill_ray.synth.job import add_arguments as add_puzzle_arguments
