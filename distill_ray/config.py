@@ -166,6 +166,37 @@ class GalConfig(Section):
     max_new_tokens: int = Field(96, ge=1, description="Token budget per written problem.")
 
 
+Objective = Literal["sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle"]
+
+
+def _check_weights(objectives: dict, where: str) -> None:
+    if not any(w > 0 for w in objectives.values()) or any(w < 0 for w in objectives.values()):
+        raise ValueError(f"{where} needs non-negative weights, one > 0: {objectives}")
+
+
+class StageConfig(Section):
+    """One phase of a staged run (``train.stages``): its own objectives, data and length, started from the
+    previous stage's student (PanGu-Coder: causal LM on raw code, then sft + mlm on problem/solution pairs)."""
+
+    name: str = Field("", description="Label in logs and the result (empty: stage<i>).")
+    objectives: dict[Objective, float] = Field(description="Objective -> weight of this stage (as "
+                                               "train.objectives).")
+    data: Literal["dataset", "raw_code"] = Field("dataset", description="dataset: the run's training rows; "
+                                                 "raw_code: Python standard-library source snippets (empty prompt, "
+                                                 "the code as target: causal LM on raw code), as many as max_steps optimizer steps read.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps of this stage (raw_code needs it); null: "
+                                  "its epochs.")
+    epochs: int = Field(1, ge=1, description="Passes over the stage's data (unless max_steps ends it first).")
+    lr: float | None = Field(None, gt=0, description="This stage's learning rate (null: train.lr).")
+
+    @model_validator(mode="after")
+    def _valid(self):
+        _check_weights(self.objectives, f"train.stages[{self.name or '?'}].objectives")
+        if self.data == "raw_code" and not self.max_steps:
+            raise ValueError("a raw_code stage needs max_steps (how many snippets to draw)")
+        return self
+
+
 class TrainConfig(Section):
     enabled: bool = Field(True, description="Train a student (false: stop after the dataset).")
     mode: Literal["offline", "on_policy"] = Field(
@@ -208,11 +239,18 @@ class TrainConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     max_length: int = Field(384, ge=16, description="Tokens per training row (prompt + target).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    objectives: dict[Literal["sft", "soft", "kd", "swing", "icl", "rkd_distance", "rkd_angle"], float] = Field(
+    objectives: dict[Objective, float] = Field(
         {"sft": 1.0}, description="Objective -> weight; the loss is the weighted sum (e.g. {sft: 1.0, kd: 0.5}). "
         "sft: completion cross-entropy; soft: rows weighted by their vote share (label_weight); kd: token KL "
-        "to the teacher; swing: privacy-aware kd; icl: targets after in-batch demonstrations; rkd_distance, "
-        "rkd_angle: relational KD on the pairwise structure of the batch's embeddings (teacher model needed).")
+        "to the teacher; swing: privacy-aware kd; icl: targets after in-batch demonstrations; mlm: span "
+        "infilling (a span of the target masked, written after the sequence); rkd_distance, rkd_angle: "
+        "relational KD on the pairwise structure of the batch's embeddings (teacher model needed).")
+    stages: list[StageConfig] = Field([], description="Train in phases, in order, each from the previous one's "
+                                      "student with its own objectives, data and steps (then train.objectives, "
+                                      "epochs and max_steps are unused), e.g. [{data: raw_code, objectives: {sft: "
+                                      "1}, max_steps: 20}, {objectives: {sft: 1, mlm: 1}}]; empty: one phase.")
+    mlm_span: float = Field(0.3, gt=0, le=1, description="mlm: the masked span's share of each target's tokens "
+                            "(one contiguous span, its start drawn per row, seeded).")
     kd_temperature: float = Field(2.0, gt=0, description="Temperature T of kd (loss scaled by T^2); swing's "
                                   "temperature on non-private tokens.")
     swing_max_temperature: float = Field(8.0, gt=0, description="swing's temperature on surely-private tokens "
@@ -232,8 +270,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _objective_weights(self):
-        if not any(w > 0 for w in self.objectives.values()) or any(w < 0 for w in self.objectives.values()):
-            raise ValueError(f"train.objectives needs non-negative weights, one > 0: {self.objectives}")
+        _check_weights(self.objectives, "train.objectives")
         return self
 
     @model_validator(mode="after")
@@ -402,14 +439,31 @@ def format_errors(error: ValidationError, path) -> str:
     return "\n".join(lines)
 
 
-def reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(field, default, description) for every leaf field: the README's config reference."""
+def reference(model: type[BaseModel] = RunConfig, prefix: str = "",
+              seen: set | None = None) -> list[tuple[str, str, str]]:
+    """(field, default, description) for every leaf field: the README's config reference. The fields of a list's
+    entries follow the list as ``name[].field``, unless their model is documented already (``teachers``)."""
+    seen = {model} if seen is None else seen | {model}
     rows = []
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += reference(annotation, key + ".")
-        else:
-            rows.append((key, repr(info.default), info.description or ""))
+            rows += reference(annotation, key + ".", seen)
+            seen.add(annotation)
+            continue
+        rows.append((key, "required" if info.is_required() else repr(info.default), info.description or ""))
+        entry = _list_entry_model(annotation)
+        if entry and entry not in seen:
+            rows += reference(entry, key + "[].", seen)
     return rows
+
+
+def _list_entry_model(annotation) -> type[BaseModel] | None:
+    """M for ``list[M]`` of a pydantic model M, else None."""
+    from typing import get_args, get_origin
+
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None

@@ -509,18 +509,20 @@ def train(cfg: RunConfig, dataset_dir: str | None = None, init_dir: str | Path |
     t = cfg.train
     init_dir = Path(init_dir) if init_dir else build_student_init(cfg, out)
     same_vocab = same_vocabulary_teachers(cfg, init_dir)
-    check_token_level(dict(t.objectives), same_vocab, t.student)
+    # A staged run's phases each need what their own objectives read.
+    check_token_level({k: w for s in t.stages for k, w in s.objectives.items()} or dict(t.objectives), same_vocab,
+                      t.student)
     kept = ray.data.read_parquet(dataset_dir).filter(expr=col("keep") == True)  # noqa: E712 (an expression)
     data = kept.map_batches(student_rows, fn_kwargs={"tokenizer_dir": str(init_dir),
                                                      "same_vocab": tuple(same_vocab)}, batch_format="pandas")
     settings = train_settings(cfg, next(iter(same_vocab.values()), None))
     log(f"train: student {describe_student(cfg)}, {t.workers} Ray Train workers, DeepSpeed ZeRO-{t.zero_stage}, "
-        f"objectives {dict(t.objectives)}")
+        f"objectives {[dict(s.objectives) for s in t.stages] or dict(t.objectives)}")
     result = train_student(init_dir, data, out / "student", settings)
     summary = {"student": result.output_dir, "student_init": str(init_dir), "objectives": dict(t.objectives),
                "base": describe_student(cfg), "steps": result.steps,
                "samples": result.samples, "tokens": result.tokens, "seconds": result.seconds,
-               "loss_history": result.loss_history,
+               "loss_history": result.loss_history, "stages": result.stages,
                "loss_first": result.loss_history[0] if result.loss_history else float("nan"),
                "loss_last": result.loss_history[-1] if result.loss_history else float("nan")}
     log(f"train: {result.steps} steps, loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f} "

@@ -61,6 +61,7 @@ OBJECTIVES = {"sft": "cross-entropy on verified completions (completion tokens o
               "kd": "token-level KL to the teacher's distribution (temperature T, scaled by T^2)",
               "swing": "KL to the teacher with per-token privacy temperature and noise",
               "icl": "completions after in-context demonstrations",
+              "mlm": "span infilling: a masked span of each completion written after the sequence",
               "rkd_distance": "relational KD: the batch's pairwise embedding distances matched to the teacher's",
               "rkd_angle": "relational KD: the angles of the batch's embedding triplets matched to the teacher's",
               "on_policy": "on-policy distillation: the GKD divergence to the teachers on the student's own samples, "

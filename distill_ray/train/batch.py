@@ -10,6 +10,8 @@ objectives slice them with the same window as the logits:
 - ``privacy`` [B, W]: each target token's privacy score (``privacy.token_scores``), for ``swing``.
 - ``icl``: a second batch whose prompts carry ``icl_shots`` demonstrations (rows of this batch from *other
   tasks*, column ``task_id``, else other prompts; drawn with ``rng``), labels on the final target only.
+- ``mlm``: a second batch of span-infilling inputs (``infill.py``: a span of each target moved behind the
+  sequence, its place marked), labels on the span (+ EOS) only; spans drawn from ``rng`` after ``icl``'s draws.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Sequence
 import torch
 
 from distill_ray.train.data import IGNORE_INDEX, PROMPT_COLUMN, TARGET_COLUMN, collate, tokenize_rows
+from distill_ray.train.infill import infill_rows
 
 WEIGHT_COLUMN = "label_weight"
 TOPK_COLUMN = "teacher_topk"
@@ -30,8 +33,8 @@ TASK_COLUMN = "task_id"
 def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[str],
                rng: random.Random | None = None, icl_shots: int = 0,
                privacy_patterns: Sequence[str] = (), privacy_scorer: str = "regex",
-               privacy_terms: Sequence[str] = ()) -> dict:
-    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl"). ``privacy_scorer``
+               privacy_terms: Sequence[str] = (), mlm_span: float = 0.3) -> dict:
+    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl", "mlm"). ``privacy_scorer``
     "likelihood" builds no ``privacy``: swing scores it from the teacher's log-probabilities."""
     prompts, targets = list(rows[PROMPT_COLUMN]), list(rows[TARGET_COLUMN])
     examples = tokenize_rows(tokenizer, prompts, targets, max_length)
@@ -42,11 +45,13 @@ def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[s
         batch.update(topk_tensors(rows[TOPK_COLUMN], batch["labels"]))
     if "privacy" in needs and privacy_scorer != "likelihood":
         batch["privacy"] = privacy_tensor(tokenizer, batch["labels"], privacy_patterns, privacy_scorer, privacy_terms)
+    rng = rng or random.Random(0)
     if "icl" in needs:
         tasks = list(rows[TASK_COLUMN]) if rows.get(TASK_COLUMN) is not None else prompts
-        icl_prompts = with_demonstrations(prompts, targets, icl_shots, rng or random.Random(0),
-                                          tokenizer.eos_token or "", tasks)
+        icl_prompts = with_demonstrations(prompts, targets, icl_shots, rng, tokenizer.eos_token or "", tasks)
         batch["icl"] = collate(tokenize_rows(tokenizer, icl_prompts, targets, max_length), pad_id)
+    if "mlm" in needs:
+        batch["mlm"] = collate(infill_rows(tokenizer, prompts, targets, max_length, rng, mlm_span), pad_id)
     return batch
 
 

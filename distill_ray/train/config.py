@@ -55,6 +55,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per-step records (on-policy: divergence, verified, times)
     step_seconds: list[float] = field(default_factory=list)  # rank 0's seconds of each optimizer step (its batch
     # wait included): their median is a steady-state step time that other jobs' bursts of load hardly move
+    stages: list[dict] = field(default_factory=list)  # a staged run (train.stages): each phase's record, in order
 
     @property
     def samples_per_s(self) -> float:

@@ -42,7 +42,8 @@ def heal_student(cut_dir: str | Path, full_dir: str | Path, out_dir: str | Path,
     rows_needed = steps * settings.batch_size * settings.workers * settings.grad_accum
     heal_settings = settings.model_copy(update=dict(
         objectives={"kd": 1.0}, teacher_dir=str(full_dir), max_steps=steps, epochs=1, kd_temperature=1.0,
-        checkpoint_every=None, lr_schedule="constant", max_length=min(settings.max_length, 256), run_name=None))
+        checkpoint_every=None, lr_schedule="constant", max_length=min(settings.max_length, 256), run_name=None,
+        stages=[]))
     rows = general_text_rows(rows_needed, seed=settings.seed)
     train_student(cut_dir, ray.data.from_items(rows), out_dir, heal_settings)
     return Path(out_dir)

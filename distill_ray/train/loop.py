@@ -231,7 +231,7 @@ def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, sta
                                           random.Random(_seed(settings, rank, state.epoch, index)),
                                           settings.icl_shots, settings.privacy_patterns,
                                           privacy_scorer=settings.privacy_scorer,
-                                          privacy_terms=settings.privacy_terms))
+                                          privacy_terms=settings.privacy_terms, mlm_span=settings.mlm_span))
                        for index, rows in window]
             stats.add_wait(time.perf_counter() - fetch_start, epoch_start=state.micro_in_epoch == 0)
             _optimizer_step(engine, objective, batches, settings, state, rank, stats)

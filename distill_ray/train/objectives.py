@@ -1,6 +1,6 @@
 """Training objectives, combinable with weights: ``{"sft": 1.0, "kd": 0.5}`` trains on
 ``1.0 * sft + 0.5 * kd``. The student's forward pass over the target window is computed once and shared by
-every term; ``icl`` runs its own forward on inputs that carry demonstrations.
+every term; ``icl`` and ``mlm`` run their own forward on their own inputs.
 
 - ``sft``: cross-entropy on the completion tokens.
 - ``soft``: sequence-level soft labels: each row's likelihood weighted by its ``label_weight``.
@@ -12,6 +12,8 @@ every term; ``icl`` runs its own forward on inputs that carry demonstrations.
 - ``swing``: ``kd`` with a per-token temperature that rises with the token's privacy score and Gaussian
   noise on the teacher logits (privacy-aware distillation).
 - ``icl``: cross-entropy on the final target of inputs carrying k demonstrations.
+- ``mlm``: span infilling (PanGu-Coder's masked LM, decoder-style: ``infill.py``): a span of each target is
+  cut out, its place marked, and the model writes it after the sequence; cross-entropy on the span + EOS.
 - ``rkd_distance`` / ``rkd_angle``: relational KD: the pairwise distances (angles of triplets) between the
   micro-batch's examples, embedded by the student and by the teacher model (mean-pooled last hidden state over
   prompt + target), matched (``losses.rkd_distance`` / ``rkd_angle``); a batch-level term, counted once per
@@ -32,10 +34,11 @@ from distill_ray.train import losses
 from distill_ray.train.data import IGNORE_INDEX, max_target_len
 from distill_ray.train.privacy import likelihood_scores, stored_target_logprobs
 
-OBJECTIVES = ("sft", "soft", "kd", "swing", "icl", "rkd_distance", "rkd_angle")
+OBJECTIVES = ("sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle")
 RELATIONAL = ("rkd_distance", "rkd_angle")
 TEACHER_MODEL_TERMS = ("kd", "swing", *RELATIONAL)   # terms that may run a teacher model in the worker
-NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}}
+NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}, "mlm": {"mlm"}}
+SIDE_INPUTS = ("icl", "mlm")   # terms that run the student on inputs of their own (make_batch's extras)
 
 
 @dataclass
@@ -145,15 +148,15 @@ class Objective:
                           total=float(total.detach()))
 
     def tokens(self, batch: dict) -> int:
-        return target_tokens(batch, icl_only=fwd_free(self.weights))
+        return target_tokens(batch, own=_own_inputs(self.weights))
 
     def _term(self, name: str, model, fwd: Forward | None, batch: dict, generator) -> torch.Tensor:
         if name == "sft":
             return _lm_sum(fwd)
         if name == "soft":
             return losses.soft_label_sum(losses.token_nll(fwd.logits, fwd.labels), batch["label_weight"])
-        if name == "icl":
-            return _lm_sum(forward(model, batch["icl"]))
+        if name in SIDE_INPUTS:
+            return _lm_sum(forward(model, batch[name]))
         if name in RELATIONAL:
             relational = losses.rkd_distance if name == "rkd_distance" else losses.rkd_angle
             return relational(fwd.embedding, self._teacher_embedding(batch)) * int(fwd.mask.sum())
@@ -233,16 +236,23 @@ class Objective:
         return out.logits[:, :-1].float()
 
 
-def target_tokens(batch: dict, icl_only: bool = False) -> int:
-    """Target tokens of a batch (what the loss is normalised by): its labels', or, when icl is the only
-    term, its icl inputs' (the same targets, unless demonstrations cut some off)."""
-    labels = batch["icl"]["labels"] if icl_only else batch["labels"]
+def target_tokens(batch: dict, own: str | None = None) -> int:
+    """Target tokens of a batch (what the loss is normalised by): its labels', or, when the terms all run on
+    inputs of their own, those of ``own`` (icl's: the same targets, unless demonstrations cut some off;
+    mlm's: the spans + EOS, so an ``mlm``-only loss is the NLL per span token)."""
+    labels = batch[own]["labels"] if own else batch["labels"]
     return int((labels != IGNORE_INDEX).sum())
 
 
 def fwd_free(weights: dict) -> bool:
-    """True when no term needs the forward pass over the plain batch (icl alone runs its own)."""
-    return not set(weights) - {"icl"}
+    """True when no term needs the forward pass over the plain batch (icl and mlm run their own)."""
+    return not set(weights) - set(SIDE_INPUTS)
+
+
+def _own_inputs(weights: dict) -> str | None:
+    """The side input whose targets normalise the loss when no term reads the plain batch (icl first, when
+    both: its targets are the plain ones); None otherwise."""
+    return next((name for name in SIDE_INPUTS if name in weights), None) if fwd_free(weights) else None
 
 
 def _scale(noise: float, temperature: torch.Tensor, where: torch.Tensor) -> torch.Tensor | float:

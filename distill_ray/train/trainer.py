@@ -27,10 +27,15 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     data: a ray.data.Dataset or a path to a Parquet directory; uses columns `prompt_text` (the full prompt
     string, already chat-templated, ending where the answer starts) and `target_text` (what the student must
     write). Rows are tokenized in the workers (tokenizer from init_dir); an EOS token is appended to the
-    target; labels are -100 on prompt tokens and padding. Ray must already be initialised.
+    target; labels are -100 on prompt tokens and padding. Ray must already be initialised. With
+    ``settings.stages`` the phases run in order (``staged.py``), each a run of this function.
     """
     settings = settings or TrainSettings()
     init_dir, output_dir = Path(init_dir).resolve(), Path(output_dir).resolve()
+    if settings.stages:
+        from distill_ray.train.staged import train_stages
+
+        return train_stages(init_dir, data, output_dir, settings)
     splits = split_for_workers(as_dataset(data), settings)
     with mlflow_run(settings.mlflow_uri, output_dir.name, settings.model_dump()) as tracking:
         trainer = _make_trainer(init_dir, splits, output_dir, settings, tracking)
