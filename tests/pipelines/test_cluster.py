@@ -61,14 +61,28 @@ def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 3
         time.sleep(0.2)
 
 
-def lose_node(cluster, node, resources: dict, job: subprocess.Popen):
-    """Kill ``node`` outright (its raylet and every worker on it, at once); a new node with the same resources
-    joins, as an autoscaler's or a spot replacement would; wait for the job. Returns (the new node, stdout,
-    stderr)."""
-    cluster.remove_node(node, allow_graceful=False)
-    replacement = cluster.add_node(num_cpus=1, resources=resources)
-    stdout, stderr = job.communicate(timeout=600)
-    return replacement, stdout, stderr
+def lose_node_mid_job(cluster, job: subprocess.Popen, node, resources: dict, pool: str, shards, chunks: int,
+                      other_pools: dict | None = None):
+    """Once ``job`` has written its first shard and ``pool``'s actors run on ``node`` (and each of
+    ``other_pools`` on its node id): kill ``node`` outright (its raylet and every worker on it, at once); a new
+    node with the same resources joins, as an autoscaler's or a spot replacement would. The job must then finish
+    by itself (exit 0), its pool restarted on the new node. ``shards()`` lists the job's written shards,
+    ``chunks`` is how many it writes in all. Returns (stdout, stderr)."""
+    try:
+        wait_for(lambda: any(shards()) and actor_nodes(cluster, pool), job, "a shard was written")
+        for name, node_id in {pool: node.node_id, **(other_pools or {})}.items():
+            assert actor_nodes(cluster, name) == {node_id}, name
+        written_before = len(list(shards()))
+        cluster.remove_node(node, allow_graceful=False)
+        replacement = cluster.add_node(num_cpus=1, resources=resources)
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert written_before < chunks, "the node must be lost mid-job"
+    assert job.returncode == 0, stderr[-3000:]
+    assert actor_nodes(cluster, pool) <= {replacement.node_id}
+    return stdout, stderr
 
 
 @pytest.mark.slow
@@ -84,19 +98,10 @@ def test_a_lost_teacher_node_costs_a_restart_and_no_candidate(cluster, tmp_path)
     job = subprocess.Popen([sys.executable, "-m", "distill_ray.cli", "generate", "--output-dir", str(out),
                             *[arg for s in settings for arg in ("--set", s)]],
                            cwd=REPO, env=job_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: any(shards_dir.glob("part-*.parquet")), job, "a shard was written")
-        assert actor_nodes(cluster, "TeacherActor") == {teacher_node.node_id}
-        assert actor_nodes(cluster, "VerifierActor") == {verifier_node.node_id}
-        assert actor_nodes(cluster, "ShardSink") == {cluster.head_node.node_id}   # the driver's node
-        written_before = len(list(shards_dir.glob("part-*.parquet")))
-        replacement, stdout, stderr = lose_node(cluster, teacher_node, {"teacher_node": 1}, job)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert written_before < NUM_TRAIN // CHUNK, "the node must be lost mid-job"
-    assert job.returncode == 0, stderr[-3000:]
-    assert actor_nodes(cluster, "TeacherActor") <= {replacement.node_id}
+    stdout, stderr = lose_node_mid_job(cluster, job, teacher_node, {"teacher_node": 1}, "TeacherActor",
+                                       lambda: list(shards_dir.glob("part-*.parquet")), NUM_TRAIN // CHUNK,
+                                       # the sink on the driver's node
+                                       {"VerifierActor": verifier_node.node_id, "ShardSink": cluster.head_node.node_id})
 
     rows = pq.read_table(shards_dir, columns=["task_id", "teacher", "sample_index"]).to_pandas()
     keys = list(zip(rows["task_id"], rows["teacher"], rows["sample_index"]))
@@ -118,18 +123,8 @@ def test_a_lost_verifier_node_loses_no_puzzle(cluster, tmp_path):
                             "--set", f"chunk_size={chunk}", "--set", "verify_batch=64", "--set", "progress_s=1",
                             "--set", "verify_resources={verifier_node: 1}"],
                            cwd=REPO, env=job_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: any(out.glob("part-*.parquet")) and actor_nodes(cluster, "VerifierActor"), job,
-                 "a shard was written")
-        assert actor_nodes(cluster, "VerifierActor") == {verifier_node.node_id}
-        written_before = len(list(out.glob("part-*.parquet")))
-        replacement, _, stderr = lose_node(cluster, verifier_node, {"verifier_node": 1}, job)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert written_before < num // chunk, "the node must be lost mid-job"
-    assert job.returncode == 0, stderr[-3000:]
-    assert actor_nodes(cluster, "VerifierActor") <= {replacement.node_id}
+    _, stderr = lose_node_mid_job(cluster, job, verifier_node, {"verifier_node": 1}, "VerifierActor",
+                                  lambda: list(out.glob("part-*.parquet")), num // chunk)
     summary = Manifest.for_output(out).load()["summary"]
     assert summary["chunks_done"] == num // chunk and summary["rows_done"] == num
     kept = pq.read_table(out, columns=["id", "sat"]).to_pandas()
