@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distill_ray.synth.teacher import default_answer
+from distill_ray.synth.teacher import default_answer, parse_prefix
 from distill_ray.tasks.decontaminate import EvalIndex
 
 SOURCE = "gal"
@@ -102,7 +102,7 @@ def parse_question(completion: str, finished: bool) -> tuple[str, str]:
 def parse_puzzle(completion: str) -> tuple[str, str, str]:
     """(sat source, answer type, "") from a completion of ``def sat(``, or ("", "", why it is malformed). Only
     the function ``sat`` is kept (a puzzle of this task is that one function)."""
-    tree = _longest_parse(RESPONSE_PREFIXES["p3"] + completion.split("```", 1)[0])
+    tree = parse_prefix(RESPONSE_PREFIXES["p3"] + completion.split("```", 1)[0])
     if tree is None:
         return "", "", "unparsable"
     sat = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "sat"), None)
@@ -114,17 +114,6 @@ def parse_puzzle(completion: str) -> tuple[str, str, str]:
     if default_answer(ans_type) is None:
         return "", "", "unsupported_answer_type"
     return ast.unparse(sat), ans_type, ""
-
-
-def _longest_parse(text: str) -> ast.Module | None:
-    """The longest prefix of whole lines that parses (a completion often ends mid-statement)."""
-    lines = text.split("\n")
-    for end in range(len(lines), 0, -1):
-        try:
-            return ast.parse("\n".join(lines[:end]))
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
-    return None
 
 
 def written_problem(kind: str, completion: str, finished: bool) -> tuple[dict, str]:

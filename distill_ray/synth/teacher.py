@@ -54,7 +54,7 @@ def default_answer(ans_type: str) -> str | None:
     return DEFAULTS.get(t)
 
 
-def _parse_prefix(text: str) -> ast.Module | None:
+def parse_prefix(text: str) -> ast.Module | None:
     """The longest prefix of whole lines that parses (a completion often ends mid-statement)."""
     lines = text.split("\n")
     for end in range(len(lines), 0, -1):
@@ -79,7 +79,7 @@ class _Rename(ast.NodeTransformer):
 def parse_pair(completion: str) -> tuple[str, str, str, str]:
     """(sat source, sol source, ans_type, reject reason or "") from a completion of ``RESPONSE_PREFIX``."""
     text = RESPONSE_PREFIX.split("\n", 1)[1] + completion.split("```", 1)[0]
-    tree = _parse_prefix(text)
+    tree = parse_prefix(text)
     if tree is None:
         return "", "", "", "unparsable"
     tree = _Rename().visit(tree)
