@@ -336,7 +336,7 @@ def _one(job: dict, rep_r: int, out_r: int, judge, ctl_w: int, info_r: int, scra
     """The forker's side of one check: (reply for the worker, "next" | "replaced" (scratch) | "dead" (zygote)).
 
     The candidate's budget is CPU time (limits' timeout_s, its whole process tree: sandbox.tree_cpu, as the zygote
-    zpid is the subreaper of what it starts), with a wall-clock cap (schema.wall_cap); the same for a judge.
+    zpid is the subreaper of what it starts), with a wall-clock cap (budget.wall_cap); the same for a judge.
     zygote_kills: the zygote is the C loop, which on "r" kills the uid itself where the check left any process
     (zygote.c: kill_and_reap); the forker then kills the process group only."""
     start = time.monotonic()

@@ -17,6 +17,7 @@ from distill_ray.verify import children, sandbox
 from distill_ray.verify.budget import wall_cap
 from distill_ray.verify.codec import from_plain, safe_text
 from distill_ray.verify.judge import SatJudge
+from distill_ray.verify.procfs import children_of
 
 ANSWER_CHARS = 1000
 DETAIL_CHARS = 300
@@ -298,7 +299,7 @@ class CheckRunner:
         while True:
             for uid in uids:
                 sandbox.kill_uid(uid)
-            for pid in sandbox.children_of(os.getpid()):
+            for pid in children_of(os.getpid()):
                 try:
                     os.kill(pid, signal.SIGKILL)   # our child: its pid cannot be reused before we reap it
                 except ProcessLookupError:

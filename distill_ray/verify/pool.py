@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 
 from distill_ray.verify.codec import safe_text
+from distill_ray.verify.procfs import children_of
 from distill_ray.verify.schema import KINDS, MAX_TIMEOUT_S, Check, SandboxLimits, Verdict, wall_cap
 
 _ROOT = str(Path(__file__).resolve().parents[2])
@@ -287,18 +288,6 @@ def _close_open() -> None:
             pass
 
 
-def _proc_children() -> list[int]:
-    """This process's children (of each of its threads)."""
-    out = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
 def _of_worker(pid: int, worker: int) -> bool:
     """Is our child pid something the worker started: in its session (forker, zygotes, judges, candidates; the
     worker is a session leader, and its session id cannot be reused while a member exists, zombies included), or
@@ -327,7 +316,7 @@ def _sweep(worker: int, thorough: bool, wait_s: float = 10.0) -> None:
                 pass
     deadline = time.monotonic() + wait_s
     while True:
-        left = [pid for pid in _proc_children() if _of_worker(pid, worker)]
+        left = [pid for pid in children_of(os.getpid()) if _of_worker(pid, worker)]
         if not left or time.monotonic() > deadline:
             return
         for pid in left:   # our children: their pids cannot be reused before we reap them

@@ -20,6 +20,7 @@ import time
 
 from distill_ray.verify import native
 from distill_ray.verify.codec import FrameBuffer
+from distill_ray.verify.procfs import children_of
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -734,18 +735,6 @@ def _stat(pid: int):
     except (OSError, IndexError):
         return None
     return sum(int(x) for x in fields[11:15]) / _TICK, int(fields[19])
-
-
-def children_of(pid: int) -> list[int]:
-    """pid's children, those of each of its threads (/proc/<pid>/task/<tid>/children)."""
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
 
 
 def tree_cpu(watcher: int, first: int) -> float:
