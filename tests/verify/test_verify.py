@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from distill_ray.verify import Check, SandboxLimits, Verdict, Verifier, pool, verify_one
-from distill_ray.verify.sandbox import UID_BASE
+from tests.verify.procs import processes, sandbox_uids
 
 TOKEN = uuid.uuid4().hex[:12]          # unique names for files a candidate tries to leave on the host
 SECRET = "hunter2-" + TOKEN
@@ -59,24 +59,10 @@ def record_workers():
 
 
 def sandbox_processes() -> list[int]:
-    """Pids of live processes running as a sandbox uid of one of this module's workers (UID_BASE + 3 * worker
-    pid, +1 fresh judges, +2 persistent judge)."""
+    """Pids of live (not zombie) processes running as a sandbox uid of one of this module's workers."""
     assert OUR_WORKERS, "no worker recorded: the check would look at nothing"
-    uids = {UID_BASE + 3 * pid + j for pid in OUR_WORKERS for j in range(3)}
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
-        uid_line = next((line for line in status.splitlines() if line.startswith("Uid:")), "")
-        state = next((line for line in status.splitlines() if line.startswith("State:")), "")
-        if uid_line and int(uid_line.split()[1]) in uids and "zombie" not in state:
-            pids.append(int(name))
-    return pids
+    uids = sandbox_uids(OUR_WORKERS)
+    return [pid for pid, state, _, uid in processes() if uid in uids and state != "Z"]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from distill_ray.verify import Check, SandboxLimits, Verifier
+from tests.verify.procs import processes, sandbox_uids
 
 ALONE = """
 import resource
@@ -208,22 +209,8 @@ def _strays() -> list[dict]:
 
 def _processes_of(workers: list[int]) -> list[tuple]:
     """Every process on the machine that one of these workers started: in its session, or as its sandbox uids."""
-    from distill_ray.verify.sandbox import UID_BASE
-    uids = {UID_BASE + 3 * w + k for w in workers for k in range(3)}
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{name}/status") as f:
-                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
-        except (OSError, StopIteration, ValueError):
-            continue
-        if int(fields[3]) in workers or uid in uids:
-            found.append((int(name), fields[0], uid))
-    return found
+    uids = sandbox_uids(workers)
+    return [(pid, state, uid) for pid, state, session, uid in processes() if session in workers or uid in uids]
 
 
 @pytest.mark.parametrize("how", ["closed", "killed", "exit"])
