@@ -346,10 +346,8 @@ def retriever(cfg: RunConfig, out_dir: str | None = None, num_queries: int = 96,
     to ``out_dir`` (default ``<output_dir>/retriever``) and return its report. The scored problems are the
     ``num_queries`` train problems that follow the run's own ``task.num_train`` (same seed, same exemplar pool,
     read through the same decontaminating load): a ``generate`` with this config never solves one of them."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from distill_ray import epr
+    from distill_ray.teachers.hf import HFEngine
 
     t, teacher = cfg.task, cfg.teacher_list()[0]
     if t.source == "table" or teacher.engine not in ("hf", "vllm"):
@@ -363,15 +361,9 @@ def retriever(cfg: RunConfig, out_dir: str | None = None, num_queries: int = 96,
     queries = [p for p in train[t.num_train:] if p.get("reference") and p["question"] not in solved][:num_queries]
     if not queries or len(pool) < 2:
         raise ValueError(f"nothing to train a retriever on: {len(queries)} problems with references, pool of {len(pool)}")
-    if teacher.torch_threads:
-        torch.set_num_threads(teacher.torch_threads)
-    path = resolve_model(teacher.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    engine = HFEngine(teacher.model, torch_threads=teacher.torch_threads)   # loaded as the teacher stage loads it
     log(f"retriever: scoring {len(queries)} problems x {min(num_candidates, len(pool))} exemplars with {teacher.model}")
-    trained, report = epr.build_retriever(model, tokenizer, queries, pool, num_candidates=num_candidates,
+    trained, report = epr.build_retriever(engine.model, engine.tokenizer, queries, pool, num_candidates=num_candidates,
                                           prompt_style=teacher.prompt_style, seed=cfg.seed, epochs=epochs, log=log)
     scored = report.pop("scored")
     report = {"teacher": teacher.model, "task_source": t.source, "seed": cfg.seed,
