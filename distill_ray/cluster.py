@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 
@@ -29,7 +30,6 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, progres
         progress_bars = os.environ.get("DISTILL_RAY_PROGRESS", default) == "1"
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
     return ray
-
 
 
 def alive_nodes() -> set[str]:
@@ -64,7 +64,5 @@ def job_retries(alive_before: set[str]) -> dict:
 def pool_class(actor_class: str) -> str:
     """The class a Ray Data pool actor runs: ``MapWorker(ReadRange->MapBatches(TeacherActor))`` -> ``TeacherActor``
     (other actors keep their class name)."""
-    import re
-
     match = re.search(r"MapBatches\((\w+)\)\)$", actor_class)
     return match.group(1) if match else actor_class

@@ -19,37 +19,48 @@ def log_dir_for(output_dir: Path) -> Path:
     return output_dir.parent / "tensorboard" / output_dir.name
 
 
-class TensorBoardCallback(UserCallback):
-    def __init__(self, log_dir: str | Path):
-        self.log_dir = str(log_dir)
-        self.steps_written = 0
+class _ReportCallback(UserCallback):
+    """Whenever the workers report: the losses of the steps not yet written, and the report's numbers (rank
+    0's report; every rank reports the same run numbers), to ``write``."""
 
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        report = metrics[0] if metrics else {}   # rank 0's; every rank reports the same run numbers
-        history = report.get("loss_history") or []
-        # An event file per report (TensorBoard reads a directory's files as one run): nothing is held open in
-        # Ray Train's controller between reports.
-        with ScalarWriter(self.log_dir) as writer:
-            for step in range(self.steps_written, len(history)):
-                writer.add_scalar("train/loss", history[step], step + 1)
-            self.steps_written = max(self.steps_written, len(history))
-            for key, value in report.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "loss":
-                    writer.add_scalar(f"train/{key}", value, len(history))
-
-
-class MlflowCallback(UserCallback):
-    """The same numbers as ``TensorBoardCallback``, to the MLflow run the driver opened (``mlflow_log.mlflow_run``
-    around the fit, which also ends it)."""
-
-    def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self):
         self.steps_written = 0
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         report = metrics[0] if metrics else {}
-        run = MlflowRun(self.uri, run_id=self.run_id)
         history = report.get("loss_history") or []
-        run.log_steps("train/loss", history[self.steps_written:], first_step=self.steps_written + 1)
+        run_numbers = {k: v for k, v in numbers(report).items() if k != "loss"}
+        self.write(history[self.steps_written:], self.steps_written + 1, run_numbers, len(history))
         self.steps_written = max(self.steps_written, len(history))
-        run.log({f"train/{k}": v for k, v in numbers(report).items() if k != "loss"}, step=len(history))
+
+    def write(self, losses: list[float], first_step: int, run_numbers: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+
+class TensorBoardCallback(_ReportCallback):
+    def __init__(self, log_dir: str | Path):
+        super().__init__()
+        self.log_dir = str(log_dir)
+
+    def write(self, losses, first_step, run_numbers, step) -> None:
+        # An event file per report (TensorBoard reads a directory's files as one run): nothing is held open in
+        # Ray Train's controller between reports.
+        with ScalarWriter(self.log_dir) as writer:
+            for offset, loss in enumerate(losses):
+                writer.add_scalar("train/loss", loss, first_step + offset)
+            for key, value in run_numbers.items():
+                writer.add_scalar(f"train/{key}", value, step)
+
+
+class MlflowCallback(_ReportCallback):
+    """The same numbers as ``TensorBoardCallback``, to the MLflow run the driver opened (``mlflow_log.mlflow_run``
+    around the fit, which also ends it)."""
+
+    def __init__(self, uri: str, run_id: str):
+        super().__init__()
+        self.uri, self.run_id = uri, run_id
+
+    def write(self, losses, first_step, run_numbers, step) -> None:
+        run = MlflowRun(self.uri, run_id=self.run_id)
+        run.log_steps("train/loss", losses, first_step=first_step)
+        run.log({f"train/{k}": v for k, v in run_numbers.items()}, step=step)
