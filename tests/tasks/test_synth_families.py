@@ -8,6 +8,7 @@ import pytest
 
 from distill_ray.tasks import DIFFICULTIES, FAMILIES, generate_puzzle, list_families
 from distill_ray.verify import Check, SandboxLimits, Verifier
+from tests.tasks.test_tasks import wrong_answer
 
 SEEDS = (0, 1, 2)
 
@@ -16,14 +17,7 @@ def wrong_literal(sol: str):
     """A nearby wrong answer, as a literal: sol's own value (our trusted code, run here) nudged."""
     namespace = {"List": List}
     exec(sol, namespace)
-    answer = namespace["sol"]()
-    if isinstance(answer, int):
-        return answer + 1
-    if isinstance(answer, str):
-        return answer + "z"
-    if answer and isinstance(answer[-1], int):
-        return answer + [answer[-1] + 1]
-    return answer + ["zz"]
+    return wrong_answer(namespace["sol"]())
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 
 from distill_ray.verify import Check, SandboxLimits, Verifier
 from distill_ray.verify.jsonl import main
+from tests.verify.procs import processes
 
 SURROGATE_PROGRAMS = {   # each puts a lone surrogate into text the verifier reports
     "exception": Check("gsm8k", "def solution():\n    raise ValueError('\\ud800 bad')\n", expected=1),
@@ -278,15 +279,10 @@ def _kill_when_sleeping(forker: int, worker: int) -> None:
     uid, seen = UID_BASE + 3 * worker, {}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        for name in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{name}/status") as f:
-                    status = f.read()
-            except OSError:
-                continue
-            if f"Uid:\t{uid}\t" in status:
-                seen.setdefault(name, time.monotonic())
-                if time.monotonic() - seen[name] > 0.3:
+        for pid, _, _, process_uid in processes():
+            if process_uid == uid:
+                seen.setdefault(pid, time.monotonic())
+                if time.monotonic() - seen[pid] > 0.3:
                     os.kill(forker, signal.SIGKILL)
                     return
         time.sleep(0.02)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 import pandas as pd
@@ -11,6 +10,7 @@ import pytest
 from distill_ray.verify import Check, SandboxLimits, Verifier
 from distill_ray.verify.jsonl import parse_record
 from distill_ray.verify.sandbox import UID_BASE
+from tests.verify.procs import processes
 
 SAT42 = "def sat(x: int):\n    return x == 42\n"
 # Collatz: halts for every positive n, loops forever on 0 (0 -> 0): a trusted sat that an answer can hang.
@@ -26,17 +26,7 @@ def trusted(program: str, sat: str = SAT42, **kw) -> Check:
 def persistent_judges(verifier: Verifier) -> list[int]:
     """Live pids running as some worker's persistent-judge uid (UID_BASE + 3 * worker pid + 2)."""
     uids = {UID_BASE + 3 * w.proc.pid + 2 for w in verifier._workers}
-    out = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
-        uid = next((line.split()[1] for line in status.splitlines() if line.startswith("Uid:")), None)
-        if uid is not None and int(uid) in uids and "zombie" not in status:
-            out.append(int(name))
-    return out
+    return [pid for pid, state, _, uid in processes() if uid in uids and state != "Z"]
 
 
 @pytest.fixture(scope="module")
