@@ -166,6 +166,18 @@ class GalConfig(Section):
     max_new_tokens: int = Field(96, ge=1, description="Token budget per written problem.")
 
 
+class MixupConfig(Section):
+    pairs: int = Field(0, ge=0, description="LM mix-up with soft labels (GPT3Mix): prompts showing each teacher "
+                       "two different real train problems (of one family, where the task has families) and asking "
+                       "for one new problem that blends them; kept ones (GAL's parse, dedupe and decontamination) "
+                       "are annotated by the teachers and the vote with a soft label: each kept program weighs its "
+                       "teacher-weighted share of the problem's samples (train with objective `soft`; see README, "
+                       "'Several teachers'). 0: off.")
+    samples: int = Field(4, ge=1, description="New problems each teacher writes per mix-up pair.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of the mix-up writers.")
+    max_new_tokens: int = Field(96, ge=1, description="Token budget per blended problem.")
+
+
 Objective = Literal["sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle"]
 
 
@@ -366,6 +378,7 @@ class RunConfig(Section):
     vote: VoteConfig = VoteConfig()
     critic: CriticConfig = CriticConfig()
     gal: GalConfig = GalConfig()
+    mixup: MixupConfig = MixupConfig()
     train: TrainConfig = TrainConfig()
     on_policy: OnPolicyConfig = OnPolicyConfig()
     eval: EvalConfig = EvalConfig()

@@ -53,29 +53,39 @@ _LABEL = re.compile(r"^\s*(?:new\s+)?(?:problem|question)\s*\d*\s*[:.]\s*", re.I
 def writer_prompts(train: list[dict], prompts: int, shots: int, seed: int) -> pd.DataFrame:
     """One row per writer prompt: chat ``messages`` showing ``shots`` real train problems as earlier answers,
     then the request; families take turns, so every family of the task gets new problems."""
+    by_family = families(train, "gal")
+    names = sorted(by_family)
+    rows = []
+    for i in range(prompts):
+        pool = by_family[names[i % len(names)]]
+        shown = random.Random(f"gal/{seed}/{i}").sample(pool, min(shots, len(pool)))
+        rows.append(writer_row(f"gal/p{i}", shown, ASK))
+    return pd.DataFrame(rows)
+
+
+def families(train: list[dict], method: str) -> dict[str, list[dict]]:
+    """The real train problems by family, refusing a kind no teacher can write (``method`` names the caller)."""
     by_family: dict[str, list[dict]] = defaultdict(list)
     for p in train:
         if p["kind"] not in KINDS:
-            raise ValueError(f"gal: teachers can write problems of kinds {KINDS}, not {p['kind']!r} "
+            raise ValueError(f"{method}: teachers can write problems of kinds {KINDS}, not {p['kind']!r} "
                              f"({p['task_id']})")
         by_family[p["family"]].append(p)
     if not by_family:
-        raise ValueError("gal: no real train problems to show the teachers")
-    families = sorted(by_family)
-    rows = []
-    for i in range(prompts):
-        family = families[i % len(families)]
-        pool = by_family[family]
-        shown = random.Random(f"gal/{seed}/{i}").sample(pool, min(shots, len(pool)))
-        kind = shown[0]["kind"]
-        messages = [{"role": "system", "content": SYSTEMS[kind]}]
-        for p in shown:
-            messages += [{"role": "user", "content": ASK}, {"role": "assistant", "content": problem_text(p)}]
-        messages.append({"role": "user", "content": ASK})
-        rows.append({"task_id": f"gal/p{i}", "kind": kind, "family": family, "difficulty": shown[0]["difficulty"],
-                     "messages": json.dumps(messages), "response_prefix": RESPONSE_PREFIXES[kind],
-                     "shown": json.dumps([p["task_id"] for p in shown])})
-    return pd.DataFrame(rows)
+        raise ValueError(f"{method}: no real train problems to show the teachers")
+    return by_family
+
+
+def writer_row(task_id: str, shown: list[dict], ask: str) -> dict:
+    """A writer prompt: the ``shown`` problems as the teacher's earlier answers to ``ASK``, then ``ask``."""
+    kind = shown[0]["kind"]
+    messages = [{"role": "system", "content": SYSTEMS[kind]}]
+    for p in shown:
+        messages += [{"role": "user", "content": ASK}, {"role": "assistant", "content": problem_text(p)}]
+    messages.append({"role": "user", "content": ask})
+    return {"task_id": task_id, "kind": kind, "family": shown[0]["family"], "difficulty": shown[0]["difficulty"],
+            "messages": json.dumps(messages), "response_prefix": RESPONSE_PREFIXES[kind],
+            "shown": json.dumps([p["task_id"] for p in shown])}
 
 
 def problem_text(problem: dict) -> str:
@@ -164,40 +174,41 @@ def summary(records: list[dict]) -> dict:
                             for t in sorted({r["teacher"] for r in records})}}
 
 
-def audit_path(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "gal_inputs.jsonl"
+def audit_path(output_dir: str | Path, method: str = SOURCE) -> Path:
+    """``<output>/<method>_inputs.jsonl``: GAL's and mix-up's written problems, each in its own file."""
+    return Path(output_dir) / f"{method}_inputs.jsonl"
 
 
-def write_audit(output_dir: str | Path, records: list[dict]) -> Path:
-    path = audit_path(output_dir)
+def write_audit(output_dir: str | Path, records: list[dict], method: str = SOURCE) -> Path:
+    path = audit_path(output_dir, method)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
-def read_audit(output_dir: str | Path) -> list[dict]:
-    path = audit_path(output_dir)
+def read_audit(output_dir: str | Path, method: str = SOURCE) -> list[dict]:
+    path = audit_path(output_dir, method)
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def generate_inputs(train: list[dict], teachers, gal, seed: int, eval_index: EvalIndex | None,
+def generate_inputs(prompts: pd.DataFrame, stages: list, seen: list[dict], eval_index: EvalIndex | None,
                     threshold: float) -> tuple[list[dict], list[dict]]:
-    """(the kept generated problems, the audit record of every generated one): the teachers (``TeacherConfig``s)
-    write ``gal.prompts`` x ``gal.samples`` problems each on Ray Data (Ray must be connected), then the driver
-    filters them all in a fixed order (prompt, teacher, sample), so a run's result does not depend on the order
-    Ray Data returns rows in."""
+    """(the kept generated problems, the audit record of every generated one): ``stages`` (the teachers as
+    writers, then a stage parsing their text: ``pipelines/gal.py``) run over the writer ``prompts`` on Ray Data
+    (Ray must be connected), then the driver filters them all in a fixed order (prompt, teacher, sample) against
+    ``seen`` (the train problems the student already has), so a run's result does not depend on the order Ray
+    Data returns rows in. GAL and mix-up both come through here, each with its own prompts and parse stage."""
     import ray.data
 
-    from distill_ray.pipelines.gal import SOURCE_COLUMNS, gal_stages
+    from distill_ray.pipelines.gal import SOURCE_COLUMNS
     from distill_ray.stages import apply_stages
     from distill_ray.tasks.schema import PROBLEM_COLUMNS
 
-    prompts = writer_prompts(train, gal.prompts, gal.shots, seed)
-    ds = apply_stages(ray.data.from_pandas(prompts), SOURCE_COLUMNS, gal_stages(teachers, gal, seed))
+    ds = apply_stages(ray.data.from_pandas(prompts), SOURCE_COLUMNS, stages)
     rows = ds.to_pandas()
     rows["_prompt"] = [int(str(w).rsplit("p", 1)[-1]) for w in rows["writer_prompt"]]
     rows = rows.sort_values(["_prompt", "teacher", "sample_index"], kind="stable").reset_index(drop=True)
-    rows["fate"] = filter_inputs(rows, train, eval_index, threshold)
+    rows["fate"] = filter_inputs(rows, seen, eval_index, threshold)
     # Back to plain problem dicts: pandas made the missing number NaN and the difficulty a numpy integer.
     kept = [{**{c: row[c] for c in PROBLEM_COLUMNS}, "expected": None, "difficulty": int(row["difficulty"])}
             for row in rows[rows["fate"] == "kept"].to_dict("records")]

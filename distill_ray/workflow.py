@@ -136,9 +136,9 @@ def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
 
     t, out = cfg.task, Path(cfg.output_dir)
     if t.source == "table":
-        if cfg.gal.prompts:
-            raise ValueError("gal.prompts: a table source is streamed, not held by the driver; GAL needs a "
-                             "built-in or jsonl source")
+        if written_methods(cfg):
+            raise ValueError("gal.prompts / mixup.pairs: a table source is streamed, not held by the driver; GAL "
+                             "and mix-up need a built-in or jsonl source")
         exemplars, train, _ = load_table(cfg)
         return exemplars, train
     if t.source == "puzzles":
@@ -149,28 +149,50 @@ def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
         exemplars = exemplar_pool(list(islice(problems, reserve)))
     else:
         exemplars, problems, _ = load_task(cfg)
-    if cfg.gal.prompts:   # the real problems are held here then: GAL shows them and dedupes against them
+    if written_methods(cfg):   # the real problems are held here then: the writers see them, dedupe against them
         problems = with_generated_inputs(cfg, list(problems))
     return exemplars, TableChunks(write_problem_table(problems, out / "source", cfg.chunk_size), None,
                                   out / "quarantine")
 
 
+def written_methods(cfg: RunConfig) -> list[str]:
+    """The methods switched on that have the teachers write new train problems, in the order they run."""
+    return [m for m, n in (("gal", cfg.gal.prompts), ("mixup", cfg.mixup.pairs)) if n]
+
+
 def with_generated_inputs(cfg: RunConfig, train: list[dict]) -> list[dict]:
-    """GAL (``gal.py``): the real train problems, then the problems the teachers wrote that are well-formed, new
-    and not an evaluation problem's copy; every written problem's fate goes to ``gal_inputs.jsonl``."""
+    """GAL (``gal.py``) and mix-up (``mixup.py``): the real train problems, then the problems the teachers wrote
+    that are well-formed, new (to the real ones and to what the other method kept) and not an evaluation problem's
+    copy; every written problem's fate goes to ``gal_inputs.jsonl`` / ``mixup_inputs.jsonl``."""
+    from distill_ray import gal, mixup
+    from distill_ray.pipelines.gal import gal_stages, mixup_stages
+
+    index, teachers, problems = gal_eval_index(cfg), cfg.teacher_list(), list(train)
+    if cfg.gal.prompts:
+        log(f"gal: {len(teachers)} teacher(s) write {cfg.gal.prompts} x {cfg.gal.samples} new problems each "
+            f"from {cfg.gal.shots} real ones per prompt")
+        prompts = gal.writer_prompts(train, cfg.gal.prompts, cfg.gal.shots, cfg.seed)
+        problems += written_inputs(cfg, "gal", prompts, gal_stages(teachers, cfg.gal, cfg.seed), problems, index)
+    if cfg.mixup.pairs:
+        log(f"mixup: {len(teachers)} teacher(s) blend {cfg.mixup.pairs} pairs of real problems x "
+            f"{cfg.mixup.samples} samples each")
+        prompts = mixup.pair_prompts(train, cfg.mixup.pairs, cfg.seed)   # real problems only are paired
+        problems += written_inputs(cfg, "mixup", prompts, mixup_stages(teachers, cfg.mixup, cfg.seed), problems,
+                                   index)
+    return problems
+
+
+def written_inputs(cfg: RunConfig, method: str, prompts, stages, seen: list[dict], index) -> list[dict]:
+    """The kept problems one method's writers wrote; their audit and the counts it logs."""
     from distill_ray import gal
 
-    index = gal_eval_index(cfg)
-    log(f"gal: {len(cfg.teacher_list())} teacher(s) write {cfg.gal.prompts} x {cfg.gal.samples} new problems each "
-        f"from {cfg.gal.shots} real ones per prompt")
-    kept, records = gal.generate_inputs(train, cfg.teacher_list(), cfg.gal, cfg.seed, index,
-                                        cfg.task.near_duplicate_threshold)
-    path = gal.write_audit(cfg.output_dir, records)
+    kept, records = gal.generate_inputs(prompts, stages, seen, index, cfg.task.near_duplicate_threshold)
+    path = gal.write_audit(cfg.output_dir, records, method)
     counts = gal.summary(records)
-    log(f"gal: {counts['kept']} of {counts['generated']} written problems kept ({counts['malformed']} malformed, "
-        f"{counts['duplicate_exact']} + {counts['duplicate_near']} exact + near duplicates, {counts['contaminated']} "
-        f"contaminated) -> {path}")
-    return train + kept
+    log(f"{method}: {counts['kept']} of {counts['generated']} written problems kept ({counts['malformed']} "
+        f"malformed, {counts['duplicate_exact']} + {counts['duplicate_near']} exact + near duplicates, "
+        f"{counts['contaminated']} contaminated) -> {path}")
+    return kept
 
 
 def gal_eval_index(cfg: RunConfig) -> EvalIndex | None:
@@ -238,10 +260,10 @@ def generate(cfg: RunConfig) -> dict:
     stats = generation_stats(shards, seconds, sum(t.samples for t in teachers))
     stats["contaminated"] = contaminated_count(json.loads(line) for line in quarantine.read_text().splitlines())
     stats["retried"] = Manifest.for_output(out).load().get("retried", {})
-    if cfg.gal.prompts:   # GAL's written problems: how many were generated, dropped (and why) and kept
+    for method in written_methods(cfg):   # written problems: how many were generated, dropped (and why) and kept
         from distill_ray import gal
 
-        stats["gal"] = gal.summary(gal.read_audit(cfg.output_dir))
+        stats[method] = gal.summary(gal.read_audit(cfg.output_dir, method))
     if any(stats["retried"].values()):
         log(f"generate: retried after failures: {stats['retried']} (each row is still in the dataset once)")
     if stats["contaminated"]:

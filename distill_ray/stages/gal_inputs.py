@@ -17,14 +17,14 @@ WRITES = {**PROBLEM_COLUMNS,
           "reject": pa.string()}          # "" or why the completion is not a problem
 
 
-def written_rows(batch: pd.DataFrame) -> pd.DataFrame:
-    """The problem columns (``task_id`` becomes the written problem's: prompt, teacher, sample) beside the
-    teacher's columns, which stay for the audit."""
+def written_rows(batch: pd.DataFrame, source: str = SOURCE) -> pd.DataFrame:
+    """The problem columns (``task_id`` becomes the written problem's: prompt, teacher, sample; ``source``: the
+    method that wrote it) beside the teacher's columns, which stay for the audit."""
     problems, rejects = [], []
     for row in batch.itertuples(index=False):
         fields, reject = written_problem(row.kind, row.completion, bool(row.finished))
         problems.append(make_problem(task_id=f"{row.task_id}/{row.teacher}/k{row.sample_index}", split="train",
-                                     source=SOURCE, family=row.family, difficulty=row.difficulty, kind=row.kind,
+                                     source=source, family=row.family, difficulty=row.difficulty, kind=row.kind,
                                      **fields))
         rejects.append(reject)
     rest = batch.reset_index(drop=True)
@@ -33,6 +33,8 @@ def written_rows(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)), rest], axis=1)
 
 
-def build() -> BatchStage:
+def build(name: str = "gal_inputs", source: str = SOURCE) -> BatchStage:
+    """``name`` and ``source``: mix-up's stage is this one under its own name (``mixup_inputs``)."""
     # No CPU reserved: string work that must never wait behind the teacher pools (see base.LIGHT_TASK).
-    return BatchStage("gal_inputs", reads=READS, writes=WRITES, fn=written_rows, cpus=LIGHT_TASK)
+    return BatchStage(name, reads=READS, writes=WRITES, fn=written_rows, fn_kwargs={"source": source},
+                      cpus=LIGHT_TASK)

@@ -14,6 +14,9 @@ verified (many different answers satisfy one ``sat``); a sample without an answe
   Where it cannot (unlabelled gsm8k: no expected number), votes decide: on agreement the rows with the
   agreed answer are hard labels (weight 1); on disagreement every answered row is kept with
   ``label_weight`` = its key's share of the soft label, the weight the ``soft`` training objective reads.
+- A mix-up problem (``source`` "mixup", ``mixup.py``) is kept as above but always labelled soft: its kept rows
+  share one unit of weight, each its program's teacher-weighted share of the samples that wrote a kept program
+  (``soft_shares``), so what the teachers wrote more often weighs more and the problem weighs one row's worth.
 
 Exact duplicate programs of a prompt are marked and not kept.
 """
@@ -27,9 +30,10 @@ import pandas as pd
 import pyarrow as pa
 
 from distill_ray.config import TeacherConfig, VoteConfig
+from distill_ray.mixup import SOURCE as MIXUP
 from distill_ray.stages.base import GroupStage
 
-READS = ("task_id", "teacher", "sample_index", "kind", "expected", "answer", "passed", "program")
+READS = ("task_id", "teacher", "sample_index", "kind", "expected", "answer", "passed", "program", "source")
 WRITES = {
     "vote_answer": pa.string(),         # the prompt's winning key (None: nobody voted)
     "vote_share": pa.float64(),         # the winner's share of the soft label
@@ -91,6 +95,10 @@ def vote_group(group: pd.DataFrame, require_majority: bool = False,
         keep &= pd.Series([k == winner for k in keys])
     group["label_weight"] = weight.where(keep, 0.0)
     group["keep"] = keep
+    if any(is_mixup(group)):
+        group["label_weight"] = soft_shares(group["teacher"].tolist(), group["program"].tolist(), keep.tolist(),
+                                            weights or {})
+        group["label_type"] = "soft"
     return group
 
 
@@ -104,6 +112,7 @@ def vote_groups(rows: pd.DataFrame, require_majority: bool = False,
     keys = vote_keys(rows)
     labelled = [is_labelled(kind, expected) for kind, expected in zip(rows["kind"], rows["expected"])]
     passed = [bool(p) for p in rows["passed"]]
+    mixup = is_mixup(rows)
     out = {column: [] for column in WRITES}
     starts = [i for i in range(len(tasks)) if i == 0 or tasks[i] != tasks[i - 1]] + [len(tasks)]
     for start, end in zip(starts, starts[1:]):
@@ -135,6 +144,10 @@ def vote_groups(rows: pd.DataFrame, require_majority: bool = False,
             out["label_type"].append(label)
             out["label_weight"].append(weight if keep else 0.0)
             out["keep"].append(keep)
+        if mixup[start]:
+            out["label_weight"][start:end] = soft_shares(teachers[start:end], programs[start:end],
+                                                         out["keep"][start:end], weights or {})
+            out["label_type"][start:end] = ["soft"] * (end - start)
     return rows.assign(**out)
 
 
@@ -143,6 +156,25 @@ def vote_key(kind: str, passed, answer) -> str | None:
     if kind == "p3":
         return "verified" if bool(passed) else "not verified"
     return answer if isinstance(answer, str) else None
+
+
+def is_mixup(rows: pd.DataFrame) -> list[bool]:
+    """Which rows are of a mix-up problem (a frame without ``source``, as in unit tests, has none)."""
+    return (rows["source"] == MIXUP).tolist() if "source" in rows else [False] * len(rows)
+
+
+def soft_shares(teachers: list[str], programs: list[str], keep: list[bool], weights: dict[str, float]) -> list[float]:
+    """A mix-up problem's soft label on its rows: a kept row's program's teacher-weighted share of the samples
+    whose program is kept (duplicates count as votes for their program; they are not kept themselves), 0 for
+    the rest; so the kept rows sum to 1, and summed by answer the shares are the teachers' answer distribution."""
+    programs = [normalize_program(p) for p in programs]
+    kept = {p for p, k in zip(programs, keep) if k}
+    counts = {t: Counter() for t in dict.fromkeys(teachers)}
+    for teacher, program in zip(teachers, programs):
+        if program in kept:
+            counts[teacher][program] += 1
+    distribution = weighted_distribution(counts, weights)
+    return [distribution[p] if k else 0.0 for p, k in zip(programs, keep)]
 
 
 def is_labelled(kind: str, expected) -> bool:
