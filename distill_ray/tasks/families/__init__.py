@@ -5,6 +5,6 @@ below, then definition order) is the default round-robin order of ``load_puzzles
 """
 
 from distill_ray.tasks.families.core import ANSWER_VARS, DIFFICULTIES, FAMILIES, Family, LETTERS, WORDS, family
-from distill_ray.tasks.families import arithmetic, strings, lists, geometry, games  # noqa: F401,E402  (registers)
+from distill_ray.tasks.families import arithmetic, strings, lists, geometry, games, steps  # noqa: F401,E402 (registers)
 
 __all__ = ["ANSWER_VARS", "DIFFICULTIES", "FAMILIES", "Family", "LETTERS", "WORDS", "family"]
