@@ -220,18 +220,20 @@ def write_quarantine(out_dir: Path, records: list[dict]) -> Path:
 
 
 def sample_problems(problems: list[dict], teachers: list[TeacherConfig], exemplars, cfg: RunConfig, out_dir: Path,
-                    vote: bool, num_shots: int | None = None, sampling_seed: int | None = None):
+                    vote: bool, num_shots: int | None = None, sampling_seed: int | None = None,
+                    recipe=distill_stages):
     """prompt -> teachers -> extract -> verify (-> vote) over Ray Data, written as Parquet shards to ``out_dir``;
     returns the seconds it took (the rows stay on disk: read what you need).
     ``num_shots`` (default ``prompt.num_shots``; 0 for students) and ``sampling_seed`` (default ``seed``) vary
     per use. The dataset (``vote``) resumes a killed run; evaluation outputs are always recomputed (the student at
-    a given path changes from run to run)."""
+    a given path changes from run to run). ``recipe``: the stage list's builder, ``distill_stages``' signature
+    (``pipelines/decompose.py``'s for decompositional distillation)."""
     prompt_cfg = cfg.prompt if num_shots is None else cfg.prompt.model_copy(update={"num_shots": num_shots})
     # Loaded once, here: a missing or broken critic fails before any work.
     critic_model = Critic.load(cfg.critic.path) if cfg.critic.path else None
-    stages = distill_stages(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
-                            sampling_seed=sampling_seed, critic_model=critic_model,
-                            resample_rounds=cfg.critic.resample_rounds if vote else 0)
+    stages = recipe(teachers, prompt_cfg, cfg.verify, exemplars, cfg.seed, vote_cfg=cfg.vote if vote else None,
+                    sampling_seed=sampling_seed, critic_model=critic_model,
+                    resample_rounds=cfg.critic.resample_rounds if vote else 0)
     params = row_params(cfg.model_dump(exclude={"name", "output_dir", "ray", "train", "eval", "experiment", "resume",
                                                 "critic", "mlflow_uri"}))
     if critic_model is not None:   # the critic's weights decide rows: a resumed run must use the same ones
@@ -603,9 +605,7 @@ def evaluate(cfg: RunConfig, models: dict[str, str] | None = None) -> dict:
     results = {}
     for label, model in models.items():
         is_teacher = label == "teacher" or label.startswith("teacher:")
-        sampler = eval_teacher_config(cfg, label).model_copy(update=dict(
-            name=label, model=model, samples=e.samples, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-            top_k_logprobs=0))
+        sampler = eval_sampler(cfg, label, model)
         log(f"evaluate: {label} ({model}) on {len(eval_problems)} problems x {e.samples} samples")
         sample_problems(eval_problems, [sampler], exemplars, cfg, out / "eval" / label, vote=False,
                         num_shots=None if is_teacher else 0, sampling_seed=cfg.seed + 1)
@@ -644,6 +644,14 @@ def default_eval_models(cfg: RunConfig) -> dict[str, str]:
         elif Path(out / label).exists():
             models[label] = str(out / label)
     return models
+
+
+def eval_sampler(cfg: RunConfig, label: str, model: str, samples: int | None = None) -> TeacherConfig:
+    """How ``model`` is sampled at evaluation: its engine settings (``eval_teacher_config``), ``eval``'s sampling."""
+    e = cfg.eval
+    return eval_teacher_config(cfg, label).model_copy(update=dict(
+        name=label, model=model, samples=samples or e.samples, temperature=e.temperature,
+        max_new_tokens=e.max_new_tokens, top_k_logprobs=0))
 
 
 def eval_teacher_config(cfg: RunConfig, label: str) -> TeacherConfig:
