@@ -32,7 +32,9 @@ def parser() -> argparse.ArgumentParser:
                         ("critic", "train a correctness critic on dataset/'s verdicts; report it on held-out rows"),
                         ("retriever", "EPR: score exemplars with the teacher, train a dense exemplar retriever "
                          "(prompt.exemplars: learned)"),
-                        ("experiment", "the EKT experiment: one student, one data budget, arms x seeds")]:
+                        ("experiment", "the EKT experiment: one student, one data budget, arms x seeds"),
+                        ("decompose", "decompositional distillation: decomposer + solver students against one "
+                         "CoT/program student on the same verified decompositions")]:
         sub = commands.add_parser(name, help=help_)
         sub.add_argument("--config", help="YAML config file (see configs/)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -162,6 +164,11 @@ def run_command(args) -> int:
         report = run_experiment(cfg)
         print(f"distill-ray experiment: {Path(cfg.output_dir) / 'experiment.md'} "
               f"({len(report['arms'])} arms, {len(report['seeds'])} seeds)")
+    elif args.command == "decompose":
+        from distill_ray.decompose import run_decompose
+
+        report = run_decompose(cfg)
+        print(f"distill-ray decompose: {Path(cfg.output_dir) / 'decompose.md'} ({len(report['arms'])} arms)")
     return 0
 
 

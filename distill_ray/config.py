@@ -354,6 +354,23 @@ class ExperimentConfig(Section):
                                "join the pool, and a fresh student is trained on the pool.")
 
 
+class DecomposeConfig(Section):
+    min_steps: int = Field(2, ge=1, description="`distill-ray decompose`: sub-questions a verified teacher "
+                           "decomposition needs to become one decomposer row and one solver row (a one-step "
+                           "decomposition decomposes nothing).")
+    arms: list[Literal["decomposed", "single"]] = Field(
+        ["decomposed", "single"], min_length=1, description="`distill-ray decompose`'s arms, each trained on the "
+        "same verified decompositions and evaluated by pass@k: decomposed (a decomposer student writes "
+        "sub-questions, a solver student the program from problem + sub-questions), single (one CoT/program "
+        "student writes both). See README, 'Decompositional distillation'.")
+
+    @model_validator(mode="after")
+    def _distinct_arms(self):
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"decompose.arms must not repeat an arm: {self.arms}")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field("run", description="Run name (recorded in the report).")
     output_dir: str = Field("outputs/run", description="Where dataset/, student/ and the report go.")
@@ -383,6 +400,7 @@ class RunConfig(Section):
     on_policy: OnPolicyConfig = OnPolicyConfig()
     eval: EvalConfig = EvalConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    decompose: DecomposeConfig = DecomposeConfig()
 
 
     @model_validator(mode="before")
