@@ -186,6 +186,27 @@ def _check_weights(objectives: dict, where: str) -> None:
         raise ValueError(f"{where} needs non-negative weights, one > 0: {objectives}")
 
 
+class MoeConfig(Section):
+    """A mixture-of-experts student, upcycled from the dense one (``train/moe.py``)."""
+
+    experts: int = Field(0, ge=0, description="Experts per MoE layer: each of the student's MLPs becomes this "
+                         "many copies of itself behind a learned router (sparse upcycling; a Mixtral model), before "
+                         "task training; 0: the dense student.")
+    top_k: int = Field(1, ge=1, description="Experts each token is routed to: 1 runs as many parameters per token "
+                       "as the dense student (but Mixtral's renormalised top-1 weight is always 1, so only the "
+                       "load-balancing loss trains the router), k runs k MLPs.")
+    aux_loss_weight: float = Field(0.01, ge=0, description="Weight of the routers' load-balancing loss (Switch "
+                                   "Transformer's), per target token, added to whatever objectives are trained.")
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if self.experts == 1:
+            raise ValueError("train.moe.experts 1 is the dense student with a router; use 0 or >= 2")
+        if self.experts and self.top_k > self.experts:
+            raise ValueError(f"train.moe.top_k {self.top_k} > experts {self.experts}")
+        return self
+
+
 class StageConfig(Section):
     """One phase of a staged run (``train.stages``): its own objectives, data and length, started from the
     previous stage's student (PanGu-Coder: causal LM on raw code, then sft + mlm on problem/solution pairs)."""
@@ -279,10 +300,17 @@ class TrainConfig(Section):
                                      "list privacy scorer treats as private.")
     icl_shots: int = Field(2, ge=0, description="Demonstrations (other rows of the micro-batch) before each icl "
                            "input.")
+    moe: MoeConfig = MoeConfig()
 
     @model_validator(mode="after")
     def _objective_weights(self):
         _check_weights(self.objectives, "train.objectives")
+        return self
+
+    @model_validator(mode="after")
+    def _moe_offline(self):
+        if self.moe.experts and self.mode == "on_policy":
+            raise ValueError("train.moe upcycles the student of offline training; on_policy trains a dense one")
         return self
 
     @model_validator(mode="after")

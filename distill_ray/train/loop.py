@@ -200,7 +200,8 @@ def _build_objective(settings: TrainSettings, engine) -> Objective:
         if teacher.config.vocab_size != engine.module.config.vocab_size:
             raise ValueError(f"teacher vocabulary {teacher.config.vocab_size} != student's "
                              f"{engine.module.config.vocab_size}: kd needs the same tokenizer")
-    params = DistillParams(settings.kd_temperature, settings.swing_max_temperature, settings.swing_noise)
+    params = DistillParams(settings.kd_temperature, settings.swing_max_temperature, settings.swing_noise,
+                           router_aux_weight=settings.moe.aux_loss_weight if settings.moe.experts else 0.0)
     return Objective(settings.objectives, params, teacher)
 
 

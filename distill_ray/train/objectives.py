@@ -19,6 +19,10 @@ every term; ``icl`` and ``mlm`` run their own forward on their own inputs.
   prompt + target), matched (``losses.rkd_distance`` / ``rkd_angle``); a batch-level term, counted once per
   target token of the batch so it mixes with the token terms by weight.
 
+A mixture-of-experts student (``moe.py``) adds ``router_aux``, Switch Transformer's load-balancing loss of its
+routers, with weight ``DistillParams.router_aux_weight`` beside whichever terms are trained (it is not an
+objective: the model computes it, but only adds it to a loss of its own, which the terms here do not use).
+
 A batch is what ``batch.make_batch`` makes: ``data.collate``'s left-padded ``input_ids``, ``attention_mask``,
 ``position_ids`` and unshifted ``labels`` (IGNORE_INDEX on prompt and padding), plus the extras named there.
 """
@@ -39,6 +43,7 @@ RELATIONAL = ("rkd_distance", "rkd_angle")
 TEACHER_MODEL_TERMS = ("kd", "swing", *RELATIONAL)   # terms that may run a teacher model in the worker
 NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}, "mlm": {"mlm"}}
 SIDE_INPUTS = ("icl", "mlm")   # terms that run the student on inputs of their own (make_batch's extras)
+ROUTER_AUX = "router_aux"      # an MoE student's load-balancing loss, in LossOutput.parts
 
 
 @dataclass
@@ -55,6 +60,7 @@ class DistillParams:
     kd_temperature: float = 2.0
     swing_max_temperature: float = 8.0
     swing_noise: float = 1.0
+    router_aux_weight: float = 0.0   # an MoE student's load-balancing loss (0: none; needs an MoE student)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Forward:
     labels: torch.Tensor   # [B, T]
     start: int             # first column of the window in the full-width batch
     embedding: torch.Tensor | None = None   # [B, D]: mean-pooled last hidden state, when asked for
+    aux_loss: torch.Tensor | None = None    # an MoE student's load-balancing loss over the batch, when asked for
 
     @property
     def mask(self) -> torch.Tensor:
@@ -74,18 +81,23 @@ class Forward:
         return tensor[:, self.start:]
 
 
-def forward(model, batch: dict[str, torch.Tensor], embed: bool = False) -> Forward:
+def forward(model, batch: dict[str, torch.Tensor], embed: bool = False, router: bool = False) -> Forward:
     """With left padding every target ends at the last position, so only the last ``T + 1`` positions need
     the vocabulary projection (``logits_to_keep``); logit ``i`` predicts token ``i + 1``. ``embed``: also each
-    row's mean-pooled last hidden state."""
+    row's mean-pooled last hidden state; ``router``: also an MoE student's load-balancing loss (over every real
+    token of the batch, prompt included: the routers see them all)."""
     width = batch["input_ids"].shape[1]
     keep = min(max_target_len(batch) + 1, width)
+    extra = {"output_router_logits": True} if router else {}   # a dense model must not receive the flag
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep, output_hidden_states=embed)
+                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep, output_hidden_states=embed,
+                **extra)
+    if router and getattr(out, "aux_loss", None) is None:
+        raise ValueError("the router_aux term needs a mixture-of-experts student (train.moe)")
     start = width - keep + 1
     embedding = mean_pool(out.hidden_states[-1], batch["attention_mask"]) if embed else None
     return Forward(logits=out.logits[:, :-1].float(), labels=batch["labels"][:, start:], start=start,
-                   embedding=embedding)
+                   embedding=embedding, aux_loss=out.aux_loss if router else None)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -139,16 +151,28 @@ class Objective:
         """Every term is a sum over target tokens; the loss divides the weighted sum by ``normaliser`` (the
         training loop passes the target tokens of the whole global batch, so each token weighs the same
         whatever micro-batch or worker it is in), by default this batch's own target tokens."""
-        fwd = None if fwd_free(self.weights) else forward(model, batch, embed=bool(set(RELATIONAL) & set(self.weights)))
+        router = self.params.router_aux_weight > 0
+        embed = bool(set(RELATIONAL) & set(self.weights))
+        fwd = None if fwd_free(self.weights) else forward(model, batch, embed=embed, router=router)
         sums = {name: self._term(name, model, fwd, batch, generator) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in sums.items())
         tokens = self.tokens(batch)
+        if router:
+            sums[ROUTER_AUX] = self._router_aux(model, fwd, batch, tokens)
+            total = total + self.params.router_aux_weight * sums[ROUTER_AUX]
         return LossOutput(loss=total / (normaliser or max(tokens, 1)), tokens=tokens,
                           parts={k: float(v.detach()) / max(tokens, 1) for k, v in sums.items()},
                           total=float(total.detach()))
 
     def tokens(self, batch: dict) -> int:
         return target_tokens(batch, own=_own_inputs(self.weights))
+
+    def _router_aux(self, model, fwd: Forward | None, batch: dict, tokens: int) -> torch.Tensor:
+        """The load-balancing loss counted once per target token (as the relational terms), so its weight reads
+        per token whatever the batch. From the shared forward; terms that all run on inputs of their own (icl,
+        mlm) have none, and pay one more forward for it."""
+        fwd = fwd or forward(model, batch, router=True)
+        return fwd.aux_loss * tokens
 
     def _term(self, name: str, model, fwd: Forward | None, batch: dict, generator) -> torch.Tensor:
         if name == "sft":

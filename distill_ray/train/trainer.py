@@ -14,6 +14,7 @@ from distill_ray.mlflow_log import MlflowRun, mlflow_run
 from distill_ray.train.config import TrainResult, TrainSettings
 from distill_ray.train.data import as_dataset
 from distill_ray.train.loop import DATASET_PREFIX, HF_DIR, train_loop_per_worker
+from distill_ray.train.moe import release_upcycled, upcycle_for_run
 from distill_ray.train.student import PROVENANCE_FILE
 
 RESULT_FILE = "train_result.json"   # written next to the exported student: settings and metrics
@@ -32,10 +33,14 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     """
     settings = settings or TrainSettings()
     init_dir, output_dir = Path(init_dir).resolve(), Path(output_dir).resolve()
+    if settings.moe.experts:   # before any phase: a staged run's later phases start from an MoE student already
+        init_dir = upcycle_for_run(init_dir, output_dir, settings.moe, settings.seed)
     if settings.stages:
         from distill_ray.train.staged import train_stages
 
-        return train_stages(init_dir, data, output_dir, settings)
+        staged = train_stages(init_dir, data, output_dir, settings)
+        release_upcycled(output_dir)
+        return staged
     splits = split_for_workers(as_dataset(data), settings)
     with mlflow_run(settings.mlflow_uri, output_dir.name, settings.model_dump()) as tracking:
         trainer = _make_trainer(init_dir, splits, output_dir, settings, tracking)
@@ -46,6 +51,7 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
     export_checkpoint(result.checkpoint, init_dir, output_dir)
     train_result = write_result(result, init_dir, output_dir, settings, wall)
     release_run_storage(settings, output_dir)
+    release_upcycled(output_dir)
     return train_result
 
 
