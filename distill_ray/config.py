@@ -230,6 +230,29 @@ class StageConfig(Section):
         return self
 
 
+class CompressConfig(Section):
+    """Sparse + quantized students (``train.compress``, ``train/compress.py``): prune the decoder's Linear
+    weights during training, then quantization-aware training to int8, and export an int8 model."""
+
+    sparsity: float = Field(0.0, ge=0, lt=1, description="Target share of zero weights in every decoder Linear "
+                            "(attention and MLP projections; embeddings, norms and lm_head stay dense), reached by "
+                            "gradual magnitude pruning during training; pruned weights stay zero (0: no pruning).")
+    prune_steps: int | None = Field(None, ge=1, description="Optimizer steps over which the sparsity rises to the "
+                                    "target on a cubic schedule (then the masks are fixed); null: until QAT starts "
+                                    "(or the run's last step).")
+    qat_steps: int = Field(0, ge=0, description="The run's last optimizer steps run the pruned Linears on int8 "
+                           "fake-quantized weights (per output channel) and activations (per token), with "
+                           "straight-through gradients (0: no QAT).")
+    export_int8: bool = Field(False, description="Also write the student as int8 weights + per-channel scales "
+                              "to <student>/int8 (loaded by distill_ray.train.int8.load_int8, run with int8 "
+                              "matmuls).")
+
+    @property
+    def active(self) -> bool:
+        """Whether training changes anything (export alone quantizes after training)."""
+        return bool(self.sparsity or self.qat_steps)
+
+
 class TrainConfig(Section):
     enabled: bool = Field(True, description="Train a student (false: stop after the dataset).")
     mode: Literal["offline", "on_policy"] = Field(
@@ -300,6 +323,7 @@ class TrainConfig(Section):
                                      "list privacy scorer treats as private.")
     icl_shots: int = Field(2, ge=0, description="Demonstrations (other rows of the micro-batch) before each icl "
                            "input.")
+    compress: CompressConfig = CompressConfig()
     moe: MoeConfig = MoeConfig()
 
     @model_validator(mode="after")
@@ -317,6 +341,15 @@ class TrainConfig(Section):
     def _privacy_terms(self):
         if self.privacy_scorer == "list" and not any(self.privacy_terms):
             raise ValueError("train.privacy_scorer 'list' needs train.privacy_terms (it would flag nothing)")
+        return self
+
+    @model_validator(mode="after")
+    def _compress_needs_whole_weights(self):
+        if self.compress.active and self.zero_stage == 3:
+            raise ValueError("train.compress needs whole weight matrices on each worker: ZeRO-3 partitions them "
+                             "(use zero_stage 0, 1 or 2)")
+        if self.compress.active and self.mode == "on_policy":
+            raise ValueError("train.compress applies to offline training (train.mode: offline)")
         return self
 
 

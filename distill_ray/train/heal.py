@@ -12,7 +12,7 @@ import random
 import sysconfig
 from pathlib import Path
 
-from distill_ray.config import MoeConfig
+from distill_ray.config import CompressConfig, MoeConfig
 from distill_ray.train.config import TrainSettings
 
 
@@ -44,7 +44,8 @@ def heal_student(cut_dir: str | Path, full_dir: str | Path, out_dir: str | Path,
     heal_settings = settings.model_copy(update=dict(
         objectives={"kd": 1.0}, teacher_dir=str(full_dir), max_steps=steps, epochs=1, kd_temperature=1.0,
         checkpoint_every=None, lr_schedule="constant", max_length=min(settings.max_length, 256), run_name=None,
-        stages=[], moe=MoeConfig()))   # heal the dense cut: task training upcycles the healed student
+        stages=[], moe=MoeConfig(),   # heal the dense cut: task training upcycles the healed student
+        compress=CompressConfig()))   # and task training prunes and quantizes it
     rows = general_text_rows(rows_needed, seed=settings.seed)
     train_student(cut_dir, ray.data.from_items(rows), out_dir, heal_settings)
     return Path(out_dir)

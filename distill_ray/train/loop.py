@@ -30,6 +30,7 @@ import torch.distributed as dist
 from distill_ray.metrics import gauge
 from distill_ray.train.config import TrainSettings
 from distill_ray.train.batch import make_batch
+from distill_ray.train.compress import compressor_for_run
 from distill_ray.train.objectives import TEACHER_MODEL_TERMS, DistillParams, Objective
 
 STATE_FILE = "train_state.json"   # in every checkpoint: counters and loss history
@@ -138,7 +139,8 @@ def train_loop_per_worker(config: dict) -> dict:
             print(f"[train] resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.micro_in_epoch})")
 
     objective = _build_objective(settings, engine)
-    _train(engine, tokenizer, objective, settings, state, rank)
+    compressor = compressor_for_run(settings.compress, engine.module, config.get("run_steps"), state.step)
+    _train(engine, tokenizer, objective, settings, state, rank, compressor)
     metrics = run_metrics(state, setup_seconds)
     report_final(engine, tokenizer, settings, state, metrics, rank)
     return metrics
@@ -214,7 +216,8 @@ def load_state(engine, restored: Path | None) -> TrainState:
     return TrainState(**json.loads((restored / STATE_FILE).read_text()))
 
 
-def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, state: TrainState, rank: int) -> None:
+def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, state: TrainState, rank: int,
+           compressor=None) -> None:
     import ray.train
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -238,6 +241,8 @@ def _train(engine, tokenizer, objective: Objective, settings: TrainSettings, sta
             _optimizer_step(engine, objective, batches, settings, state, rank, stats)
             state.micro_in_epoch = window[-1][0] + 1
             _close_step(state, stats, engine.device)
+            if compressor:   # masks re-applied before anything reads or saves the weights
+                compressor.sync(state.step)
             if _after_step(engine, state, settings, rank):
                 return
             fetch_start = time.perf_counter()

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from distill_ray.config import StageConfig
+from distill_ray.config import CompressConfig, StageConfig
 from distill_ray.train.config import TrainResult, TrainSettings
 
 STAGES_DIR = "stages"   # under the output: the students of the phases before the last, while the next one needs them
@@ -32,7 +32,7 @@ def train_stages(init_dir: Path, data, output_dir: Path, settings: TrainSettings
         last = index == len(settings.stages) - 1
         out = output_dir if last else output_dir / STAGES_DIR / f"{index}-{name}"
         print(f"[train] stage {index} {name!r}: {dict(stage.objectives)} on {stage.data}", flush=True)
-        result = train_student(current, stage_data(stage, data, settings), out, stage_settings(settings, stage))
+        result = train_student(current, stage_data(stage, data, settings), out, stage_settings(settings, stage, last))
         if done:   # the previous phase's student has been trained from: only its record is kept
             shutil.rmtree(current, ignore_errors=True)
         done.append((name, stage, result))
@@ -44,11 +44,13 @@ def train_stages(init_dir: Path, data, output_dir: Path, settings: TrainSettings
     return combined
 
 
-def stage_settings(settings: TrainSettings, stage: StageConfig) -> TrainSettings:
-    """The run's settings with the phase's objectives, length and LR (and no stages: a phase is one run)."""
+def stage_settings(settings: TrainSettings, stage: StageConfig, last: bool = True) -> TrainSettings:
+    """The run's settings with the phase's objectives, length and LR (and no stages: a phase is one run).
+    ``train.compress`` applies to the last phase: a phase's schedule starts dense, undoing earlier pruning."""
     return settings.model_copy(update=dict(
         objectives=dict(stage.objectives), max_steps=stage.max_steps, epochs=stage.epochs,
-        lr=stage.lr or settings.lr, stages=[], run_name=None))
+        lr=stage.lr or settings.lr, stages=[], run_name=None,
+        compress=settings.compress if last else CompressConfig()))
 
 
 def stage_data(stage: StageConfig, data, settings: TrainSettings):

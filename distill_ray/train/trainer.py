@@ -49,6 +49,10 @@ def train_student(init_dir: str | Path, data, output_dir: str | Path,
         wall = time.perf_counter() - started
 
     export_checkpoint(result.checkpoint, init_dir, output_dir)
+    if settings.compress.export_int8:
+        from distill_ray.train.int8 import INT8_DIR, export_int8
+
+        export_int8(output_dir, output_dir / INT8_DIR)
     train_result = write_result(result, init_dir, output_dir, settings, wall)
     release_run_storage(settings, output_dir)
     release_upcycled(output_dir)
@@ -139,6 +143,7 @@ def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: Trai
             "init_dir": str(init_dir),
             "settings": settings.model_dump(),
             "total_steps": _total_steps(splits, settings),
+            "run_steps": run_steps(splits, settings) if settings.compress.active else None,   # its schedule
             # Workers started by an existing cluster may not inherit it; the op build is reused through it.
             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
         },
@@ -192,6 +197,15 @@ def _total_steps(splits: list, settings: TrainSettings) -> int | None:
     """Optimizer steps of the whole run, needed only by decaying LR schedules."""
     if settings.max_steps or settings.lr_schedule == "constant":
         return settings.max_steps
+    return _epoch_steps(splits, settings)
+
+
+def run_steps(splits: list, settings: TrainSettings) -> int:
+    """Optimizer steps the run will take: its epochs', or max_steps if that ends it first."""
+    return min(settings.max_steps or math.inf, _epoch_steps(splits, settings))
+
+
+def _epoch_steps(splits: list, settings: TrainSettings) -> int:
     micro_batches = math.ceil(splits[0].count() / settings.batch_size)
     return max(1, settings.epochs * math.ceil(micro_batches / settings.grad_accum))
 
