@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from distill_ray.verify import SandboxLimits, Verifier
+from distill_ray.verify.budget import wall_cap
 from distill_ray.verify.jsonl import main, verify_jsonl
 
 GOOD_GSM = {"kind": "gsm8k", "program": "def solution():\n    return 6 * 7\n", "expected": 42}
@@ -113,8 +114,8 @@ def test_order_preserved_across_chunks_and_timeouts(verifier):
         else:
             assert o["id"] == i
             assert o["status"] == ("timeout" if "timeout_s" in r else "pass"), o
-            if "timeout_s" in r:
-                assert o["seconds"] < 1.5
+            if "timeout_s" in r:   # the record's own budget ended it: by its wall-clock cap at the latest
+                assert o["seconds"] < wall_cap(r["timeout_s"]) + 1.0, o   # (+1 s: the kill and reap, under load)
 
 
 def test_is_lazy():

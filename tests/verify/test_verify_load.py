@@ -22,14 +22,14 @@ SLEEP_FOREVER = "import time\ndef solution():\n    time.sleep(100)\n    return 7
 SAT7 = "def sat(x: int):\n    return x == 7\n"
 
 
-def _as(kind: str, program: str) -> Check:
-    """The program (which defines solution()) as a check of this kind, with a 1 s budget."""
+def _as(kind: str, program: str, timeout_s: float = 1.0) -> Check:
+    """The program (which defines solution()) as a check of this kind, with a 1 s budget by default."""
     if kind == "gsm8k":
-        return Check("gsm8k", program, expected=7, timeout_s=1)
+        return Check("gsm8k", program, expected=7, timeout_s=timeout_s)
     if kind == "asserts":
-        return Check("asserts", program, tests="assert solution() == 7\n", timeout_s=1)
+        return Check("asserts", program, tests="assert solution() == 7\n", timeout_s=timeout_s)
     return Check("p3", program + "sol = solution\n", sat=SAT7, ans_type="int", trusted_sat=kind == "trusted",
-                 timeout_s=1)
+                 timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -80,8 +80,10 @@ def test_forked_spinners_count_against_the_budget():
                "                while True:\n                    pass\n"
                "            os._exit(0)\n"
                "    time.sleep(100)\n    return 7\n")
-    with Verifier(SandboxLimits(timeout_s=1, max_processes=10), workers=1) as v:
-        out = v.verify([_as("gsm8k", program), _as("untrusted", program), _as("gsm8k", "def solution():\n"
-                                                                                         "    return 7\n")])
+    # A small budget, so four spinners reach it well before the wall-clock cap even when they get a sliver of
+    # a core each (load 28 on 2 cores here: 1 s of CPU took the whole 4 s cap).
+    with Verifier(SandboxLimits(max_processes=10), workers=1) as v:
+        out = v.verify([_as("gsm8k", program, 0.25), _as("untrusted", program, 0.25),
+                        _as("gsm8k", "def solution():\n    return 7\n", 0.25)])
     assert [x.status for x in out] == ["timeout", "timeout", "pass"], out
     assert all("CPU time" in x.detail for x in out[:2]), out   # the orphans' CPU ended it, not the wall-clock cap
