@@ -16,7 +16,7 @@ from distill_ray.stages.base import BatchStage, GroupStage
 
 def candidates(task: str, chunk: int, verdicts: list[bool], problems: int) -> pd.DataFrame:
     return pd.DataFrame({"task_id": task, "teacher": "t", "sample_index": range(len(verdicts)), "kind": "p3",
-                         "expected": None, "answer": "x", "passed": verdicts,
+                         "source": "puzzles", "expected": None, "answer": "x", "passed": verdicts,
                          "program": [f"def sol(): return {i}" for i in range(len(verdicts))], CHUNK: chunk,
                          CHUNK_PROBLEMS: problems})
 
