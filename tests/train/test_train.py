@@ -111,6 +111,7 @@ def test_build_student_copies_chosen_teacher_layers(teacher_dir, tmp_path):
     assert (student_dir / "tokenizer.json").exists()
 
 
+@pytest.mark.slow
 def test_the_driver_split_equals_ray_datas_sort_and_split(ray_cluster, monkeypatch):
     """Small runs sort and cut their rows in the driver: the same workers' rows, in the same order, as Ray Data's
     sort and equal split; a different seed gives another order."""
