@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distill_ray.tasks.families import DIFFICULTIES
-from distill_ray.tasks.puzzles import check_families
+from distill_ray.tasks.puzzles import check_families, list_families
 
 DEFAULT_P3 = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "p3")
 
@@ -66,7 +66,11 @@ class PuzzleJobConfig(BaseModel):
         keep = ("num", "families", "difficulties", "seed", "chunk_size", "teacher_prompts", "teacher_samples",
                 "teacher_model", "teacher_shots", "teacher_temperature", "teacher_max_new_tokens",
                 "near_dup_scope", "near_dup_threshold", "timeout_s", "memory_mb")
-        return {k: getattr(self, k) for k in keep}
+        params = {k: getattr(self, k) for k in keep}
+        # Seed s is family s % F of the list: "all" is recorded as the list it means today, so a resume after a
+        # family was added (a different seed -> puzzle map) is refused instead of mixing two maps.
+        params["families"] = self.families or list_families()
+        return params
 
 
 @dataclass(frozen=True)

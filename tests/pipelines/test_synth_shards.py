@@ -39,3 +39,16 @@ def test_manifest_refuses_to_resume_with_other_params(tmp_path):
     assert manifest.start({"num": 10})["stats"] == {"kept": 7}   # same params: resume, reports kept
     with pytest.raises(ValueError, match="other parameters"):
         manifest.start({"num": 11})
+
+
+def test_a_puzzle_job_over_all_families_refuses_to_resume_once_a_family_was_added(tmp_path, monkeypatch):
+    """Seed s is family s % F: "all families" is recorded as the list it meant, so a job started before a family
+    was added cannot resume with a different seed -> puzzle map."""
+    from distill_ray.synth import config
+    from distill_ray.tasks.puzzles import list_families
+
+    manifest = Manifest.for_output(tmp_path / "ds")
+    manifest.start(config.PuzzleJobConfig(num=10, output=str(tmp_path / "ds")).content_params())
+    monkeypatch.setattr(config, "list_families", lambda: [*list_families(), "a_new_family"])
+    with pytest.raises(ValueError, match="other parameters"):
+        manifest.start(config.PuzzleJobConfig(num=10, output=str(tmp_path / "ds")).content_params())
