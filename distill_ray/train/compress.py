@@ -110,9 +110,9 @@ class Compressor:
         self.linears = compressible_linears(model)
         self.qat_from = total_steps - config.qat_steps   # QAT once this many steps are done
         self.ramp_steps = config.prune_steps or self.qat_from
-        if config.sparsity and self.ramp_steps < 1:
-            raise ValueError(f"train.compress: no steps left to prune in ({total_steps} steps, "
-                             f"{config.qat_steps} of them QAT)")
+        if config.sparsity and not 1 <= self.ramp_steps <= total_steps:
+            raise ValueError(f"train.compress: the run's {total_steps} steps ({config.qat_steps} of them QAT) "
+                             f"cannot prune over {self.ramp_steps}: it would end short of the target sparsity")
         self.masks: dict[str, torch.Tensor] = {}
         self.qat = False
 
