@@ -1,6 +1,7 @@
 """Student training: build a student, fine-tune it with Ray Train + DeepSpeed, export it for transformers.
 
 - ``student``: students from a subset of the teacher's layers, or tiny ones from a config
+- ``moe``: mixture-of-experts students upcycled from a dense one (Mixtral), ``moe_run`` measures them
 - ``data``: tokenization, target-only labels, left-padded collation
 - ``batch``: a micro-batch with the extras objectives need (label weights, stored top-k, privacy, icl inputs)
 - ``losses``: the losses as pure tensor functions (KL with temperature, soft labels, swing temperature, noise)
