@@ -13,7 +13,6 @@ The rows are the built-in puzzles' train problems with their reference solutions
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -90,17 +89,11 @@ def run(out: Path, layers: int, steps: int, experts: int, num_train: int, num_ev
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/moe")
-    parser.add_argument("--layers", type=int, default=6, help="the student: SmolLM2 cut to this many layers")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps of every arm")
+    from distill_ray.train.pangu import run_arguments
+
+    parser = run_arguments(__doc__.split("\n\n")[0], "outputs/moe", layers=6, steps=30)
     parser.add_argument("--experts", type=int, default=4)
-    parser.add_argument("--num-train", type=int, default=160)
-    parser.add_argument("--num-eval", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--aux-loss-weight", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = parser.parse_args()
     results = run(Path(args.out), args.layers, args.steps, args.experts, args.num_train, args.num_eval, args.seed,

@@ -105,17 +105,24 @@ def run(out: Path, layers: int, steps: int, code_steps: int, num_train: int, num
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/pangu")
-    parser.add_argument("--layers", type=int, default=8, help="the student: SmolLM2 cut to this many layers")
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of every arm")
-    parser.add_argument("--code-steps", type=int, default=15, help="of them, causal LM on raw code (stage 1)")
+def run_arguments(description: str, out: str, layers: int, steps: int) -> argparse.ArgumentParser:
+    """The command line every small run of a cut SmolLM2 on puzzle pairs shares (this one, ``moe_run``): where to
+    write, the student's layers, the steps of every arm, the puzzles and the optimizer."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--layers", type=int, default=layers, help="the student: SmolLM2 cut to this many layers")
+    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps of every arm")
     parser.add_argument("--num-train", type=int, default=160)
     parser.add_argument("--num-eval", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main() -> None:
+    parser = run_arguments(__doc__.split("\n\n")[0], "outputs/pangu", layers=8, steps=40)
+    parser.add_argument("--code-steps", type=int, default=15, help="of them, causal LM on raw code (stage 1)")
     args = parser.parse_args()
     results = run(Path(args.out), args.layers, args.steps, args.code_steps, args.num_train, args.num_eval,
                   args.seed, args.lr, args.batch_size)
