@@ -2,6 +2,8 @@
 
 - ``student``: students from a subset of the teacher's layers, or tiny ones from a config
 - ``moe``: mixture-of-experts students upcycled from a dense one (Mixtral), ``moe_run`` measures them
+- ``compress``: pruning to a target sparsity and int8 QAT during training; ``int8``: the int8 export, loader
+  and Linear; ``compress_run`` measures them
 - ``data``: tokenization, target-only labels, left-padded collation
 - ``batch``: a micro-batch with the extras objectives need (label weights, stored top-k, privacy, icl inputs)
 - ``losses``: the losses as pure tensor functions (KL with temperature, soft labels, swing temperature, noise)

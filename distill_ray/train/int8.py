@@ -67,6 +67,10 @@ def quantize_model(model: torch.nn.Module) -> list[str]:
     return list(linears)
 
 
+def int8_linears(model: torch.nn.Module) -> dict[str, Int8Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+
+
 def export_int8(model_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the int8 student of the Hugging Face ``model_dir`` to ``out_dir``; returns its manifest."""
     from safetensors.torch import save_file

@@ -45,11 +45,18 @@ def held_out_nll(model_dir: str, rows: list[dict], objective: str, max_length: i
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return model_nll(model, tokenizer, rows, objective, max_length, seed)
+
+
+def model_nll(model, tokenizer, rows: list[dict], objective: str, max_length: int, seed: int = 0) -> float:
+    """``held_out_nll`` of a loaded model (an int8 one, say)."""
+    import torch
+
     from distill_ray.train.batch import make_batch
     from distill_ray.train.objectives import Objective
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     term = Objective({objective: 1.0})
     total, tokens = 0.0, 0
     with torch.no_grad():
