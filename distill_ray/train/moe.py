@@ -37,8 +37,10 @@ def moe_config(dense, experts: int, top_k: int, aux_loss_weight: float):
     """The Mixtral config of an upcycled ``dense`` llama config: the same shapes, ``experts`` MLPs per layer."""
     from transformers import MixtralConfig
 
-    if getattr(dense, "attention_bias", False) or getattr(dense, "mlp_bias", False):
-        raise ValueError("upcycling needs a llama-like student without attention or MLP biases (Mixtral has none)")
+    # Mixtral is llama's layout with MoE MLPs; another family's norms or attention would be silently dropped.
+    if dense.model_type != "llama" or getattr(dense, "attention_bias", False) or getattr(dense, "mlp_bias", False):
+        raise ValueError(f"upcycling needs a llama student without attention or MLP biases (SmolLM2 is one), not a "
+                         f"{dense.model_type}")
     if not 1 <= top_k <= experts:
         raise ValueError(f"top_k {top_k} must be between 1 and experts {experts}")
     shared = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

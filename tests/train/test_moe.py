@@ -124,6 +124,17 @@ def test_the_router_term_needs_an_moe_student(dense_dir, tokenizer):
         Objective({"sft": 1.0}, DistillParams(router_aux_weight=0.01))(_load(dense_dir), batch)
 
 
+def test_only_a_llama_without_biases_is_upcycled():
+    from transformers import GemmaConfig, LlamaConfig
+
+    from distill_ray.train.moe import moe_config
+
+    assert moe_config(LlamaConfig(), 4, 2, 0.01).num_local_experts == 4
+    for dense in (GemmaConfig(), LlamaConfig(attention_bias=True), LlamaConfig(mlp_bias=True)):
+        with pytest.raises(ValueError, match="llama student"):
+            moe_config(dense, 4, 2, 0.01)
+
+
 def test_moe_is_validated_at_the_edge():
     assert TrainConfig().moe.experts == 0 and MoeConfig(experts=4, top_k=4).top_k == 4
     for bad in ({"experts": 4, "top_k": 5}, {"experts": 1}, {"experts": 4, "aux_loss_weight": -1.0}):
