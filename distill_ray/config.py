@@ -163,7 +163,8 @@ class GalConfig(Section):
                        "the task has families).")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of the GAL writers (high: varied "
                                "problems; duplicates are dropped anyway).")
-    max_new_tokens: int = Field(96, ge=1, description="Token budget per written problem.")
+    max_new_tokens: int = Field(160, ge=1, description="Token budget per written problem (real GSM8K "
+                                "questions: 95% within 101 SmolLM2 tokens, 99.75% within 160).")
 
 
 class MixupConfig(Section):
@@ -175,7 +176,7 @@ class MixupConfig(Section):
                        "'Several teachers'). 0: off.")
     samples: int = Field(4, ge=1, description="New problems each teacher writes per mix-up pair.")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of the mix-up writers.")
-    max_new_tokens: int = Field(96, ge=1, description="Token budget per blended problem.")
+    max_new_tokens: int = Field(160, ge=1, description="Token budget per blended problem (as `gal.max_new_tokens`).")
 
 
 Objective = Literal["sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle"]
