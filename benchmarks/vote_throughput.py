@@ -39,7 +39,7 @@ def candidates(tasks: int, samples: int, seed: int = 0) -> pd.DataFrame:
     n = tasks * samples
     answers = rng.integers(0, 3, n)
     return pd.DataFrame({"task_id": np.repeat([f"t{i}" for i in range(tasks)], samples),
-                         "kind": "gsm8k", "expected": 0.0,
+                         "kind": "gsm8k", "source": "gsm8k", "expected": 0.0,
                          "teacher": np.where(rng.random(n) < 0.5, "a", "b"),
                          "sample_index": np.tile(np.arange(samples), tasks),
                          "answer": [str(a) for a in answers], "passed": answers == 0,
