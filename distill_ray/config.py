@@ -179,7 +179,7 @@ class MixupConfig(Section):
     max_new_tokens: int = Field(160, ge=1, description="Token budget per blended problem (as `gal.max_new_tokens`).")
 
 
-Objective = Literal["sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle"]
+Objective = Literal["sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle", "knife_teacher", "knife"]
 
 
 def _check_weights(objectives: dict, where: str) -> None:
@@ -301,7 +301,10 @@ class TrainConfig(Section):
         "sft: completion cross-entropy; soft: rows weighted by their vote share (label_weight); kd: token KL "
         "to the teacher; swing: privacy-aware kd; icl: targets after in-batch demonstrations; mlm: span "
         "infilling (a span of the target masked, written after the sequence); rkd_distance, rkd_angle: "
-        "relational KD on the pairwise structure of the batch's embeddings (teacher model needed).")
+        "relational KD on the pairwise structure of the batch's embeddings (teacher model needed); knife_teacher: "
+        "KNIFE's teacher, cross-entropy on the target of [rationale, input, target] rows whose target may not attend "
+        "to the rationale (rows need rationale_text); knife: KNIFE, the MSE between the student's hidden states of "
+        "the input and target tokens and such a teacher's (teacher_dir; rows need rationale_text).")
     stages: list[StageConfig] = Field([], description="Train in phases, in order, each from the previous one's "
                                       "student with its own objectives, data and steps (then train.objectives, "
                                       "epochs and max_steps are unused), e.g. [{data: raw_code, objectives: {sft: "
@@ -324,6 +327,8 @@ class TrainConfig(Section):
                                      "list privacy scorer treats as private.")
     icl_shots: int = Field(2, ge=0, description="Demonstrations (other rows of the micro-batch) before each icl "
                            "input.")
+    knife_layers: list[int] = Field([-1], min_length=1, description="knife: the hidden states matched, as indexes "
+                                    "into each model's own (0: the embeddings, -1: the last layer's output), averaged.")
     compress: CompressConfig = CompressConfig()
     moe: MoeConfig = MoeConfig()
 
@@ -476,6 +481,16 @@ class RunConfig(Section):
             data = {**data, "teachers": [{**base, **entry} if isinstance(entry, dict) else entry
                                          for entry in data["teachers"]]}
         return data
+
+    @model_validator(mode="after")
+    def _no_knife_in_the_pipeline(self):
+        phases = [self.train.objectives, *(stage.objectives for stage in self.train.stages)]
+        chosen = {name for objectives in phases for name, weight in objectives.items() if weight}
+        if chosen & {"knife", "knife_teacher"}:
+            raise ValueError("train.objectives knife and knife_teacher read rows with a rationale_text column (and "
+                             "knife a teacher trained with knife_teacher), which the pipeline's dataset does not have: "
+                             "train them with train_student (python -m distill_ray.train.knife_run shows how)")
+        return self
 
     @model_validator(mode="after")
     def _unique_teacher_names(self):

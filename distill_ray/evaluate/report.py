@@ -64,6 +64,8 @@ OBJECTIVES = {"sft": "cross-entropy on verified completions (completion tokens o
               "mlm": "span infilling: a masked span of each completion written after the sequence",
               "rkd_distance": "relational KD: the batch's pairwise embedding distances matched to the teacher's",
               "rkd_angle": "relational KD: the angles of the batch's embedding triplets matched to the teacher's",
+              "knife_teacher": "KNIFE's teacher: the target of rationale + input, read through the input tokens only",
+              "knife": "KNIFE: the input and target tokens' hidden states matched to a rationale-reading teacher's",
               "on_policy": "on-policy distillation: the GKD divergence to the teachers on the student's own samples, "
                            "weighted by the verifier"}
 

@@ -12,6 +12,8 @@ objectives slice them with the same window as the logits:
   tasks*, column ``task_id``, else other prompts; drawn with ``rng``), labels on the final target only.
 - ``mlm``: a second batch of span-infilling inputs (``infill.py``: a span of each target moved behind the
   sequence, its place marked), labels on the span (+ EOS) only; spans drawn from ``rng`` after ``icl``'s draws.
+- ``knife``: the KNIFE teacher's rows (``knife.teacher_batch``): column ``rationale_text`` before each row's own
+  prompt + target, labels on the target, and ``rationale`` [B, W'] marking the rationale's positions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from distill_ray.train.data import IGNORE_INDEX, PROMPT_COLUMN, TARGET_COLUMN, collate, tokenize_rows
 from distill_ray.train.infill import infill_rows
+from distill_ray.train.knife import RATIONALE_COLUMN, teacher_batch
 
 WEIGHT_COLUMN = "label_weight"
 TOPK_COLUMN = "teacher_topk"
@@ -34,7 +37,7 @@ def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[s
                rng: random.Random | None = None, icl_shots: int = 0,
                privacy_patterns: Sequence[str] = (), privacy_scorer: str = "regex",
                privacy_terms: Sequence[str] = (), mlm_span: float = 0.3) -> dict:
-    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl", "mlm"). ``privacy_scorer``
+    """``needs``: which extras to build ("label_weight", "topk", "privacy", "icl", "mlm", "knife"). ``privacy_scorer``
     "likelihood" builds no ``privacy``: swing scores it from the teacher's log-probabilities."""
     prompts, targets = list(rows[PROMPT_COLUMN]), list(rows[TARGET_COLUMN])
     examples = tokenize_rows(tokenizer, prompts, targets, max_length)
@@ -52,6 +55,11 @@ def make_batch(rows: dict, tokenizer, max_length: int, pad_id: int, needs: set[s
         batch["icl"] = collate(tokenize_rows(tokenizer, icl_prompts, targets, max_length), pad_id)
     if "mlm" in needs:
         batch["mlm"] = collate(infill_rows(tokenizer, prompts, targets, max_length, rng, mlm_span), pad_id)
+    if "knife" in needs:
+        if rows.get(RATIONALE_COLUMN) is None:
+            raise ValueError(f"knife and knife_teacher read each row's rationale: the rows have no "
+                             f"{RATIONALE_COLUMN!r} column")
+        batch["knife"] = teacher_batch(tokenizer, rows[RATIONALE_COLUMN], examples, max_length, pad_id)
     return batch
 
 

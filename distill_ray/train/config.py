@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill_ray.config import TrainConfig
 
@@ -16,7 +16,7 @@ class TrainSettings(TrainConfig):
 
     seed: int = Field(0, description="Seeds the shuffle and the noise of swing.")
     teacher_dir: str | None = Field(None, description="HF teacher loaded in each worker for kd/swing rows without "
-                                    "stored top-k.")
+                                    "stored top-k, rkd, and knife (a teacher trained with knife_teacher).")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: none).")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="After warm-up; linear "
                                                                   "and cosine decay to 0 at the last step.")
@@ -34,6 +34,14 @@ class TrainSettings(TrainConfig):
                                    "null: MLFLOW_TRACKING_URI if set, else no MLflow).")
     fail_at_step: int | None = Field(None, description="Testing fault tolerance: raise once after this step (not "
                                      "after a resume).")
+
+    @model_validator(mode="after")
+    def _knife_needs_its_teacher(self):
+        chosen = [dict(self.objectives), *(dict(stage.objectives) for stage in self.stages)]
+        if any(objectives.get("knife") for objectives in chosen) and not self.teacher_dir:
+            raise ValueError("objective knife matches the student's hidden states to a KNIFE teacher's: set "
+                             "teacher_dir to a teacher trained with knife_teacher (on rows with rationale_text)")
+        return self
 
 
 @dataclass

@@ -77,8 +77,8 @@ def max_target_len(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["labels"].shape[1] - positions[0]) if len(positions) else 0
 
 
-OPTIONAL_COLUMNS = ("label_weight", "teacher_topk", "task_id")  # read when present (soft labels, stored
-# teacher top-k, the task a row answers: icl never shows a row its own task)
+OPTIONAL_COLUMNS = ("label_weight", "teacher_topk", "task_id", "rationale_text")  # read when present (soft labels,
+# stored teacher top-k, the task a row answers: icl never shows a row its own task; KNIFE's rationale)
 
 
 def as_dataset(data, columns: Sequence[str] = (PROMPT_COLUMN, TARGET_COLUMN),

@@ -203,7 +203,8 @@ def _build_objective(settings: TrainSettings, engine) -> Objective:
             raise ValueError(f"teacher vocabulary {teacher.config.vocab_size} != student's "
                              f"{engine.module.config.vocab_size}: kd needs the same tokenizer")
     params = DistillParams(settings.kd_temperature, settings.swing_max_temperature, settings.swing_noise,
-                           router_aux_weight=settings.moe.aux_loss_weight if settings.moe.experts else 0.0)
+                           router_aux_weight=settings.moe.aux_loss_weight if settings.moe.experts else 0.0,
+                           knife_layers=tuple(settings.knife_layers))
     return Objective(settings.objectives, params, teacher)
 
 

@@ -121,6 +121,12 @@ def _angles(x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(edges, edges.transpose(1, 2))
 
 
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KNIFE's alignment: per token, the mean squared difference between the student's hidden state and the
+    teacher's of the same token. student, teacher [N, D] (same width); returns [N]; no gradient into the teacher."""
+    return (student.float() - teacher.detach().float()).pow(2).mean(dim=-1)
+
+
 def swing_temperatures(privacy: torch.Tensor, base: float, maximum: float) -> torch.Tensor:
     """Per-token temperature rising linearly from ``base`` (score 0) to ``maximum`` (score 1) with the
     likelihood that the token carries private information: private tokens get flat, uninformative targets."""

@@ -18,6 +18,10 @@ every term; ``icl`` and ``mlm`` run their own forward on their own inputs.
   micro-batch's examples, embedded by the student and by the teacher model (mean-pooled last hidden state over
   prompt + target), matched (``losses.rkd_distance`` / ``rkd_angle``); a batch-level term, counted once per
   target token of the batch so it mixes with the token terms by weight.
+- ``knife_teacher`` / ``knife``: KNIFE (``knife.py``), rationale knowledge through a bottleneck. ``knife_teacher``
+  trains a teacher on the targets of ``[rationale, input, target]`` rows whose targets may not attend to the
+  rationale; ``knife`` matches the student's hidden states of the input and target tokens to that teacher's
+  (loaded in the worker), a mean squared error counted once per target token (as the relational terms).
 
 A mixture-of-experts student (``moe.py``) adds ``router_aux``, Switch Transformer's load-balancing loss of its
 routers, with weight ``DistillParams.router_aux_weight`` beside whichever terms are trained (it is not an
@@ -34,15 +38,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from distill_ray.train import losses
+from distill_ray.train import knife, losses
 from distill_ray.train.data import IGNORE_INDEX, max_target_len
 from distill_ray.train.privacy import likelihood_scores, stored_target_logprobs
 
-OBJECTIVES = ("sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle")
+OBJECTIVES = ("sft", "soft", "kd", "swing", "icl", "mlm", "rkd_distance", "rkd_angle", "knife_teacher", "knife")
 RELATIONAL = ("rkd_distance", "rkd_angle")
-TEACHER_MODEL_TERMS = ("kd", "swing", *RELATIONAL)   # terms that may run a teacher model in the worker
-NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}, "mlm": {"mlm"}}
-SIDE_INPUTS = ("icl", "mlm")   # terms that run the student on inputs of their own (make_batch's extras)
+TEACHER_MODEL_TERMS = ("kd", "swing", *RELATIONAL, "knife")   # terms that may run a teacher model in the worker
+NEEDS = {"soft": {"label_weight"}, "kd": {"topk"}, "swing": {"topk", "privacy"}, "icl": {"icl"}, "mlm": {"mlm"},
+         "knife_teacher": {"knife"}, "knife": {"knife"}}
+# Terms that run the model on inputs of their own: term -> make_batch's extra holding them.
+SIDE_INPUTS = {"icl": "icl", "mlm": "mlm", "knife_teacher": "knife"}
 ROUTER_AUX = "router_aux"      # an MoE student's load-balancing loss, in LossOutput.parts
 
 
@@ -61,6 +67,7 @@ class DistillParams:
     swing_max_temperature: float = 8.0
     swing_noise: float = 1.0
     router_aux_weight: float = 0.0   # an MoE student's load-balancing loss (0: none; needs an MoE student)
+    knife_layers: tuple[int, ...] = (-1,)   # knife: the hidden states matched (indexes; -1: the last layer's)
 
 
 @dataclass
@@ -71,6 +78,7 @@ class Forward:
     labels: torch.Tensor   # [B, T]
     start: int             # first column of the window in the full-width batch
     embedding: torch.Tensor | None = None   # [B, D]: mean-pooled last hidden state, when asked for
+    hidden_states: tuple | None = None      # every layer's [B, W, D] (embeddings first), when asked for
     aux_loss: torch.Tensor | None = None    # an MoE student's load-balancing loss over the batch, when asked for
 
     @property
@@ -81,23 +89,26 @@ class Forward:
         return tensor[:, self.start:]
 
 
-def forward(model, batch: dict[str, torch.Tensor], embed: bool = False, router: bool = False) -> Forward:
+def forward(model, batch: dict[str, torch.Tensor], embed: bool = False, router: bool = False,
+            hidden: bool = False) -> Forward:
     """With left padding every target ends at the last position, so only the last ``T + 1`` positions need
     the vocabulary projection (``logits_to_keep``); logit ``i`` predicts token ``i + 1``. ``embed``: also each
     row's mean-pooled last hidden state; ``router``: also an MoE student's load-balancing loss (over every real
-    token of the batch, prompt included: the routers see them all)."""
+    token of the batch, prompt included: the routers see them all); ``hidden``: also every layer's hidden states.
+    A KNIFE teacher batch (``knife.teacher_batch``) runs with its bottleneck mask."""
     width = batch["input_ids"].shape[1]
     keep = min(max_target_len(batch) + 1, width)
     extra = {"output_router_logits": True} if router else {}   # a dense model must not receive the flag
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep, output_hidden_states=embed,
-                **extra)
+    out = model(input_ids=batch["input_ids"], attention_mask=knife.attention(model, batch),
+                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep,
+                output_hidden_states=embed or hidden, **extra)
     if router and getattr(out, "aux_loss", None) is None:
         raise ValueError("the router_aux term needs a mixture-of-experts student (train.moe)")
     start = width - keep + 1
     embedding = mean_pool(out.hidden_states[-1], batch["attention_mask"]) if embed else None
     return Forward(logits=out.logits[:, :-1].float(), labels=batch["labels"][:, start:], start=start,
-                   embedding=embedding, aux_loss=out.aux_loss if router else None)
+                   embedding=embedding, aux_loss=out.aux_loss if router else None,
+                   hidden_states=out.hidden_states if hidden else None)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -153,7 +164,8 @@ class Objective:
         whatever micro-batch or worker it is in), by default this batch's own target tokens."""
         router = self.params.router_aux_weight > 0
         embed = bool(set(RELATIONAL) & set(self.weights))
-        fwd = None if fwd_free(self.weights) else forward(model, batch, embed=embed, router=router)
+        fwd = None if fwd_free(self.weights) else forward(model, batch, embed=embed, router=router,
+                                                          hidden="knife" in self.weights)
         sums = {name: self._term(name, model, fwd, batch, generator) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in sums.items())
         tokens = self.tokens(batch)
@@ -180,10 +192,15 @@ class Objective:
         if name == "soft":
             return losses.soft_label_sum(losses.token_nll(fwd.logits, fwd.labels), batch["label_weight"])
         if name in SIDE_INPUTS:
-            return _lm_sum(forward(model, batch[name]))
+            return _lm_sum(forward(model, batch[SIDE_INPUTS[name]]))
         if name in RELATIONAL:
             relational = losses.rkd_distance if name == "rkd_distance" else losses.rkd_angle
             return relational(fwd.embedding, self._teacher_embedding(batch)) * int(fwd.mask.sum())
+        if name == "knife":
+            if self.teacher is None:
+                raise ValueError("knife needs a KNIFE teacher model (teacher_dir): one trained with knife_teacher")
+            return knife.alignment(fwd.hidden_states, knife.teacher_states(self.teacher, batch["knife"]),
+                                   batch["attention_mask"], self.params.knife_layers) * int(fwd.mask.sum())
         p = self.params
         if name == "kd":
             return self._distill(fwd, batch, torch.full(fwd.labels.shape, p.kd_temperature), 0.0, None)
@@ -269,14 +286,14 @@ def target_tokens(batch: dict, own: str | None = None) -> int:
 
 
 def fwd_free(weights: dict) -> bool:
-    """True when no term needs the forward pass over the plain batch (icl and mlm run their own)."""
+    """True when no term needs the forward pass over the plain batch (icl, mlm and knife_teacher run their own)."""
     return not set(weights) - set(SIDE_INPUTS)
 
 
 def _own_inputs(weights: dict) -> str | None:
     """The side input whose targets normalise the loss when no term reads the plain batch (icl first, when
     both: its targets are the plain ones); None otherwise."""
-    return next((name for name in SIDE_INPUTS if name in weights), None) if fwd_free(weights) else None
+    return next((SIDE_INPUTS[name] for name in SIDE_INPUTS if name in weights), None) if fwd_free(weights) else None
 
 
 def _scale(noise: float, temperature: torch.Tensor, where: torch.Tensor) -> torch.Tensor | float:
