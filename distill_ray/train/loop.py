@@ -130,7 +130,7 @@ def train_loop_per_worker(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
         restored = Path(restored) if restored else None
-        engine, tokenizer = build_engine(config["init_dir"], settings, config.get("total_steps"), restored)
+        engine, tokenizer = build_engine(config["init_dir"], settings, config.get("run_steps"), restored)
         state = load_state(engine, restored)
     setup_seconds = time.perf_counter() - setup_start
     if restored:

@@ -142,8 +142,8 @@ def _make_trainer(init_dir: Path, splits: list, output_dir: Path, settings: Trai
         train_loop_config={
             "init_dir": str(init_dir),
             "settings": settings.model_dump(),
-            "total_steps": _total_steps(splits, settings),
-            "run_steps": run_steps(splits, settings) if settings.compress.active else None,   # its schedule
+            # The LR schedule decays to 0 at it; the compressor ramps sparsity and starts QAT by it.
+            "run_steps": run_steps(splits, settings),
             # Workers started by an existing cluster may not inherit it; the op build is reused through it.
             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
         },
@@ -193,21 +193,11 @@ def _ordered():
     return ExecutionOptions(preserve_order=True)
 
 
-def _total_steps(splits: list, settings: TrainSettings) -> int | None:
-    """Optimizer steps of the whole run, needed only by decaying LR schedules."""
-    if settings.max_steps or settings.lr_schedule == "constant":
-        return settings.max_steps
-    return _epoch_steps(splits, settings)
-
-
 def run_steps(splits: list, settings: TrainSettings) -> int:
     """Optimizer steps the run will take: its epochs', or max_steps if that ends it first."""
-    return min(settings.max_steps or math.inf, _epoch_steps(splits, settings))
-
-
-def _epoch_steps(splits: list, settings: TrainSettings) -> int:
     micro_batches = math.ceil(splits[0].count() / settings.batch_size)
-    return max(1, settings.epochs * math.ceil(micro_batches / settings.grad_accum))
+    epoch_steps = max(1, settings.epochs * math.ceil(micro_batches / settings.grad_accum))
+    return min(settings.max_steps or epoch_steps, epoch_steps)
 
 
 def export_checkpoint(checkpoint, init_dir: Path, output_dir: Path) -> None:

@@ -43,6 +43,24 @@ def test_a_cut_keeps_the_first_and_the_last_layers():
         first_and_last_layers(4, 5)
 
 
+def test_run_steps_end_with_the_epochs_or_max_steps_whichever_comes_first():
+    """The step the LR schedule decays to 0 at (and the compressor's ramp ends by): 10 rows in micro-batches of
+    4 are 3 micro-batches, 2 optimizer steps with accumulation 2 (the last window is short), per epoch."""
+    from distill_ray.train.loop import lr_lambda
+    from distill_ray.train.trainer import run_steps
+
+    class Split:
+        def count(self):
+            return 10
+
+    def steps(**overrides):
+        return run_steps([Split()], TrainSettings(batch_size=4, grad_accum=2, epochs=3, **overrides))
+
+    assert steps() == 6 and steps(max_steps=4) == 4 and steps(max_steps=9) == 6
+    linear = lr_lambda(TrainSettings(lr_schedule="linear"), steps(max_steps=9))
+    assert linear(0) == 1.0 and linear(5) == pytest.approx(1 / 6)   # reaches 0 after the run's real last step
+
+
 def test_long_rows_lose_the_start_of_the_prompt_not_the_target():
     example = encode_example(list(range(10, 20)), [1, 2, 3], eos_id=0, max_length=8)
     assert example.input_ids == [16, 17, 18, 19, 1, 2, 3, 0]
