@@ -13,6 +13,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # DeepSpeed JIT-compiles a C++ op on first use (30-60 s); reuse one build across tests and runs.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+# Ray Train's controller polls its workers every 2 s by default, so a finished run waits up to 2 s (more under
+# load) before fit() returns; the suite runs ~40 short trainings.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.fixture(scope="session")
