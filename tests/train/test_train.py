@@ -61,6 +61,16 @@ def test_run_steps_end_with_the_epochs_or_max_steps_whichever_comes_first():
     assert linear(0) == 1.0 and linear(5) == pytest.approx(1 / 6)   # reaches 0 after the run's real last step
 
 
+def test_deepspeed_imports_without_mlflow_and_leaves_it_importable():
+    import subprocess
+    import sys
+
+    code = ("import sys; from distill_ray.train.loop import import_deepspeed; ds = import_deepspeed(); "
+            "assert 'mlflow' not in sys.modules and ds.initialize; import mlflow; print(mlflow.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "mlflow", done.stderr[-2000:]
+
+
 def test_long_rows_lose_the_start_of_the_prompt_not_the_target():
     example = encode_example(list(range(10, 20)), [1, 2, 3], eos_id=0, max_length=8)
     assert example.input_ids == [16, 17, 18, 19, 1, 2, 3, 0]
