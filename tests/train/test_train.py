@@ -330,43 +330,47 @@ def varied_rows() -> list[dict]:
             for i, w in enumerate(WORDS * 2)]
 
 
-@pytest.mark.slow
-def test_accumulation_weighs_every_target_token_the_same(ray_cluster, tiny_dir, tmp_path):
-    """Two micro-batches of 2 accumulated = one micro-batch of 4 (the same rows): the same loss per step and
-    the same weights. A mean of per-micro-batch means, or dropping a window's tail, would differ."""
+ONE_WORKER = dict(workers=1, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
+
+
+def _varied_run(tiny_dir, out, **settings):
     import ray.data
 
     from distill_ray.train import train_student
 
-    common = dict(workers=1, zero_stage=2, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
-    whole = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "whole",
-                          TrainSettings(batch_size=4, grad_accum=1, **common))
-    accumulated = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "accumulated",
-                                TrainSettings(batch_size=2, grad_accum=2, **common))
+    return train_student(tiny_dir, ray.data.from_items(varied_rows()), out, TrainSettings(**ONE_WORKER, **settings))
+
+
+@pytest.fixture(scope="module")
+def one_batch_run(ray_cluster, tiny_dir, tmp_path_factory):
+    """ZeRO-2 on one worker, each step one micro-batch of 4 of the varied rows: what accumulation and ZeRO-0
+    are compared with (one run for both tests)."""
+    return _varied_run(tiny_dir, tmp_path_factory.mktemp("one_batch") / "student", zero_stage=2, batch_size=4,
+                       grad_accum=1)
+
+
+@pytest.mark.slow
+def test_accumulation_weighs_every_target_token_the_same(one_batch_run, tiny_dir, tmp_path):
+    """Two micro-batches of 2 accumulated = one micro-batch of 4 (the same rows): the same loss per step and
+    the same weights. A mean of per-micro-batch means, or dropping a window's tail, would differ."""
+    whole = one_batch_run
+    accumulated = _varied_run(tiny_dir, tmp_path / "accumulated", zero_stage=2, batch_size=2, grad_accum=2)
     assert whole.steps == accumulated.steps == 2
     assert accumulated.loss_history == pytest.approx(whole.loss_history, rel=1e-5)
     a, b = _weights(whole.output_dir), _weights(accumulated.output_dir)
     # Adam moves a weight by up to lr = 1e-3 per step; float noise in the summed gradients leaves ~2e-5.
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
     # 8 rows in micro-batches of 3 (3, 3, 2) with accumulation 2: the third is its own, shorter step, not dropped.
-    tail = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "tail",
-                         TrainSettings(batch_size=3, grad_accum=2, **common))
+    tail = _varied_run(tiny_dir, tmp_path / "tail", zero_stage=2, batch_size=3, grad_accum=2)
     assert tail.steps == 2 and tail.samples == 8
 
 
 @pytest.mark.slow
-def test_zero0_on_one_worker_trains_as_zero2(ray_cluster, tiny_dir, tmp_path):
+def test_zero0_on_one_worker_trains_as_zero2(one_batch_run, tiny_dir, tmp_path):
     """One worker under ZeRO-0 skips DeepSpeed's all-reduce of the gradients (over one rank, the identity):
     accumulated over two micro-batches it takes the same steps to the same weights as ZeRO-2 on one batch."""
-    import ray.data
-
-    from distill_ray.train import train_student
-
-    common = dict(workers=1, epochs=1, lr=1e-3, log_every=0, shuffle_buffer=0)
-    zero2 = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "zero2",
-                          TrainSettings(zero_stage=2, batch_size=4, grad_accum=1, **common))
-    zero0 = train_student(tiny_dir, ray.data.from_items(varied_rows()), tmp_path / "zero0",
-                          TrainSettings(zero_stage=0, batch_size=2, grad_accum=2, **common))
+    zero2 = one_batch_run
+    zero0 = _varied_run(tiny_dir, tmp_path / "zero0", zero_stage=0, batch_size=2, grad_accum=2)
     assert zero0.steps == zero2.steps == 2
     assert zero0.loss_history == pytest.approx(zero2.loss_history, rel=1e-5)
     a, b = _weights(zero2.output_dir), _weights(zero0.output_dir)
