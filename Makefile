@@ -32,7 +32,7 @@ demo: setup
 
 # The whole suite, vLLM's CPU engine included (its own venv, below).
 test: setup setup-vllm
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=40
 
 # The inner loop: tests not marked slow (no model generation, no Ray cluster).
 test-fast: setup
