@@ -386,6 +386,12 @@ class OnPolicyConfig(Section):
     teachers: list[str] | None = Field(None, description="Names of the teachers that score the student's tokens "
                                        "(null: every teacher); each must have the student's tokenizer.")
     samplers: int = Field(1, ge=1, description="Student sampler actors (the training workers share them).")
+    sampler_engine: Literal["hf", "vllm"] = Field(
+        "hf", description="What serves the student's samples: hf (transformers) or vllm (where installed: "
+        ".venv-vllm on CPU, the gpu extra on CUDA); a weight push reloads the weights into the running engine (no "
+        "restart) and resets its prefix cache.")
+    sampler_options: dict = Field({}, description="The sampler engine's keyword arguments, over its defaults (hf: "
+                                  "torch_threads 1; vllm: dtype float32, cpu_threads 1, kv_cache_gib 1).")
     actor_cpus: float = Field(0.25, gt=0, description="CPUs reserved per sampler, teacher scorer and verifier "
                               "actor.")
 

@@ -16,19 +16,28 @@ from types import SimpleNamespace
 from distill_ray.teachers.base import SamplingSettings
 
 SCORING_ENGINES = ("hf", "vllm")
+SAMPLER_ENGINES = ("hf", "vllm")
 
 
 class StudentSampler:
-    def __init__(self, model_dir: str, torch_threads: int | None = None):
-        from distill_ray.teachers.hf import HFEngine
+    """The student served by ``engine``: ``hf`` (transformers) or ``vllm`` (started with ``weight_updates``, so
+    that a push reloads the weights into the running engine: ``VLLMEngine.load_weights``); ``options``: the
+    engine's keyword arguments."""
 
-        self.engine = HFEngine(model_dir, torch_threads=torch_threads)
+    def __init__(self, model_dir: str, engine: str = "hf", options: dict | None = None):
+        from distill_ray.teachers import make_engine
+
+        if engine not in SAMPLER_ENGINES:
+            raise ValueError(f"on_policy.sampler_engine {engine!r}: use one of {SAMPLER_ENGINES}")
+        options = {**(options or {}), **({"weight_updates": True} if engine == "vllm" else {})}
+        self.engine = make_engine(engine, model_dir, **options)
         self.version = 0      # the optimizer step whose weights these are (0: the initial student)
 
     def load_weights(self, state_dict: dict, version: int) -> float:
-        """Replace the student's weights (a ``state_dict`` of the trained model); returns the seconds it took."""
+        """Replace the student's weights (a ``state_dict`` of the trained model) in the running engine; returns
+        the seconds it took."""
         start = time.perf_counter()
-        self.engine.model.load_state_dict(state_dict)
+        self.engine.load_weights(state_dict)
         self.version = version
         return time.perf_counter() - start
 

@@ -16,6 +16,10 @@ from distill_ray.train.config import TrainResult, TrainSettings
 from distill_ray.train.trainer import (export_checkpoint, release_run_storage, run_config, scaling_config,
                                       write_result)
 
+# The samplers' engine options under ``on_policy.sampler_options``: one thread each (the actor reserves
+# ``actor_cpus``); vLLM in float32, the trainer's dtype (vLLM's CPU default, bfloat16, samples another model).
+SAMPLER_DEFAULTS = {"hf": {"torch_threads": 1}, "vllm": {"dtype": "float32", "cpu_threads": 1, "kv_cache_gib": 1}}
+
 
 @dataclass(frozen=True)
 class ScoringTeacher:
@@ -36,10 +40,14 @@ def train_on_policy(init_dir: str | Path, problems: list[dict], teachers: list[S
 
     init_dir, output_dir = Path(init_dir).resolve(), Path(output_dir).resolve()
     require_student_vocabulary(init_dir, teachers)
+    if op.sampler_engine == "vllm":
+        require_vllm()
     verify = verify or VerifyConfig()
     actor = ray.remote(num_cpus=op.actor_cpus)
+    sampler_options = {**SAMPLER_DEFAULTS[op.sampler_engine], **op.sampler_options}
     actors = {
-        "samplers": [actor(StudentSampler).remote(str(init_dir), torch_threads=1) for _ in range(op.samplers)],
+        "samplers": [actor(StudentSampler).remote(str(init_dir), op.sampler_engine, sampler_options)
+                     for _ in range(op.samplers)],
         "scorers": [actor(TeacherScorer).remote(t.model_dir, t.engine, t.options or {"torch_threads": 1})
                     for t in teachers],
         "teacher_weights": [t.weight for t in teachers],
@@ -72,6 +80,16 @@ def require_student_vocabulary(student_dir: Path, teachers: list[ScoringTeacher]
             raise ValueError(f"on-policy distillation scores the student's tokens with each teacher, but teacher "
                              f"{teacher.name!r} ({teacher.model_dir}) has another tokenizer than the student "
                              f"({student_dir}); use teachers with the student's tokenizer")
+
+
+def require_vllm() -> None:
+    """``sampler_engine: vllm`` needs vLLM in this interpreter or a ``.venv-vllm`` to run it from."""
+    import importlib.util
+
+    from distill_ray.teachers.vllm import MISSING, vllm_python
+
+    if importlib.util.find_spec("vllm") is None and vllm_python() is None:
+        raise ImportError(f"on_policy.sampler_engine: vllm: {MISSING}")
 
 
 def _make_trainer(init_dir: Path, problems: list[dict], actors: dict, output_dir: Path, settings: TrainSettings,

@@ -62,6 +62,10 @@ class HFEngine:
     def render(self, messages: list[dict], response_prefix: str = "") -> str:
         return render(self.tokenizer, messages, response_prefix)
 
+    def load_weights(self, state_dict: dict) -> None:
+        """Replace the model's weights (a ``state_dict`` of the same architecture, e.g. the trainer's)."""
+        self.model.load_state_dict(state_dict)
+
     def provenance(self) -> dict:
         return engine_provenance("hf", self.name, "transformers")
 

@@ -14,6 +14,19 @@ Where vLLM runs:
   The child ends when the engine is closed, when its stdin closes, or when the actor process dies. ``score`` (the
 on-policy loop's teacher scoring) reads vLLM's ``prompt_logprobs`` over prompt + completion.
 
+``load_weights`` (the on-policy loop's student sampler, ``weight_updates=True``) replaces the served model's
+weights in place, without restarting the engine: the trainer's ``state_dict`` (Hugging Face names; a tied
+``lm_head.weight`` may be there or not: where it is not, the new embedding is loaded under its name, since on CPU a
+head whose weight is not loaded keeps its packed copy of the old one) goes to vLLM's worker method
+``reload_weights`` through ``LLM.collective_rpc``, which runs the model's own ``load_weights`` (the checkpoint
+loader's name mapping: q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) inside vLLM's layerwise reload, then
+the layers' post-load processing again. A plain ``model.load_weights`` is not enough on CPU: there the
+post-load step packs each linear layer's weight for oneDNN and leaves the layer an empty ``weight``
+(``UnquantizedLinearMethod.process_weights_after_loading``). The prefix cache is reset after the reload, so no KV
+computed with the old weights is reused. ``weight_updates`` sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (vLLM's
+engine core in the engine's process: the tensors reach the worker as arguments, not through vLLM's IPC); from the
+child process the weights cross the pipe as float32 numpy arrays (one copy of the model per push).
+
 Both paths tokenize the rendered prompt here, without special tokens (``prompt_token_ids``), like the ``hf``
 engine: the chat template already wrote any BOS, and vLLM's own tokenization would add a second one.
 
@@ -26,8 +39,9 @@ including the one that completed the stop string, or the end-of-turn token exclu
 CPU defaults (child process, or no CUDA device): ``enforce_eager=True`` (the engine starts in ~20-40 s instead of
 ~3 min of graph compilation), ``enable_chunked_prefill=False`` (vLLM 0.32's CPU sampler cannot rewind a
 seeded generator for a partially prefilled request: ``CPU Generator does not use offset``), ``max_model_len``
-4096, and the KV cache and threads from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``) and ``cpu_threads``
-(``VLLM_CPU_OMP_THREADS_BIND``: cores 0..threads-1 of the actor's CPU affinity; default: all of them).
+4096 (or the model's ``max_position_embeddings`` where shorter: vLLM refuses a longer one), and the KV cache and
+threads from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``) and ``cpu_threads`` (``VLLM_CPU_OMP_THREADS_BIND``: cores
+0..threads-1 of the actor's CPU affinity; default: all of them).
 
 This module imports without vLLM; everything around the call, the sampling mapping (``sampling_params``) and
 the conversion of vLLM's output objects into our ``Generation`` (``generations_from_output``), is plain code,
@@ -127,9 +141,11 @@ def cpu_environment(cpu_threads: int | None, kv_cache_gib: int | None) -> dict:
     return env
 
 
-def cpu_defaults(engine_kwargs: dict) -> dict:
-    """vLLM ``LLM`` keyword arguments for a CPU engine (see the module docstring), caller's values first."""
-    return {"enforce_eager": True, "enable_chunked_prefill": False, "max_model_len": CPU_MAX_MODEL_LEN,
+def cpu_defaults(engine_kwargs: dict, model_max_len: int | None = None) -> dict:
+    """vLLM ``LLM`` keyword arguments for a CPU engine (see the module docstring), caller's values first;
+    ``model_max_len``: the model's own context length, where known."""
+    return {"enforce_eager": True, "enable_chunked_prefill": False,
+            "max_model_len": min(CPU_MAX_MODEL_LEN, model_max_len or CPU_MAX_MODEL_LEN),
             **{k: v for k, v in engine_kwargs.items() if v is not None}}
 
 
@@ -141,11 +157,14 @@ class VLLMEngine:
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, max_num_seqs: int = 256,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, python: str | None = None,
-                 cpu_threads: int | None = None, kv_cache_gib: int | None = 2, **engine_kwargs):
+                 cpu_threads: int | None = None, kv_cache_gib: int | None = 2, weight_updates: bool = False,
+                 **engine_kwargs):
         self.name = model
         kwargs = dict(tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs,
                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **engine_kwargs)
+        in_process = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if weight_updates else {}
         if python is None and importlib.util.find_spec("vllm") is not None:
+            os.environ.update(in_process)
             self._local = LocalVLLM(_local_or_hub(model), **kwargs)
             self._child = None
             self.tokenizer = self._local.tokenizer
@@ -156,8 +175,8 @@ class VLLMEngine:
                 raise ImportError(MISSING)
             self._local = None
             path = _local_or_hub(model)
-            self._child = ChildVLLM(interpreter, path, cpu_defaults(kwargs), cpu_environment(cpu_threads,
-                                                                                            kv_cache_gib))
+            self._child = ChildVLLM(interpreter, path, cpu_defaults(kwargs, model_max_len(path)),
+                                    {**cpu_environment(cpu_threads, kv_cache_gib), **in_process})
             self.version = self._child.version
             from transformers import AutoTokenizer
 
@@ -191,6 +210,17 @@ class VLLMEngine:
         return [(np.array(ids, np.int64).reshape(-1, top_k), np.array(lps, np.float32).reshape(-1, top_k))
                 for ids, lps in engine.score(sequences, starts, top_k)]
 
+    def load_weights(self, state_dict: dict) -> None:
+        """Replace the served model's weights with ``state_dict`` (a Hugging Face model's, e.g. the trainer's) in
+        place and reset the prefix cache (see the module docstring). The engine needs ``weight_updates=True``."""
+        import torch
+
+        if self._local is not None:
+            self._local.load_weights([(name, tensor.detach()) for name, tensor in state_dict.items()])
+        else:
+            self._child.load_weights([(name, tensor.detach().to("cpu", torch.float32).numpy())
+                                      for name, tensor in state_dict.items()])
+
     def close(self) -> None:
         if self._child is not None:
             self._child.close()
@@ -203,7 +233,7 @@ class LocalVLLM:
         from vllm import LLM
 
         if not _has_cuda():
-            kwargs = cpu_defaults(kwargs)
+            kwargs = cpu_defaults(kwargs, model_max_len(path))
         self.llm = LLM(model=path, **{k: v for k, v in kwargs.items() if v is not None})
         self.tokenizer = self.llm.get_tokenizer()
         self.version = vllm_version()
@@ -231,6 +261,34 @@ class LocalVLLM:
                      for step in output.prompt_logprobs[start:]]
             scored.append(([t for step in steps for t, _ in step], [lp for step in steps for _, lp in step]))
         return scored
+
+    def load_weights(self, weights: list[tuple]) -> None:
+        """``(name, tensor or array)`` pairs in Hugging Face names into the running model (vLLM's layerwise
+        reload), then a reset prefix cache. Needs ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (``weight_updates``)."""
+        import torch
+
+        weights = [(name, torch.from_numpy(w) if isinstance(w, np.ndarray) else w) for name, w in weights]
+        config = self.llm.llm_engine.model_config.hf_text_config
+        names = {name for name, _ in weights}
+        if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in names:
+            # A tied head not in the dict would keep its packed copy of the old embedding (its layer is not
+            # reprocessed when none of its weights load): give it the new embedding under its own name.
+            embedding = next((w for name, w in weights if name.endswith("embed_tokens.weight")), None)
+            if embedding is not None:
+                weights.append(("lm_head.weight", embedding))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vllm: the prefix cache could not be reset after a weight reload")
+
+
+def model_max_len(path: str) -> int | None:
+    """``max_position_embeddings`` of a local Hugging Face folder (None for a hub id or a config without it)."""
+    import json
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("max_position_embeddings")
 
 
 def vllm_version() -> str:
@@ -278,6 +336,9 @@ class ChildVLLM:
 
     def score(self, sequences: list[list[int]], starts: list[int], top_k: int) -> list[tuple[list, list]]:
         return self._call({"score": sequences, "starts": starts, "top_k": top_k})["scored"]
+
+    def load_weights(self, weights: list[tuple[str, np.ndarray]]) -> None:
+        self._call({"weights": weights})
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -334,6 +395,10 @@ def main() -> None:
         try:
             if "score" in message:
                 reply({"scored": engine.score(message["score"], message["starts"], message["top_k"])})
+                continue
+            if "weights" in message:
+                engine.load_weights(message.pop("weights"))
+                reply({"loaded": True})
                 continue
             sampling = SamplingSettings(**{**message["sampling"], "stop": tuple(message["sampling"]["stop"])})
             rows = engine.generate(message["token_ids"], sampling, message["stop_ids"])

@@ -82,6 +82,8 @@ def test_cpu_settings_bind_threads_to_the_actors_cores_and_keep_callers_values()
     assert cpu_environment(None, None)["OMP_NUM_THREADS"] == str(len(cores))
     assert cpu_defaults({"max_model_len": None, "enforce_eager": False}) == dict(
         enforce_eager=False, enable_chunked_prefill=False, max_model_len=4096)
+    assert cpu_defaults({}, model_max_len=2048)["max_model_len"] == 2048      # vLLM refuses more than the model's
+    assert cpu_defaults({}, model_max_len=8192)["max_model_len"] == 4096
 
 
 def test_sampling_settings_map_to_vllm_sampling_params():
