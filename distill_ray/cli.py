@@ -34,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
                          "(prompt.exemplars: learned)"),
                         ("experiment", "the EKT experiment: one student, one data budget, arms x seeds"),
                         ("decompose", "decompositional distillation: decomposer + solver students against one "
-                         "CoT/program student on the same verified decompositions")]:
+                         "CoT/program student on the same verified decompositions"),
+                        ("disco", "a sentence-embedding student distilled from the teacher's pooled states, then "
+                         "contrastive (KD) fine-tuning, scored by Spearman on puzzle-similarity pairs")]:
         sub = commands.add_parser(name, help=help_)
         sub.add_argument("--config", help="YAML config file (see configs/)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -169,6 +171,11 @@ def run_command(args) -> int:
 
         report = run_decompose(cfg)
         print(f"distill-ray decompose: {Path(cfg.output_dir) / 'decompose.md'} ({len(report['arms'])} arms)")
+    elif args.command == "disco":
+        from distill_ray.embed.run import run_disco
+
+        report = run_disco(cfg)
+        print(f"distill-ray disco: {Path(cfg.output_dir) / 'disco.md'} ({len(report['arms'])} arms)")
     return 0
 
 

@@ -444,6 +444,68 @@ class DecomposeConfig(Section):
         return self
 
 
+DiscoArm = Literal["student", "teacher", "distilled", "distilled_contrastive", "distilled_contrastive_kd",
+                  "contrastive", "contrastive_kd"]
+
+
+class DiscoConfig(Section):
+    """`distill-ray disco`: a sentence-embedding student distilled from a teacher's pooled states (DisCo)."""
+    student_layers: int = Field(4, ge=1, description="The student: `teacher.model` cut to this many layers "
+                                "(`train.student_layers`' cut), mean-pooled, then a linear head (identity at start).")
+    teacher_head_steps: int = Field(200, ge=0, description="The teacher stand-in: `teacher.model`'s frozen "
+                                    "mean-pooled last hidden state, then a linear head trained this many in-batch "
+                                    "InfoNCE steps on the labelled train pairs (0: the raw pooled state). No "
+                                    "sentence-embedding model ships; see README, 'Sentence-embedding students'.")
+    teacher_head_lr: float = Field(1e-3, gt=0, description="Learning rate of the teacher's head.")
+    train_per_family: int = Field(4, ge=2, description="Train-split puzzles per seen family and difficulty (1 to 3): "
+                                  "the unlabelled texts of phase 1 and the pool of phase 2's pairs.")
+    eval_per_family: int = Field(2, ge=1, description="Eval-split puzzles per family and difficulty, never a train "
+                                 "text, from which the eval pairs are drawn.")
+    eval_pairs: int = Field(60, ge=1, description="Eval pairs per label (2 same family, 1 same topic, 0 another "
+                            "topic) in each eval split (seen families, unseen families); the score is Spearman's rho "
+                            "between their cosine similarity and the label.")
+    unseen_families: int = Field(8, ge=2, description="Families held out of all training (even: two from each of "
+                                 "the topics with four or more families), scored as the `unseen` split.")
+    distill_steps: int = Field(20, ge=1, description="Phase 1: optimizer steps of embedding distillation on the "
+                               "unlabelled train texts.")
+    distill_mse: float = Field(1.0, ge=0, description="Phase 1: weight of the MSE between the student's and the "
+                               "teacher's embeddings.")
+    distill_cosine: float = Field(1.0, ge=0, description="Phase 1: weight of 1 - their cosine similarity.")
+    contrastive_steps: int = Field(12, ge=1, description="Phase 2: optimizer steps of contrastive fine-tuning on "
+                                   "pairs of one family, the batch's other positives the negatives.")
+    contrastive_kd: float = Field(1.0, gt=0, le=1, description="Phase 2 of the `*_contrastive_kd` arms: weight of "
+                                  "the contrastive-KD term (the teacher's in-batch similarities as soft targets); "
+                                  "the rest of the weight stays on plain InfoNCE (1: soft targets only).")
+    temperature: float = Field(0.05, gt=0, description="The student's temperature in InfoNCE and contrastive KD.")
+    teacher_temperature: float = Field(0.2, gt=0, description="The teacher's temperature for the soft targets. "
+                                       "The teacher's head is trained on the same pairs, so at 0.05 its in-batch "
+                                       "softmax puts 0.99 on each positive (contrastive KD is then plain InfoNCE); "
+                                       "at 0.2, 0.64, and the negatives of the anchor's topic get 0.11 (0.04 if "
+                                       "spread evenly): the graded similarity the soft targets are to carry.")
+    train_embeddings: bool = Field(False, description="Also train the student's token embeddings (false: frozen, "
+                                   "28M of the 4-layer SmolLM2 cut's 42M parameters, whose AdamW update took much "
+                                   "of a step's time on this CPU).")
+    batch_size: int = Field(16, ge=2, description="Texts per phase-1 batch; pairs per phase-2 batch (at most one "
+                            "per seen family).")
+    lr: float = Field(2e-4, gt=0, description="Learning rate (AdamW) of both phases.")
+    max_length: int = Field(128, ge=8, description="Tokens per text (longer ones are cut).")
+    arms: list[DiscoArm] = Field(
+        ["student", "teacher", "distilled", "distilled_contrastive", "distilled_contrastive_kd", "contrastive",
+         "contrastive_kd"], min_length=1, description="What `distill-ray disco` scores: student (untouched), teacher "
+        "(the stand-in), distilled (phase 1), distilled_contrastive / distilled_contrastive_kd (phase 1, then "
+        "phase 2 plain / with contrastive KD), contrastive / contrastive_kd (phase 2 only).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"disco.arms must not repeat an arm: {self.arms}")
+        if self.distill_mse == 0 and self.distill_cosine == 0:
+            raise ValueError("disco.distill_mse and disco.distill_cosine are both 0: phase 1 would train nothing")
+        if self.unseen_families % 2:
+            raise ValueError(f"disco.unseen_families must be even (two per topic), got {self.unseen_families}")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field("run", description="Run name (recorded in the report).")
     output_dir: str = Field("outputs/run", description="Where dataset/, student/ and the report go.")
@@ -474,6 +536,7 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     decompose: DecomposeConfig = DecomposeConfig()
+    disco: DiscoConfig = DiscoConfig()
 
 
     @model_validator(mode="before")
