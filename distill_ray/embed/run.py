@@ -29,6 +29,7 @@ from distill_ray.markdown import table
 COMPARISONS = [("distilled", "student"), ("distilled_contrastive", "contrastive"),
                ("distilled_contrastive_kd", "distilled_contrastive"), ("contrastive_kd", "contrastive"),
                ("distilled_contrastive_kd", "contrastive")]
+STUDENT_ARM = "distilled_contrastive_kd"   # DisCo's student: distilled, then contrastive KD; saved to <output>/student
 ARM_TEXT = {
     "student": "student, untouched",
     "teacher": "teacher stand-in (frozen pooled state + trained linear head)",
@@ -105,6 +106,8 @@ def run_disco(cfg: RunConfig) -> dict:
                 model = copy.deepcopy(distilled)
                 extra = phase2(model, kd)
                 score(arm, embed(model), **phase1, **extra)
+                if arm == STUDENT_ARM:   # the method's student, to use: Embedder.load(<output>/student)
+                    report["student"] = str(model.save(out / "student"))
     for arm, kd in (("contrastive", False), ("contrastive_kd", True)):
         if arm in d.arms:
             model = fresh()

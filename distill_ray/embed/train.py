@@ -9,13 +9,20 @@ family with in-batch negatives, plain (InfoNCE) or with the teacher's in-batch s
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from distill_ray.embed import losses
 from distill_ray.embed.data import pair_batches
+
+
+HEAD_FILE = "embedding_head.safetensors"
+EMBEDDER_FILE = "embedder.json"
 
 
 class Embedder(torch.nn.Module):
@@ -44,6 +51,26 @@ class Embedder(torch.nn.Module):
                         output_hidden_states=self.layer != -1)
         hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
         return self.head(mean_pool(hidden, batch["attention_mask"]))
+
+    def save(self, directory: Path) -> Path:
+        """The body as a Hugging Face folder (``AutoModel`` reloads it), with the tokenizer, the head's weights and
+        the pooled layer: what ``Embedder.load`` reads back."""
+        directory = Path(directory)
+        self.body.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        save_file({"weight": self.head.weight.detach().contiguous()}, directory / HEAD_FILE)
+        (directory / EMBEDDER_FILE).write_text(json.dumps({"layer": self.layer, "width": self.head.out_features,
+                                                           "pooling": "mean"}))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> Embedder:
+        directory = Path(directory)
+        settings = json.loads((directory / EMBEDDER_FILE).read_text())
+        embedder = cls(str(directory), out_width=settings["width"], layer=settings["layer"])
+        with torch.no_grad():
+            embedder.head.weight.copy_(load_file(directory / HEAD_FILE)["weight"])
+        return embedder
 
     @torch.no_grad()
     def encode(self, texts: list[str], max_length: int, batch_size: int = 32) -> torch.Tensor:

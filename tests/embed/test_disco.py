@@ -11,7 +11,7 @@ import torch
 from distill_ray.config import ConfigError, load_config
 from distill_ray.embed import data as similarity_data
 from distill_ray.embed import losses
-from distill_ray.embed.train import Embedder, distill
+from distill_ray.embed.train import Embedder, distill, pair_cosines
 
 
 def _randn(*shape, seed=0):
@@ -132,6 +132,21 @@ def test_bad_disco_settings_are_config_errors_naming_the_field(override, field):
         similarity_data.choose_unseen(3, seed=0)
 
 
+def test_a_saved_embedder_loads_back_and_embeds_the_same(tmp_path):
+    from distill_ray.models import resolve_model
+    from distill_ray.train import build_student_from_config
+
+    body = build_student_from_config(resolve_model("smollm2"), tmp_path / "body", hidden_size=32, num_layers=2,
+                                     num_heads=2, num_kv_heads=1, seed=0)
+    embedder = Embedder(str(body), out_width=16, layer=1, seed=3)
+    with torch.no_grad():   # a head and a body unlike any fresh one
+        embedder.head.weight.copy_(_randn(16, 32, seed=4))
+        embedder.body.norm.weight.mul_(2.0)
+    texts = ["def sat(x: int) -> bool:", "return x + 2 == 28", "sorted(s) == 'abc'"]
+    loaded = Embedder.load(embedder.save(tmp_path / "saved"))
+    assert loaded.layer == 1 and torch.equal(loaded.encode(texts, 32), embedder.encode(texts, 32))
+
+
 def test_disco_runs_end_to_end_on_a_tiny_model_and_reuses_the_teachers_vectors(tmp_path, monkeypatch):
     from distill_ray.embed import run as disco_run
     from distill_ray.models import resolve_model
@@ -153,6 +168,13 @@ def test_disco_runs_end_to_end_on_a_tiny_model_and_reuses_the_teachers_vectors(t
     assert arms["distilled_contrastive_kd"]["contrastive_loss"] != arms["distilled_contrastive"]["contrastive_loss"]
     assert {(d["arm"], d["minus"]) for d in report["differences"]} == set(disco_run.COMPARISONS)
     assert "contrastive KD" in (tmp_path / "out" / "disco.md").read_text()
+    # The saved DisCo student embeds as the one scored: its eval pairs give the same Spearman.
+    saved = Embedder.load(report["student"])
+    data = similarity_data.build(train_per_family=2, eval_per_family=1, eval_pairs=4, unseen_families=8, seed=0)
+    vectors = dict(zip(data.eval_texts(), saved.encode(data.eval_texts(), 32)))
+    for split, pairs in data.eval.items():
+        rho = losses.spearman(pair_cosines(vectors, pairs), [label for *_, label in pairs])
+        assert rho == pytest.approx(arms[disco_run.STUDENT_ARM][split], abs=1e-4), split
 
     def no_forward(*args, **kwargs):
         raise AssertionError("the teacher's vectors were not read back")
