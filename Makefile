@@ -47,7 +47,7 @@ setup-vllm: setup
 	bash scripts/setup_vllm.sh
 
 test-vllm: setup-vllm
-	$(PY) -m pytest -q -ra tests/teachers/test_vllm_engine.py
+	$(PY) -m pytest -q -ra tests/teachers/test_vllm_engine.py tests/train/test_on_policy_vllm.py
 
 bench: setup
 	$(VENV)/bin/distill-ray bench --output outputs/bench

@@ -1,6 +1,7 @@
 """The actors of the on-policy loop, which live outside the training workers (no teacher in trainer memory):
 
-- ``StudentSampler``: the current student sampling completions; the trainer pushes new weights into it.
+- ``StudentSampler``: the current student sampling completions (hf or vllm); the trainer pushes new weights into
+  it, which a vLLM sampler reloads in place.
 - ``TeacherScorer``: one teacher model scoring the student's tokens (top-k log-probs at each position: one
   forward pass, not a generation).
 - ``RolloutJudge``: the sandboxed verifier on the programs in the student's completions.

@@ -1,9 +1,9 @@
 """The on-policy student sampler served by vLLM (CPU build, in .venv-vllm, driven from a child process): it samples
-what the hf sampler samples for the same weights, a weight push reloads the running engine (its output then equals
-a freshly started engine on the pushed weights, and the hf sampler's after the same push), and a short on-policy run
-with ``sampler_engine: vllm`` completes with the pushes recorded.
+what the hf sampler samples for the same weights, a weight push reloads the running engine (its output then equals the
+hf sampler's after the same push, and a push back to the initial weights gives what the freshly started engine gave on
+them), and a short on-policy run with ``sampler_engine: vllm`` completes with the pushes recorded.
 
-A tiny random llama with SmolLM2's tokenizer (head size 64: vLLM's CPU attention has no kernel for the 16 of
+A tiny random llama with SmolLM2's tokenizer (head size 64: vLLM's CPU attention supports 32 to 512, not the 16 of
 ``tiny_dirs``), in float32 in both engines so that greedy decodes can be compared token for token."""
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(vllm_python() is None,
                                  reason=".venv-vllm is absent: `bash scripts/setup_vllm.sh` builds it (~2.5 min)")]
 
-QUESTIONS = ["Add 2 and 3.", "Write a Python function that reverses a list.", "x = "]
+# The last one is longer than vLLM's CPU KV block (128 tokens), so that its prefix is cached and could be reused.
+QUESTIONS = ["Add 2 and 3.", "Write a Python function that reverses a list.",
+             "Sum these numbers: " + ", ".join(str(i) for i in range(60))]
 
 
 @pytest.fixture(scope="module")
 def llama_dirs(tmp_path_factory):
     """A tiny student and teacher, the student with weights of unit-scale activations (a llama as initialised
-    greedily repeats one token whatever its prompt), and the student's weights perturbed (as a training step
-    would), as a state_dict and saved."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    greedily repeats one token whatever its prompt), and its weights perturbed (as a training step would)."""
+    from transformers import AutoModelForCausalLM
 
     from distill_ray.models import resolve_model
     from distill_ray.train import build_student_from_config
@@ -41,18 +42,10 @@ def llama_dirs(tmp_path_factory):
             if parameter.ndim == 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
         model.save_pretrained(student)
+        initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         for parameter in model.parameters():
             parameter.add_(0.3 * parameter.std() * torch.randn(parameter.shape, generator=generator))
-    model.save_pretrained(root / "pushed")
-    AutoTokenizer.from_pretrained(student).save_pretrained(root / "pushed")
-    return {"student": student, "teacher": teacher, "pushed": root / "pushed", "weights": model.state_dict()}
-
-
-def _sampler(model_dir, engine: str):
-    from distill_ray.onpolicy.actors import StudentSampler
-    from distill_ray.onpolicy.trainer import SAMPLER_DEFAULTS
-
-    return StudentSampler(str(model_dir), engine, SAMPLER_DEFAULTS[engine] if engine == "vllm" else None)
+    return {"student": student, "teacher": teacher, "initial": initial, "pushed": model.state_dict()}
 
 
 def _greedy(sampler, prompts: list[str]) -> dict:
@@ -60,37 +53,35 @@ def _greedy(sampler, prompts: list[str]) -> dict:
 
 
 def test_vllm_sampler_samples_the_hf_model_and_takes_pushed_weights_in_place(llama_dirs, tokenizer):
+    from distill_ray.onpolicy.actors import StudentSampler
+    from distill_ray.onpolicy.trainer import SAMPLER_DEFAULTS
+
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                              add_generation_prompt=True) for q in QUESTIONS]
-    hf, served = _sampler(llama_dirs["student"], "hf"), _sampler(llama_dirs["student"], "vllm")
+    hf = StudentSampler(str(llama_dirs["student"]), "hf")
+    served = StudentSampler(str(llama_dirs["student"]), "vllm", SAMPLER_DEFAULTS["vllm"])
     try:
-        before = _greedy(served, prompts)
-        assert before["token_ids"] == _greedy(hf, prompts)["token_ids"] and before["version"] == 0
-        # The trainer's state_dict (both lm_head.weight and the embedding it is tied to) into the running engine.
-        assert "lm_head.weight" in llama_dirs["weights"]
-        seconds = served.load_weights(llama_dirs["weights"], version=3)
-        hf.load_weights(llama_dirs["weights"], version=3)
+        fresh = _greedy(served, prompts)          # the freshly started engine on the initial weights
+        assert fresh["token_ids"] == _greedy(hf, prompts)["token_ids"] and fresh["version"] == 0
+        # The trainer's state_dict (lm_head.weight and the embedding it is tied to) into the running engine.
+        pushed = llama_dirs["pushed"]
+        assert "lm_head.weight" in pushed
+        seconds = served.load_weights(pushed, version=3)
+        hf.load_weights(pushed, version=3)
         after = _greedy(served, prompts)
         assert seconds > 0 and after["version"] == 3
-        assert after["token_ids"] != before["token_ids"]
-        assert after["token_ids"] == _greedy(hf, prompts)["token_ids"]      # both changed the same way
-        fresh = _sampler(llama_dirs["pushed"], "vllm")
-        try:      # the same prompts were cached before the push: a stale prefix cache would show here
-            assert _greedy(fresh, prompts)["token_ids"] == after["token_ids"]
-        finally:
-            fresh.engine.close()
+        assert after["token_ids"] != fresh["token_ids"]
+        assert after["token_ids"] == _greedy(hf, prompts)["token_ids"]      # both changed, the same way
+        # Back to the initial weights: what the freshly started engine sampled on them. These prompts' prefixes
+        # were cached with the pushed weights just before: a stale prefix cache would show here.
+        served.load_weights(llama_dirs["initial"], version=4)
+        assert _greedy(served, prompts)["token_ids"] == fresh["token_ids"]
         # A state_dict without the tied head (e.g. safetensors' deduplicated one) loads the same model.
-        initial = {k: v for k, v in _state_dict(llama_dirs["student"]).items() if k != "lm_head.weight"}
-        served.load_weights(initial, version=4)
-        assert _greedy(served, prompts)["token_ids"] == before["token_ids"]
+        served.load_weights({k: v for k, v in pushed.items() if k != "lm_head.weight"}, version=5)
+        again = _greedy(served, prompts)
+        assert again["token_ids"] == after["token_ids"] and again["version"] == 5
     finally:
         served.engine.close()
-
-
-def _state_dict(model_dir) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
 
 
 def test_an_on_policy_run_samples_with_vllm_and_pushes_each_step(ray_cluster, llama_dirs, tokenizer, tmp_path):
