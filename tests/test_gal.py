@@ -174,7 +174,7 @@ def test_generate_adds_written_puzzles_that_the_pipeline_annotates_and_the_manif
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         f"output_dir={tmp_path}", "task.num_train=3", "task.num_eval=3", "task.families=[add_const, sub_const]",
         "teacher.samples=2", "teacher.max_new_tokens=12", "verify.workers_per_actor=1", "gal.prompts=2",
-        "gal.samples=3", "gal.max_new_tokens=32", "train.enabled=false"])
+        "gal.samples=3", "gal.max_new_tokens=32", "train.enabled=false", "teacher.engine=hf"])
     stats = workflow.generate(cfg)
     audit = gal.read_audit(tmp_path)
     assert len(audit) == 2 * 3 == stats["gal"]["generated"]

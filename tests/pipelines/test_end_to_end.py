@@ -26,6 +26,7 @@ def small_config(output_dir, **extra):
                  "task.families=[add_const, sub_const, repeat_str]", "teacher.samples=4",
                  "teacher.max_new_tokens=12", "train.student_layers=2", "train.epochs=1", "train.batch_size=2",
                  "eval.samples=2", "eval.k=[1, 2]", "eval.max_new_tokens=12", "verify.workers_per_actor=1",
+                 "teacher.engine=hf",   # the demo's teacher runs on vllm, whose own tests are tests/teachers
                  *[f"{k}={v}" for k, v in extra.items()]]
     return load_config(REPO / "configs" / "demo.yaml", overrides)
 

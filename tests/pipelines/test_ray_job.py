@@ -91,7 +91,8 @@ def test_submitted_job_writes_its_dataset(tmp_path):
         out = tmp_path / "job-output"
         submit = submit_job(dashboard, env, ["python", "jobs/distill.py", "generate", "--config", "configs/demo.yaml",
                                              "--output-dir", str(out), "--num-train", "3", "--samples", "2",
-                                             "--set", "teacher.max_new_tokens=8", "--set", "prompt.pool_size=6"])
+                                             "--set", "teacher.max_new_tokens=8", "--set", "prompt.pool_size=6",
+                                             "--set", "teacher.engine=hf"])
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
         assert "succeeded" in submit.stdout
         rows = pq.read_table(out / "dataset").to_pandas()

@@ -43,7 +43,7 @@ def two_teacher_config(tmp_path, task_file):
         f"output_dir={tmp_path / 'run'}", "task.source=jsonl", f"task.path={task_file}",
         f"task.num_train={LABELLED + UNLABELLED}", "task.num_eval=1", f"prompt.pool_size={POOL}",
         f"prompt.num_shots={POOL}", f"teacher.samples={SAMPLES}", "teacher.max_new_tokens=48",
-        "teacher.cpus_per_actor=0.25", "teacher.torch_threads=1", "verify.workers_per_actor=1",
+        "teacher.cpus_per_actor=0.25", "teacher.torch_threads=1", "teacher.engine=hf", "verify.workers_per_actor=1",
         f"teachers={teachers}"])
 
 
