@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from distill_ray.stages import Stage, UnionStage, check, generate, puzzle_teacher, sink
 from distill_ray.synth.config import Plan, PuzzleJobConfig
+from distill_ray.synth.schedule import Schedule
 
 SOURCE = {"id": None}   # ray.data.range's one column
 
 
-def puzzle_stages(cfg: PuzzleJobConfig, plan: Plan, done: frozenset) -> list[Stage]:
-    """The stages over the id range; ``done``: chunks already written (their rows are not made again)."""
+def puzzle_stages(cfg: PuzzleJobConfig, plan: Plan, done: frozenset, schedule: Schedule | None = None) -> list[Stage]:
+    """The stages over the id range; ``done``: chunks already written (their rows are not made again);
+    ``schedule``: the seeds' puzzles (None: ``generate.schedule_of(cfg)``)."""
     branches = []
     if plan.num:
-        branches.append((generate.build(cfg, plan, done),))
+        branches.append((generate.build(cfg, plan, done, schedule or generate.schedule_of(cfg, plan.num)),))
     if plan.teacher_prompts:
         branches.append(puzzle_teacher.build(cfg, plan, done))
     make = branches[0] if len(branches) == 1 else (UnionStage("puzzles[generate | teacher]", reads=("id",),

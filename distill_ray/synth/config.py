@@ -22,6 +22,10 @@ class PuzzleJobConfig(BaseModel):
     output: str = Field(description="Output directory of Parquet shards (DIR.manifest.json and DIR.rejected/ beside it).")
     families: list[str] | None = Field(None, description="Procedural families to use, round-robin (null: all).")
     difficulties: list[int] = Field(list(DIFFICULTIES), description="Difficulties, cycled over the seeds.")
+    skip_exhausted: bool = Field(True, description="Probe each family x difficulty with its first draws before "
+                                 "the job and draw a cell that stopped giving new puzzles no more than its probe "
+                                 "found worthwhile; its turns go to the other cells (false: a strict round robin, "
+                                 "where most of 10^6 seeds repeat small spaces).")
     seed: int = Field(0, ge=0, description="Job seed: picks puzzle seeds and teacher exemplars and sampling.")
     chunk_size: int = Field(10_000, ge=1, description="Seeds per chunk: one shard per chunk, the unit of resume.")
     teacher_prompts: int = Field(0, ge=0, description="Teacher prompts asking for new puzzles (0: none).")
@@ -63,7 +67,7 @@ class PuzzleJobConfig(BaseModel):
 
     def content_params(self) -> dict:
         """The settings that decide the rows: a resumed job must use the same ones."""
-        keep = ("num", "families", "difficulties", "seed", "chunk_size", "teacher_prompts", "teacher_samples",
+        keep = ("num", "families", "difficulties", "skip_exhausted", "seed", "chunk_size", "teacher_prompts", "teacher_samples",
                 "teacher_model", "teacher_shots", "teacher_temperature", "teacher_max_new_tokens",
                 "near_dup_scope", "near_dup_threshold", "timeout_s", "memory_mb")
         params = {k: getattr(self, k) for k in keep}

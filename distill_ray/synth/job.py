@@ -13,16 +13,17 @@ import time
 from collections import Counter
 
 from distill_ray.shards import Manifest, ShardSet
+from distill_ray.stages.generate import schedule_of
 from distill_ray.stages.sink import KEPT, rejected_dir
 from distill_ray.stopping import Stopped, record_stop
 from distill_ray.synth.config import Plan, PuzzleJobConfig
 
 
-def build_dataset(cfg: PuzzleJobConfig, plan: Plan, done: frozenset):
+def build_dataset(cfg: PuzzleJobConfig, plan: Plan, done: frozenset, schedule=None):
     from distill_ray.pipelines.puzzles import SOURCE, puzzle_stages, source
     from distill_ray.stages import apply_stages
 
-    return apply_stages(source(plan), SOURCE, puzzle_stages(cfg, plan, done))
+    return apply_stages(source(plan), SOURCE, puzzle_stages(cfg, plan, done, schedule))
 
 
 def summarize(output: str, plan: Plan) -> dict:
@@ -56,11 +57,16 @@ def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
     todo = plan.total_chunks - len(done)
     log(f"[puzzles] {plan.total_rows} rows in {plan.total_chunks} chunks; {len(done)} already written, {todo} to do")
     start, counts, retried = time.perf_counter(), Counter(), {}
+    schedule = schedule_of(cfg, plan.num) if todo and plan.num else None
+    if schedule is not None and schedule.capped():
+        log(f"[puzzles] {len(schedule.capped())} of {len(schedule.cells)} family/difficulty cells show a small space: "
+            f"drawn at most {min(schedule.capped().values())}-{max(schedule.capped().values())} times each, "
+            "their turns go to the others")
     if todo:
         connect_ray(cfg.ray_address, cfg.num_cpus, progress_bars=False)   # our progress line replaces them
         alive = alive_nodes()
         try:
-            counts = _drive(build_dataset(cfg, plan, done), cfg, plan, len(done), log)
+            counts = _drive(build_dataset(cfg, plan, done, schedule), cfg, plan, len(done), log)
         except Stopped as stop:   # the stream is shut down: its abandoned shards leave only temporary files
             shards.remove_temp_files()
             ShardSet(rejected_dir(cfg.output)).remove_temp_files()
