@@ -137,7 +137,12 @@ class KeyIndex:
         self.recent = set()
         while len(self.runs) > 1 and 2 * self.runs[-1].size >= self.runs[-2].size:
             newer, older = self.runs.pop(), self.runs.pop()
-            self.runs.append(np.union1d(older, newer))
+            # Disjoint (only new keys are added): one concatenation sorted in place holds the merge's peak at
+            # twice the index (np.union1d's copies and unique mask took about four times).
+            merged = np.concatenate((older, newer))
+            del older, newer
+            merged.sort()
+            self.runs.append(merged)
 
 
 class Deduper:
