@@ -20,7 +20,8 @@ MB = 1 << 20
 
 
 def sample_rss(pid: int, peaks: dict, stop: threading.Event, sink: str, starts: dict[str, set]) -> None:
-    """Peak RSS of the driver, of the sink actor (its class name in the process title: ``sink``), of the largest
+    """Peak RSS of the driver, of the sink actor (its class name in the process title: ``sink``; also its private
+    memory, USS), of the largest
     other process, and of all of them together; ``starts``: the pids seen per marker in a process title (how
     many processes of that kind the job started)."""
     while not stop.is_set():
@@ -41,6 +42,11 @@ def sample_rss(pid: int, peaks: dict, stop: threading.Event, sink: str, starts: 
                     pids.add(p.pid)
             key = "driver" if p.pid == pid else "sink" if sink in name else "worker_max"
             peaks[key] = max(peaks.get(key, 0), rss)
+            if key == "sink":   # its private memory: RSS also counts the object store's pages it maps to read
+                try:
+                    peaks["sink_private"] = max(peaks.get("sink_private", 0), p.memory_full_info().uss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
         peaks["all"] = max(peaks.get("all", 0), total)
         stop.wait(0.5)
 

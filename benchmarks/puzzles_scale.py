@@ -92,13 +92,13 @@ def main() -> None:
     print(f"baseline (one P3 check per puzzle), N={base['num']}: {base['per_s']:.0f} puzzles/s end to end, "
           f"{base['stream_per_s']:.0f}/s streaming")
     print("\n| N | wall s | puzzles/s end to end | streaming puzzles/s | vs baseline | kept | driver peak RSS MB "
-          "| sink peak RSS MB | largest other process MB | all processes MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| kept/s end to end | sink peak RSS MB (private) | largest other process MB | all processes MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for num in sizes:
         r = run(num, work / f"n{num}" / "ds", [])
         print(f"| {num:,} | {r['wall_s']:.0f} | {r['per_s']:.0f} | {r['stream_per_s']:.0f} | "
               f"{r['stream_per_s'] / base['stream_per_s']:.1f}x | {r['kept']:,} | {r.get('driver', 0):.0f} | "
-              f"{r.get('sink', 0):.0f} | {r.get('worker_max', 0):.0f} | {r.get('all', 0):.0f} |", flush=True)
+              f"{r['kept'] / r['wall_s']:.0f} | {r.get('sink', 0):.0f} ({r.get('sink_private', 0):.0f}) | {r.get('worker_max', 0):.0f} | {r.get('all', 0):.0f} |", flush=True)
         print(f"  fates: {r['fates']}", flush=True)
     print(f"\nload average {psutil.getloadavg()[0]:.1f} at end (other jobs share this machine)")
     print("\nwhere the time goes (one process, 5,000 puzzles; microseconds per puzzle):")
