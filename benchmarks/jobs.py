@@ -20,10 +20,14 @@ MB = 1 << 20
 
 
 def sample_rss(pid: int, peaks: dict, stop: threading.Event, sink: str, starts: dict[str, set]) -> None:
-    """Peak RSS of the driver, of the sink actor (its class name in the process title: ``sink``; also its private
-    memory, USS), of the largest
-    other process, and of all of them together; ``starts``: the pids seen per marker in a process title (how
-    many processes of that kind the job started)."""
+    """Peak RSS of the driver, of the sink actor (its class name in the process title: ``sink``), of the verifier
+    actor, of the largest other process (and its title), and of all of them together; ``starts``: the pids seen
+    per marker in a process title (how many processes of that kind the job started).
+
+    Every 5 s, also the sink's and the verifier's private memory and the object-store pages they map
+    (``/dev/shm/plasma*``): RSS, and USS too, count those pages, which the object store owns (shared, bounded by
+    its capacity) and which a reader maps as it reads blocks."""
+    tick = 0
     while not stop.is_set():
         try:
             root = psutil.Process(pid)
@@ -40,15 +44,28 @@ def sample_rss(pid: int, peaks: dict, stop: threading.Event, sink: str, starts: 
             for marker, pids in starts.items():
                 if marker in name:
                     pids.add(p.pid)
-            key = "driver" if p.pid == pid else "sink" if sink in name else "worker_max"
+            key = ("driver" if p.pid == pid else "sink" if sink in name else "verifier" if "VerifierActor" in name
+                   else "worker_max")
+            if key == "worker_max" and rss > peaks.get("worker_max", 0):
+                peaks["worker_max_name"] = name[:80]
             peaks[key] = max(peaks.get(key, 0), rss)
-            if key == "sink":   # its private memory: RSS also counts the object store's pages it maps to read
-                try:
-                    peaks["sink_private"] = max(peaks.get("sink_private", 0), p.memory_full_info().uss)
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
+            if key in ("sink", "verifier") and tick % 10 == 0:
+                _sample_maps(p, key, peaks)
         peaks["all"] = max(peaks.get("all", 0), total)
+        tick += 1
         stop.wait(0.5)
+
+
+def _sample_maps(p: psutil.Process, key: str, peaks: dict) -> None:
+    try:
+        maps = p.memory_maps()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return
+    plasma = [m.path.startswith("/dev/shm/plasma") for m in maps]
+    private = sum(m.private_clean + m.private_dirty for m, shm in zip(maps, plasma) if not shm)
+    mapped = sum(m.rss for m, shm in zip(maps, plasma) if shm)
+    peaks[f"{key}_private"] = max(peaks.get(f"{key}_private", 0), private)
+    peaks[f"{key}_object_store"] = max(peaks.get(f"{key}_object_store", 0), mapped)
 
 
 @dataclass
@@ -88,7 +105,7 @@ class Job:
         return wall
 
     def peaks_mb(self) -> dict[str, float]:
-        return {key: value / MB for key, value in self.peaks.items()}
+        return {key: value / MB if isinstance(value, (int, float)) else value for key, value in self.peaks.items()}
 
     def kill(self) -> None:
         """SIGKILL the job's session and every process of its Ray cluster (found by its temp dir)."""

@@ -139,7 +139,7 @@ def main() -> None:
         print(f"| {num:,} | {r['wall_s']:.0f} | {r['rows_per_s']:.0f} | {r['stream_rows_per_s']:.0f} | "
               f"{r['stream_rows_per_s'] / first['stream_rows_per_s']:.2f}x | {r['verified']:,} | {r['kept']:,} | "
               f"{r['teacher_starts']} | {r.get('driver', 0):.0f} | {r.get('driver', 0) / first.get('driver', 1):.2f}x | "
-              f"{r.get('sink', 0):.0f} | {r.get('worker_max', 0):.0f} |", flush=True)
+              f"{r.get('sink', 0):.0f} | {max(r.get('worker_max', 0), r.get('verifier', 0)):.0f} |", flush=True)
     k = kill_and_resume(sizes[0], work / "killed")
     print(f"\nkilled after its first shard, then rerun ({sizes[0]:,} problems): {k}")
     print(f"\nload average {psutil.getloadavg()[0]:.1f} at end (other jobs share this machine)")
