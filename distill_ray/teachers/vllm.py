@@ -84,6 +84,9 @@ MISSING = ("vllm not installed: `bash scripts/setup_vllm.sh` builds .venv-vllm (
            "`pip install 'distill-ray[gpu]'` on a CUDA machine")
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+# Under `ray job submit --working-dir .` this module runs from Ray's copy of the repository, which has no venvs
+# (git-ignored, not uploaded); the project's venv the job runs in (the README's recipe) sits beside .venv-vllm.
+SIBLING_VENV_PYTHON = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
 PYTHON_ENV = "DISTILL_RAY_VLLM_PYTHON"
 CPU_MAX_MODEL_LEN = 4096
 
@@ -121,8 +124,9 @@ def generations_from_output(output, top_k_logprobs: int, stop_ids=()) -> list[Ge
 
 def vllm_python(python: str | None = None) -> str | None:
     """The interpreter to run vLLM in when this one lacks it: ``python`` (the engine option),
-    ``$DISTILL_RAY_VLLM_PYTHON``, or this repository's ``.venv-vllm``; None if none exists."""
-    for candidate in (python, os.environ.get(PYTHON_ENV), str(VENV_PYTHON)):
+    ``$DISTILL_RAY_VLLM_PYTHON``, this repository's ``.venv-vllm``, or the one beside the running venv; None if none
+    exists."""
+    for candidate in (python, os.environ.get(PYTHON_ENV), str(VENV_PYTHON), str(SIBLING_VENV_PYTHON)):
         if candidate and Path(candidate).exists():
             return str(candidate)
     if python:

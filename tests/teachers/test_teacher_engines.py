@@ -116,7 +116,21 @@ def test_without_vllm_the_engine_says_what_is_missing(monkeypatch, tmp_path):
         pytest.skip("vllm is installed in this interpreter")
     monkeypatch.delenv(vllm_module.PYTHON_ENV, raising=False)
     monkeypatch.setattr(vllm_module, "VENV_PYTHON", tmp_path / "absent" / "python")
+    monkeypatch.setattr(vllm_module, "SIBLING_VENV_PYTHON", tmp_path / "absent" / "python")
     with pytest.raises(ImportError, match="vllm not installed: `bash scripts/setup_vllm.sh`"):
         make_engine("vllm", "smollm2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_engine("vllm", "smollm2", python=str(tmp_path / "nope"))
+
+
+def test_a_job_running_from_a_copy_of_the_repository_finds_the_vllm_venv_beside_its_own(monkeypatch, tmp_path):
+    """`ray job submit --working-dir .` runs Ray's copy of the repository, without .venv-vllm; the job's python is
+    the project's venv, and .venv-vllm sits beside it."""
+    monkeypatch.delenv(vllm_module.PYTHON_ENV, raising=False)
+    monkeypatch.setattr(vllm_module, "VENV_PYTHON", tmp_path / "copy" / ".venv-vllm" / "bin" / "python")
+    beside = tmp_path / "checkout" / ".venv-vllm" / "bin" / "python"
+    monkeypatch.setattr(vllm_module, "SIBLING_VENV_PYTHON", beside)
+    assert vllm_module.vllm_python() is None
+    beside.parent.mkdir(parents=True)
+    beside.touch()
+    assert vllm_module.vllm_python() == str(beside)
