@@ -58,6 +58,11 @@ def engine_options(teacher: TeacherConfig) -> dict:
     return options
 
 
+def batch_sampling(sampling: SamplingSettings, task_ids) -> SamplingSettings:
+    """The sampling of one batch: seeded from its content, so reruns are reproducible and batches differ."""
+    return replace(sampling, seed=sampling.seed + zlib.crc32("".join(task_ids).encode()))
+
+
 class TeacherActor:
     """One engine per actor; each input row becomes ``teacher.samples`` candidate rows."""
 
@@ -76,8 +81,7 @@ class TeacherActor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         prompts = [self.render(m, p) for m, p in zip(batch["messages"], batch["response_prefix"])]
-        # Seed per batch from its content: reruns are reproducible and batches differ from each other.
-        sampling = replace(self.sampling, seed=self.sampling.seed + zlib.crc32("".join(batch["task_id"]).encode()))
+        sampling = batch_sampling(self.sampling, batch["task_id"])
         generations = self.engine.generate(prompts, sampling)
         rows = batch.loc[batch.index.repeat(sampling.n)].reset_index(drop=True)
         rows["teacher"] = self.name
