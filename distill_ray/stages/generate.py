@@ -86,6 +86,7 @@ def _families(cfg: PuzzleJobConfig) -> list[str]:
 def build(cfg: PuzzleJobConfig, plan: Plan, done: frozenset, schedule: Schedule) -> BatchStage:
     # 0.5 CPU: with the actors' 0.85 (verifier 0.25, sink 0.1, teacher 0.5) two such tasks fit 2 CPUs.
     return BatchStage("generate", reads=READS, writes=WRITES, fn=procedural_rows, batch_size=None, cpus=0.5,
-                      fn_kwargs=dict(families=_families(cfg), difficulties=cfg.difficulties, seed=cfg.seed, num=plan.num, chunk_size=plan.chunk_size, done=done,
+                      fn_kwargs=dict(families=_families(cfg), difficulties=cfg.difficulties, seed=cfg.seed,
+                                     num=plan.num, chunk_size=plan.chunk_size, done=done,
                                      scope=cfg.near_dup_scope, threshold=cfg.near_dup_threshold,
                                      budgets=schedule.budgets))

@@ -67,8 +67,8 @@ class PuzzleJobConfig(BaseModel):
 
     def content_params(self) -> dict:
         """The settings that decide the rows: a resumed job must use the same ones."""
-        keep = ("num", "families", "difficulties", "skip_exhausted", "seed", "chunk_size", "teacher_prompts", "teacher_samples",
-                "teacher_model", "teacher_shots", "teacher_temperature", "teacher_max_new_tokens",
+        keep = ("num", "families", "difficulties", "skip_exhausted", "seed", "chunk_size", "teacher_prompts",
+                "teacher_samples", "teacher_model", "teacher_shots", "teacher_temperature", "teacher_max_new_tokens",
                 "near_dup_scope", "near_dup_threshold", "timeout_s", "memory_mb")
         params = {k: getattr(self, k) for k in keep}
         # Seed s is family s % F of the list: "all" is recorded as the list it means today, so a resume after a

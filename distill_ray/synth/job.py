@@ -58,10 +58,10 @@ def run_job(cfg: PuzzleJobConfig, log=print) -> dict:
     log(f"[puzzles] {plan.total_rows} rows in {plan.total_chunks} chunks; {len(done)} already written, {todo} to do")
     start, counts, retried = time.perf_counter(), Counter(), {}
     schedule = schedule_of(cfg, plan.num) if todo and plan.num else None
-    if schedule is not None and schedule.capped():
-        log(f"[puzzles] {len(schedule.capped())} of {len(schedule.cells)} family/difficulty cells show a small space: "
-            f"drawn at most {min(schedule.capped().values())}-{max(schedule.capped().values())} times each, "
-            "their turns go to the others")
+    capped = schedule.capped() if schedule is not None else {}
+    if capped:
+        log(f"[puzzles] {len(capped)} of {len(schedule.cells)} family/difficulty cells show a small space: drawn at "
+            f"most {min(capped.values())}-{max(capped.values())} times each, their turns go to the others")
     if todo:
         connect_ray(cfg.ray_address, cfg.num_cpus, progress_bars=False)   # our progress line replaces them
         alive = alive_nodes()

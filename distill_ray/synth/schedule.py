@@ -12,7 +12,6 @@ so a puzzle's id names it completely, whatever the schedule.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ class Schedule:
     cells: tuple[tuple[str, int], ...]
     budgets: tuple[int | None, ...]
     _segments: list = field(init=False, repr=False, compare=False)
+    _starts: list = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # Segments of rounds in which the same cells are active: (first seed, first round, active cells).
@@ -44,6 +44,7 @@ class Schedule:
             seed += (end - first_round) * len(active)
             first_round = end
         object.__setattr__(self, "_segments", segments)
+        object.__setattr__(self, "_starts", [first for first, _, _ in segments])
 
     @classmethod
     def round_robin(cls, families: list[str], difficulties: list[int]) -> "Schedule":
@@ -57,7 +58,7 @@ class Schedule:
 
     def draw(self, s: int) -> tuple[str, int, int]:
         """(family, difficulty, generator seed index) of the job's seed ``s``."""
-        first_seed, first_round, active = self._segments[bisect_right(self._segments, s, key=lambda g: g[0]) - 1]
+        first_seed, first_round, active = self._segments[bisect_right(self._starts, s) - 1]
         offset = s - first_seed
         cell = active[offset % len(active)]
         round_ = first_round + offset // len(active)
@@ -73,15 +74,15 @@ class Schedule:
 
 def probe(families: list[str], difficulties: list[int], seed: int, draws: int = PROBE_DRAWS) -> Schedule:
     """The schedule with budgets for the cells whose first ``draws`` draws show a small space."""
-    from distill_ray.tasks.puzzles import SEED_STRIDE, generate_puzzle
+    from distill_ray.tasks.puzzles import SEED_STRIDE, generate_puzzle, sat_key
 
     plain = Schedule.round_robin(families, difficulties)
     budgets = []
     for c, (family, difficulty) in enumerate(plain.cells):
         seen, last_new = set(), 0
         for r in range(draws):
-            sat = generate_puzzle(family, seed * SEED_STRIDE + r * len(plain.cells) + c, difficulty).sat
-            key = hashlib.blake2b(sat.encode(), digest_size=8).digest()
+            # the round robin's draw r of cell c: the same puzzle the job's draw makes
+            key = sat_key(generate_puzzle(family, seed * SEED_STRIDE + r * len(plain.cells) + c, difficulty).sat)
             if key not in seen:
                 seen.add(key)
                 last_new = r
