@@ -63,6 +63,11 @@ def measure_raw_like_an_actor(spec: TeacherConfig, problems: list[dict], exempla
     return {**result, "task_seconds": time.perf_counter() - start}
 
 
+def raw_totals(raw: list[dict]) -> dict:
+    """The raw loops of several teachers, run in turn, as one: their seconds and tokens summed."""
+    return {key: sum(r[key] for r in raw) for key in ("seconds", "tokens", "wall_seconds", "task_seconds")}
+
+
 def measure_pipeline(specs: list[TeacherConfig], problems: list[dict], exemplars) -> dict:
     """Ray Data: the prompt stage and one actor pool per teacher (their rows unioned), timed over the whole
     stream, actor start and model load included."""
@@ -95,18 +100,16 @@ def measure(quick: bool = False, models: tuple[str, ...] = ("smollm2",)) -> list
     specs = specs_for(list(models), samples, tokens, batch_size=8, threads=2)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    raw = [measure_raw_like_an_actor(spec, problems, exemplars) for spec in specs]
-    raw_seconds, raw_tokens = sum(r["seconds"] for r in raw), sum(r["tokens"] for r in raw)
-    raw_wall = sum(r["wall_seconds"] for r in raw)
-    raw_task = sum(r["task_seconds"] for r in raw)
+    raw = raw_totals([measure_raw_like_an_actor(spec, problems, exemplars) for spec in specs])
+    raw_seconds, raw_tokens = raw["seconds"], raw["tokens"]
     pipe = measure_pipeline(specs, problems, exemplars)
     case = f"{'+'.join(models)}, {len(problems)} prompts x {samples} samples"
     row = {"stage": "teacher", "workers": None, "baseline_name": "raw engine generate(), same batches"}
     return [{**row, "case": f"{case}, end to end, from a fresh Ray worker on both sides", "unit": "tokens/s",
-             "ours": pipe["tokens"] / pipe["seconds"], "baseline": raw_tokens / raw_task,
+             "ours": pipe["tokens"] / pipe["seconds"], "baseline": raw_tokens / raw["task_seconds"],
              "baseline_name": "raw engine in a Ray task: worker, imports, load, render, warm-up, generate() loop"},
             {**row, "case": f"{case}, end to end, model load on both sides", "unit": "tokens/s",
-             "ours": pipe["tokens"] / pipe["seconds"], "baseline": raw_tokens / raw_wall,
+             "ours": pipe["tokens"] / pipe["seconds"], "baseline": raw_tokens / raw["wall_seconds"],
              "baseline_name": "raw engine: load, render, warm-up, generate() loop"},
             {**row, "case": f"{case}, end to end", "unit": "tokens/s", "ours": pipe["tokens"] / pipe["seconds"],
              "baseline": raw_tokens / raw_seconds},
@@ -132,8 +135,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="bench-"))
     ray.data.DataContext.get_current().enable_progress_bars = False
     raw = [measure_raw_like_an_actor(spec, problems, exemplars) for spec in specs]
-    raw_total = {"seconds": sum(r["seconds"] for r in raw), "tokens": sum(r["tokens"] for r in raw),
-                 "wall_seconds": sum(r["wall_seconds"] for r in raw), "task_seconds": sum(r["task_seconds"] for r in raw)}
+    raw_total = raw_totals(raw)
     pipe = measure_pipeline(specs, problems, exemplars)
     raw_tps = raw_total["tokens"] / raw_total["seconds"]
     pipe_tps, busy_tps = pipe["tokens"] / pipe["seconds"], pipe["tokens"] / pipe["engine_seconds"]
