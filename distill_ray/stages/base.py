@@ -5,7 +5,8 @@ types. ``check_flow`` validates the whole data flow before any work starts (a st
 wrote is a configuration error, not a crash an hour into a job) and returns every column's type, from which
 the output schema is built; ``apply_stages`` turns the list into Ray Data operators. The kinds:
 
-- ``BatchStage``: a plain function over a pandas batch (stateless, runs as Ray tasks);
+- ``BatchStage``: a plain function over a pandas batch (stateless, runs as Ray tasks, or inside the next
+  stage's actors when it says ``in_next_pool``);
 - ``ActorStage``: a callable class over batches, on a fixed pool of actors (models, sandboxes: state that
   is expensive to build once per batch);
 - ``GroupStage``: a function over all rows that share a key (voting over a prompt's samples);
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import pandas as pd
@@ -70,11 +71,17 @@ def on_driver_node() -> dict:
 
 @dataclass(frozen=True)
 class BatchStage(Stage):
-    kind = "tasks"
     fn: Callable = None
     fn_kwargs: dict = field(default_factory=dict)
     batch_size: int | None = None   # None: one call per block
     cpus: float | None = None       # logical CPUs per task (None: Ray Data's default, 1)
+    # Run inside the next stage's actors when that is an actor pool (``apply_each``): the rows go there anyway,
+    # so the stage costs no Ray task, no worker process and no trip through the object store of its own.
+    in_next_pool: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "in the next stage's actors (tasks before any other stage)" if self.in_next_pool else "tasks"
 
     def apply(self, ds):
         return ds.map_batches(metered(self.fn, self.name), fn_kwargs=self.fn_kwargs, batch_format="pandas",
@@ -98,14 +105,14 @@ class ActorStage(Stage):
     # verifier nodes), and a lost node's actors restart on another node that has them.
     resources: dict[str, float] = field(default_factory=dict)
     driver_node: bool = False       # pinned to the driver's node (``on_driver_node``): the shard sinks
+    before: tuple[BatchStage, ...] = ()   # light stages run on each batch first (``BatchStage.in_next_pool``)
     # No restart settings: Ray Data restarts a dead pool actor (killed, OOM-killed, lost node) and retries its
-    # batch by default. Setting them explicitly would stop Ray Data from fusing the prompt stage into the
-    # teacher actor, and the prompt tasks would then need a CPU of their own (a deadlock on 2 CPUs).
+    # batch by default (a stage run ``before`` runs again with it).
 
     def apply(self, ds):
         memory_gib = self.memory_gib() if callable(self.memory_gib) else self.memory_gib
         return ds.map_batches(
-            pool_actor(self.cls, self.name),
+            pool_actor(self.cls, self.name, self.before),
             fn_constructor_kwargs=self.init_kwargs,
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_cpus=self.cpus_per_actor,
@@ -139,15 +146,18 @@ def metered(fn: Callable, stage: str) -> Callable:
     return run
 
 
-def pool_actor(cls: type, stage: str) -> type:
+def pool_actor(cls: type, stage: str, before: tuple[BatchStage, ...] = ()) -> type:
     """``cls`` whose ``__call__`` records the stage's live metrics and ends its process when it runs out of
     memory, so that Ray restarts the actor (a fresh process, memory returned) and retries the batch, instead of
     the error failing the whole job. A subclass with the same name, so the actor keeps its name in Ray's tables
-    and process titles."""
+    and process titles. ``before``: light stages run on each batch first, each metered as itself."""
     def __call__(self, batch):
         if "_stage_meter" not in self.__dict__:
             self._stage_meter = StageMeter(stage)
+            self._before = [(metered(s.fn, s.name), s.fn_kwargs) for s in before]
         try:
+            for fn, kwargs in self._before:
+                batch = fn(batch, **kwargs)
             return self._stage_meter.call(lambda b: cls.__call__(self, b), batch)
         except Exception as error:
             if not is_out_of_memory(error):
@@ -199,12 +209,7 @@ class UnionStage(Stage):
                 raise ValueError(f"stage {self.name!r}: a branch ending in {branch[-1].name!r} does not write {missing}")
 
     def apply(self, ds):
-        outputs = []
-        for branch in self.branches:
-            out = ds
-            for stage in branch:
-                out = stage.apply(out)
-            outputs.append(out)
+        outputs = [apply_each(ds, branch) for branch in self.branches]
         return outputs[0].union(*outputs[1:]) if len(outputs) > 1 else outputs[0]
 
 
@@ -229,8 +234,19 @@ def rows_per_row(stages) -> int:
 
 def apply_stages(ds: ray.data.Dataset, source, stages: list[Stage]) -> ray.data.Dataset:
     check_flow(source, stages)
-    for stage in stages:
-        ds = stage.apply(ds)
+    return apply_each(ds, stages)
+
+
+def apply_each(ds: ray.data.Dataset, stages) -> ray.data.Dataset:
+    """The stages as Ray Data operators, in order; a ``BatchStage.in_next_pool`` followed by an actor pool runs
+    in that pool's actors."""
+    stages = list(stages)
+    for i, stage in enumerate(stages):
+        following = stages[i + 1] if i + 1 < len(stages) else None
+        if isinstance(stage, BatchStage) and stage.in_next_pool and isinstance(following, ActorStage):
+            stages[i + 1] = replace(following, before=(*following.before, stage))
+        else:
+            ds = stage.apply(ds)
     return ds
 
 

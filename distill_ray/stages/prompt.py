@@ -38,7 +38,12 @@ def build(prompt: PromptConfig, exemplars: list[Exemplar], seed: int) -> BatchSt
         from distill_ray.epr import load_retriever
 
         retriever = load_retriever(prompt.retriever)
-    # No CPU reserved: string work that must never wait behind the pools' reservations (see base.LIGHT_TASK).
+    # Rendered inside the teacher's actors (milliseconds a batch beside its generation), which saves a Ray task and
+    # an object-store trip per batch and a worker process competing with the model's load (teacher bench: see the
+    # README); a learned retriever embeds every question, so that runs beside the pool, in tasks. As tasks
+    # (before several teachers, or with a retriever) no CPU is reserved: string work that must never wait behind
+    # the pools' reservations (see base.LIGHT_TASK).
     return BatchStage("prompt", reads=READS, writes=WRITES, fn=build_prompts, cpus=LIGHT_TASK,
                       fn_kwargs=dict(exemplars=exemplars, num_shots=prompt.num_shots, strategy=prompt.exemplars,
-                                     seed=seed, retriever=retriever))
+                                     seed=seed, retriever=retriever),
+                      in_next_pool=retriever is None)
