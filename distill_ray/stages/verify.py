@@ -44,7 +44,10 @@ def judge_rows(verifier, batch: pd.DataFrame, dedupe: bool = True) -> pd.DataFra
 
     dedupe: a check that repeats one earlier in the batch (a teacher's samples of a problem often agree word for
     word) is run once; its repeats get the same verdict and ``verify_seconds`` 0 (no time was spent on them)."""
-    checks = [row_check(row) for row in batch.itertuples(index=False)]
+    # Only the columns a check needs: a candidate row carries ~30 more (messages, completion, logprobs, ...), and
+    # itertuples would turn every one of them into Python objects, row by row.
+    needed = [c for c in (*READS, "source") if c in batch.columns]
+    checks = [row_check(row) for row in batch[needed].itertuples(index=False)]
     if dedupe:
         distinct = list(dict.fromkeys(checks))   # in order of first appearance
         first = dict(zip(distinct, verifier.verify(distinct)))
