@@ -151,12 +151,13 @@ def pool_actor(cls: type, stage: str, before: tuple[BatchStage, ...] = ()) -> ty
     memory, so that Ray restarts the actor (a fresh process, memory returned) and retries the batch, instead of
     the error failing the whole job. A subclass with the same name, so the actor keeps its name in Ray's tables
     and process titles. ``before``: light stages run on each batch first, each metered as itself."""
+    first = [(metered(s.fn, s.name), s.fn_kwargs) for s in before]
+
     def __call__(self, batch):
         if "_stage_meter" not in self.__dict__:
             self._stage_meter = StageMeter(stage)
-            self._before = [(metered(s.fn, s.name), s.fn_kwargs) for s in before]
         try:
-            for fn, kwargs in self._before:
+            for fn, kwargs in first:
                 batch = fn(batch, **kwargs)
             return self._stage_meter.call(lambda b: cls.__call__(self, b), batch)
         except Exception as error:
