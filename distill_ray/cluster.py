@@ -9,6 +9,13 @@ import tempfile
 
 from distill_ray.stopping import keep_after_ray_init
 
+# How long an idle worker process of a local cluster is kept, where Ray's default is one second. Ray keeps as many
+# idle workers as the node has CPUs and ends the rest after that second; the pools' actors alone outnumber a small
+# machine's CPUs, so every light task (a chunk's read, one every few seconds) ran in a fresh worker that first
+# spent ~2 s of CPU starting Python, Ray and pandas: 13% of the 10^5-problem stream's CPU on 2 cores (README,
+# "Streaming"). A cluster started with `ray start` sets it there (RAY_idle_worker_killing_time_threshold_ms).
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
+
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None, progress_bars: bool | None = None):
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local cluster of ``num_cpus`` CPUs in a
@@ -23,7 +30,7 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, progres
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     _temp_dir=tempfile.mkdtemp(prefix="distill-ray-"))
+                     _temp_dir=tempfile.mkdtemp(prefix="distill-ray-"), _system_config=LOCAL_SYSTEM_CONFIG)
         keep_after_ray_init()   # a SIGTERM stops the job gracefully (ray.init's handler just exits)
     if progress_bars is None:
         default = "1" if sys.stderr.isatty() else "0"
