@@ -12,8 +12,9 @@ from distill_ray.stopping import keep_after_ray_init
 # How long an idle worker process of a local cluster is kept, where Ray's default is one second. Ray keeps as many
 # idle workers as the node has CPUs and ends the rest after that second; the pools' actors alone outnumber a small
 # machine's CPUs, so every light task (a chunk's read, one every few seconds) ran in a fresh worker that first
-# spent ~2 s of CPU starting Python, Ray and pandas: 13% of the 10^5-problem stream's CPU on 2 cores (README,
-# "Streaming"). A cluster started with `ray start` sets it there (RAY_idle_worker_killing_time_threshold_ms).
+# spent ~2 s of CPU starting Python, Ray and pandas: 8-16% of the 10^5-problem stream's CPU on 2 cores (README,
+# "The distillation stream at scale"). A cluster started with `ray start` sets it there
+# (RAY_idle_worker_killing_time_threshold_ms).
 LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 

@@ -25,9 +25,16 @@ SCRIPT = textwrap.dedent("""
         time.sleep(1.0)
         return os.getpid()
 
+    def is_ray_worker(pid):   # not a zombie left by a killed worker (empty cmdline), nor a reused pid
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().startswith(b"ray::")
+        except OSError:
+            return False
+
     pids = set(ray.get([worker_pid.remote() for _ in range(4)]))
     time.sleep(5)   # Ray's default ends idle workers beyond its limit after 1 s
-    print(len(pids), sum(os.path.exists(f"/proc/{pid}") for pid in pids))
+    print(len(pids), sum(map(is_ray_worker, pids)))
 """)
 
 
