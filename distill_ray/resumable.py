@@ -130,10 +130,11 @@ class TableChunks:
     driver holds only the chunks' file and row range. Rows of another split are left out; invalid ones go to
     ``quarantine_dir/chunk-NNNNNN.jsonl``; a chunk without a valid problem is written as an empty shard there.
     ``read``: the table's column mapping and kind (``read_chunk``'s options), or None for a table of problems
-    as ``write_problem_table`` wrote them (the built-in sources)."""
+    as ``write_problem_table`` wrote them (the built-in sources). ``writer``: the task still writing the parts
+    (``tasks/puzzle_parts.py``), whose reads wait for them; None when they are all on disk."""
 
-    def __init__(self, chunks: list, read: dict | None, quarantine_dir: Path):
-        self.chunks, self.read, self.quarantine_dir = chunks, read, Path(quarantine_dir)
+    def __init__(self, chunks: list, read: dict | None, quarantine_dir: Path, writer=None):
+        self.chunks, self.read, self.quarantine_dir, self.writer = chunks, read, Path(quarantine_dir), writer
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -147,7 +148,15 @@ class TableChunks:
 
     def problems(self) -> list[dict]:
         """Every train problem, read here (for uses that need a list in the driver)."""
+        self.written()
         return [p for chunk in self.chunks for p in read_train(chunk, self.read)[0]]
+
+    def written(self) -> None:
+        """Wait until every part is on disk (raises the writer's error)."""
+        if self.writer is not None:
+            import ray
+
+            ray.get(self.writer)
 
     def merge_quarantine(self, path: Path) -> None:
         """Append every chunk's quarantined rows to ``path``, which the load has just rewritten (the chunk files
@@ -167,16 +176,20 @@ class TableChunks:
             read_table_chunk, batch_size=1, batch_format="pandas", num_cpus=LIGHT_TASK,
             concurrency=LIGHT_TASK_CONCURRENCY, **on_driver_node(),   # the source parts may be the driver's files
             fn_kwargs=dict(read=self.read, types=types, quarantine_dir=str(self.quarantine_dir),
-                           out_dir=str(out_dir), output_types=output_types))
+                           out_dir=str(out_dir), output_types=output_types,
+                           writers=[self.writer] if self.writer is not None else []))   # a list: passed as a ref
 
 
 def read_table_chunk(batch: pd.DataFrame, read: dict, types: Columns, quarantine_dir: str, out_dir: str,
-                     output_types: Columns) -> pa.Table:
+                     output_types: Columns, writers: list) -> pa.Table:
     """One chunk's train problems, tagged for the sink (see ``TableChunks``)."""
+    from distill_ray.tasks.puzzle_parts import wait_for_part
     from distill_ray.tasks.table import TableChunk
 
     index = int(batch["chunk"].iat[0])
     chunk = TableChunk(batch["file"].iat[0], int(batch["start"].iat[0]), int(batch["stop"].iat[0]))
+    for writer in writers:
+        wait_for_part(chunk.file, writer)
     problems, bad = read_train(chunk, read)
     if bad:
         write_quarantine(Path(quarantine_dir) / f"chunk-{index:06d}.jsonl", bad)

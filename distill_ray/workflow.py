@@ -126,12 +126,9 @@ def load_table(cfg: RunConfig) -> tuple[list[Exemplar], "TableChunks", list[dict
 
 def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
     """(exemplar pool, train problems as a table that Ray Data tasks read chunk by chunk): what ``generate``
-    streams. A table source is read where it is; a built-in source's train problems are written first as Parquet
-    parts of ``chunk_size`` problems under ``<output>/source`` (rewritten on every run: the same config gives
-    the same files), the puzzles as they are generated, so the driver never holds them all."""
-    from itertools import islice
-
-    from distill_ray.tasks.puzzles import puzzle_problems
+    streams. A table source is read where it is; a built-in source's train problems are written as Parquet parts
+    of ``chunk_size`` problems under ``<output>/source`` (rewritten on every run: the same config gives the same
+    files), the puzzles by a task while the stream runs, so the driver never holds them all."""
     from distill_ray.tasks.table import write_problem_table
 
     t, out = cfg.task, Path(cfg.output_dir)
@@ -141,18 +138,30 @@ def load_train_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
                              "and mix-up need a built-in or jsonl source")
         exemplars, train, _ = load_table(cfg)
         return exemplars, train
-    if t.source == "puzzles":
+    if t.source == "puzzles" and not written_methods(cfg):
         write_quarantine(out, [])   # a generated source has nothing to quarantine
-        reserve = cfg.prompt.pool_size
-        problems = puzzle_problems(num_train=t.num_train + reserve, num_eval=0, seed=cfg.seed,
-                                   difficulty=t.difficulty, families=t.families)
-        exemplars = exemplar_pool(list(islice(problems, reserve)))
-    else:
-        exemplars, problems, _ = load_task(cfg)
+        return puzzle_source(cfg)
+    exemplars, problems, _ = load_task(cfg)
     if written_methods(cfg):   # the real problems are held here then: the writers see them, dedupe against them
         problems = with_generated_inputs(cfg, list(problems))
     return exemplars, TableChunks(write_problem_table(problems, out / "source", cfg.chunk_size), None,
                                   out / "quarantine")
+
+
+def puzzle_source(cfg: RunConfig) -> tuple[list[Exemplar], TableChunks]:
+    """The puzzles' exemplar pool (their first ``prompt.pool_size``, drawn here) and train problems, written as
+    parts by a Ray task while the stream already reads the first ones (``tasks/puzzle_parts.py``)."""
+    from itertools import islice
+
+    from distill_ray.tasks import puzzle_parts
+    from distill_ray.tasks.puzzles import puzzle_problems
+
+    t, reserve = cfg.task, cfg.prompt.pool_size
+    puzzles = dict(seed=cfg.seed, difficulty=t.difficulty, families=t.families)
+    exemplars = exemplar_pool(list(islice(puzzle_problems(num_train=reserve, num_eval=0, **puzzles), reserve)))
+    chunks, writer = puzzle_parts.start(Path(cfg.output_dir) / "source", cfg.chunk_size, reserve, t.num_train,
+                                        **puzzles)
+    return exemplars, TableChunks(chunks, None, Path(cfg.output_dir) / "quarantine", writer)
 
 
 def written_methods(cfg: RunConfig) -> list[str]:

@@ -88,7 +88,7 @@ def test_problems_are_written_as_parts_while_they_are_drawn(tmp_path):
     assert [p for c in chunks for p in read_problems(c)] == train   # every column, as written
 
 
-def test_generate_streams_a_built_in_source_from_its_written_parts(tmp_path):
+def test_generate_streams_a_built_in_source_from_its_written_parts(ray_cluster, tmp_path):
     """generate's source for the puzzles: the same exemplar pool and train problems as load_task's lists."""
     from distill_ray.config import load_config
     from distill_ray.workflow import load_task, load_train_source
