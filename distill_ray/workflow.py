@@ -264,7 +264,11 @@ def generate(cfg: RunConfig) -> dict:
     teachers = cfg.teacher_list()
     log(f"generate: {train.rows():,} {'table rows' if cfg.task.source == 'table' else 'train problems'} in "
         f"{len(train)} chunks x " + ", ".join(f"{t.samples} samples from teacher {t.name!r}" for t in teachers))
-    seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
+    try:
+        seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
+    except Exception:
+        train.written()   # the source's writer failed: its own error says why, not the read that waited for it
+        raise
     quarantine = Path(cfg.output_dir) / "quarantine.jsonl"
     train.merge_quarantine(quarantine)
     shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))

@@ -100,6 +100,21 @@ def test_the_teacher_pool_starts_once_for_all_chunks_and_a_resume_samples_only_t
     assert len(again) == len(rows) and again["task_id"].nunique() == 12
 
 
+def test_a_puzzle_source_that_runs_out_fails_the_job_with_its_own_error(ray_cluster, tmp_path):
+    """The parts' writer fails after the stream started (root has 39 distinct puzzles at difficulty 1): the job
+    fails with the writer's error, not only with the error of a read that waited for a part."""
+    from distill_ray.config import load_config
+    from distill_ray.workflow import generate
+
+    overrides = [f"output_dir={tmp_path}", "task.source=puzzles", "task.num_train=60", "task.families=[root]",
+                 "prompt.pool_size=0", "chunk_size=16", "teacher.engine=replay", "teacher.model=references",
+                 # the engine knows the 32 puzzles of the two parts written before the writer fails
+                 "teacher.engine_options={task: {source: puzzles, num_train: 32, num_eval: 4, families: [root]}, "
+                 "pool_size: 0}"]
+    with pytest.raises(ValueError, match="give only 39 distinct train puzzles"):
+        generate(load_config(None, overrides))
+
+
 def test_generation_stats_add_up_shard_by_shard():
     """The driver reads the dataset one shard at a time: stats over the shards equal stats over all rows."""
     import numpy as np
