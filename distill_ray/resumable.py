@@ -158,6 +158,15 @@ class TableChunks:
 
             ray.get(self.writer)
 
+    def raise_writer_error(self) -> None:
+        """Raise the writer's error if it has ended with one; never waits (a job failing for another reason must
+        not wait for the parts it no longer needs)."""
+        if self.writer is not None:
+            import ray
+
+            if ray.wait([self.writer], timeout=0)[0]:
+                ray.get(self.writer)
+
     def merge_quarantine(self, path: Path) -> None:
         """Append every chunk's quarantined rows to ``path``, which the load has just rewritten (the chunk files
         stay: a resumed run skips the chunks that wrote them, and merges them again)."""

@@ -267,8 +267,9 @@ def generate(cfg: RunConfig) -> dict:
     try:
         seconds = sample_problems(train, teachers, exemplars, cfg, out, vote=True)
     except Exception:
-        train.written()   # the source's writer failed: its own error says why, not the read that waited for it
+        train.raise_writer_error()   # if the source's writer failed, its own error says why, not the waiting read
         raise
+    train.written()   # ended by now (every part was read); a writer that wrote other parts than planned fails here
     quarantine = Path(cfg.output_dir) / "quarantine.jsonl"
     train.merge_quarantine(quarantine)
     shards = (table.to_pandas() for _, table in ShardSet(out).iter_tables(STATS_COLUMNS))
