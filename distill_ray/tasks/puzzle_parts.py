@@ -2,7 +2,7 @@
 
 Drawing a million distinct puzzles and writing them takes one core ~50 s: done by the driver before the stream,
 the whole cluster waited for it. ``puzzle_problems`` yields exactly the count asked (or fails), so the parts'
-names and sizes are known before a puzzle is drawn: the driver plans the chunks (``plan_parts``), starts
+names and sizes are known before a puzzle is drawn: the driver plans the chunks (``table.plan_parts``), starts
 ``write_parts`` on its own node (the parts are its files, like the shards) and starts the stream at once. Each
 chunk's read waits for its part (``wait_for_part``: parts appear only complete) and, if the writer ended without
 writing it, fails with the writer's error. The digests that keep a million puzzles distinct live in the writer's
@@ -15,16 +15,9 @@ import itertools
 import os
 from pathlib import Path
 
-from distill_ray.tasks.table import TableChunk, write_problem_table
+from distill_ray.tasks.table import TableChunk, plan_parts, write_problem_table
 
 POLL_S = 0.05   # a read waiting for its part looks this often (only the first chunks ever wait: the writer is ahead)
-
-
-def plan_parts(directory: str | Path, count: int, chunk_size: int) -> list[TableChunk]:
-    """The chunks ``write_problem_table`` writes for ``count`` problems: one file of ``chunk_size`` rows each, the
-    last one shorter."""
-    return [TableChunk(str(Path(directory) / f"part-{index:06d}.parquet"), 0, min(chunk_size, count - start))
-            for index, start in enumerate(range(0, count, chunk_size))]
 
 
 def clear_parts(directory: str | Path) -> None:

@@ -129,6 +129,18 @@ def to_problem(row: dict, columns: dict[str, str], kind: str | None, position_id
     return parse_record(record, max_question_chars, source=SOURCE, default_kind=kind)
 
 
+def part_file(directory: str | Path, index: int) -> Path:
+    """The ``index``-th part ``write_problem_table`` writes in ``directory``."""
+    return Path(directory) / f"part-{index:06d}.parquet"
+
+
+def plan_parts(directory: str | Path, count: int, chunk_size: int) -> list[TableChunk]:
+    """The chunks ``write_problem_table`` writes for ``count`` problems, known before any is drawn: one part of
+    ``chunk_size`` rows each, the last one shorter."""
+    return [TableChunk(str(part_file(directory, index)), 0, min(chunk_size, count - start))
+            for index, start in enumerate(range(0, count, chunk_size))]
+
+
 def write_problem_table(problems: Iterable[dict], directory: str | Path, chunk_size: int) -> list[TableChunk]:
     """Problems (built-in sources' dicts, already valid) written as Parquet files of ``chunk_size`` rows,
     ``part-NNNNNN.parquet``, each atomically, while ``problems`` is consumed (never held whole); returns one
@@ -142,7 +154,7 @@ def write_problem_table(problems: Iterable[dict], directory: str | Path, chunk_s
     schema = pa.schema(list(PROBLEM_COLUMNS.items()))
     chunks = []
     for index, part in enumerate(batched(problems, chunk_size)):
-        path = directory / f"part-{index:06d}.parquet"
+        path = part_file(directory, index)
         tmp = directory / f".{path.name}.tmp"
         pq.write_table(pa.Table.from_pylist(part, schema=schema), tmp)
         tmp.replace(path)

@@ -8,13 +8,13 @@ import pytest
 
 from distill_ray.tasks import puzzle_parts
 from distill_ray.tasks.puzzles import load_puzzles
-from distill_ray.tasks.table import read_problems, write_problem_table
+from distill_ray.tasks.table import plan_parts, read_problems, write_problem_table
 
 
 @pytest.mark.parametrize("count", [0, 1, 4, 9])
 def test_the_planned_parts_are_the_written_ones(tmp_path, count):
     train, _ = load_puzzles(num_train=count, num_eval=0) if count else ([], [])
-    assert puzzle_parts.plan_parts(tmp_path, count, 4) == write_problem_table(train, tmp_path, 4)
+    assert plan_parts(tmp_path, count, 4) == write_problem_table(train, tmp_path, 4)
 
 
 def test_reads_wait_for_their_part_and_get_the_puzzles_load_task_gives(ray_cluster, tmp_path):
