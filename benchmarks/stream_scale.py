@@ -45,7 +45,7 @@ def config(num: int, out: Path, table: bool = False, dedupe: bool = True) -> Pat
            "prompt": {"num_shots": 0, "pool_size": 0}, "train": {"enabled": False},
            # Two verifier actors, 1,024 rows a call: while one actor turns a batch into checks and its verdicts
            # back into columns, the other's sandbox workers keep the cores busy (one actor left ~13% of both
-           # cores idle at 256 rows a call); one sandbox worker each, not two: 6-10% less CPU for the same job
+           # cores idle at 256 rows a call); one sandbox worker each, not two: 6-16% less CPU for the same job
            # (four interleaved pairs; see the README's stream section).
            "verify": {"batch_size": 1024, "actors": 2, "workers_per_actor": 1, "dedupe": dedupe},
            "teacher": {**engine, "samples": SAMPLES, "batch_size": 256}, "ray": {"num_cpus": 2}}
